@@ -1,0 +1,19 @@
+"""The ODE core of node-seq: one ``solve`` for every model, with its options, errors and stats."""
+
+from .config import (
+    ADAPTIVE_METHODS as ADAPTIVE_METHODS,
+    FIXED_GRID_METHODS as FIXED_GRID_METHODS,
+    GRADIENTS as GRADIENTS,
+    METHODS as METHODS,
+    OptionError as OptionError,
+    SolverConfig as SolverConfig,
+    parse_time_points as parse_time_points,
+)
+from .errors import (
+    MaxStepsExceeded as MaxStepsExceeded,
+    NonFiniteState as NonFiniteState,
+    ODESolveError as ODESolveError,
+    StepSizeUnderflow as StepSizeUnderflow,
+)
+from .solve import solve as solve
+from .stats import SolveStats as SolveStats, Stage as Stage, current_stage as current_stage

@@ -1,0 +1,108 @@
+"""Solver options, validated once at the door.
+
+:class:`SolverConfig` is what every front end (fairseq flags, HF config fields, the vision YAML)
+turns its options into. Validation lives here so all front ends reject the same bad values with
+the same words; ``option_names`` lets each front end name the option the way its user typed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Sequence
+
+FIXED_GRID_METHODS = ("euler", "midpoint", "heun", "rk4", "reversible_heun")
+ADAPTIVE_METHODS = ("dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2")
+METHODS = FIXED_GRID_METHODS + ADAPTIVE_METHODS
+GRADIENTS = ("backprop", "checkpoint", "adjoint", "reversible")
+#: Methods whose steps the ``reversible`` gradient can run backwards.
+REVERSIBLE_METHODS = ("euler", "heun", "reversible_heun")
+DEFAULT_MAX_NUM_STEPS = 1000
+
+
+class OptionError(ValueError):
+    """An option has a value outside what is allowed; the message names both."""
+
+
+def _fail(names: Mapping[str, str], field: str, message: str) -> None:
+    raise OptionError(f"{names.get(field, field)}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverConfig:
+    """How to integrate one ODE block.
+
+    Fixed-grid methods use ``steps`` (or ``step_size``, rounded so the grid is uniform) over
+    ``[t0, t1]``; adaptive methods use ``rtol``/``atol`` and stop with an error after
+    ``max_num_steps`` steps.
+    """
+
+    method: str = "rk4"
+    steps: int | None = None
+    step_size: float | None = None
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    gradient: str = "backprop"
+    adjoint_rtol: float | None = None
+    adjoint_atol: float | None = None
+    seminorm: bool = False
+    max_num_steps: int = DEFAULT_MAX_NUM_STEPS
+    t0: float = 0.0
+    t1: float = 1.0
+
+    @property
+    def is_fixed_grid(self) -> bool:
+        return self.method in FIXED_GRID_METHODS
+
+    def validate(self, option_names: Mapping[str, str] | None = None) -> "SolverConfig":
+        """Raise :class:`OptionError` for the first invalid option; return ``self`` otherwise."""
+        names = option_names or {}
+        if self.method not in METHODS:
+            _fail(names, "method", f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.gradient not in GRADIENTS:
+            _fail(names, "gradient", f"unknown gradient mode {self.gradient!r}; choose one of {', '.join(GRADIENTS)}")
+        if self.steps is not None and self.step_size is not None:
+            _fail(names, "steps", f"give either {names.get('steps', 'steps')} or "
+                  f"{names.get('step_size', 'step_size')}, not both")
+        if self.steps is not None and (isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1):
+            _fail(names, "steps", f"must be an integer >= 1, got {self.steps!r}")
+        if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
+            _fail(names, "step_size", f"must be a finite number > 0, got {self.step_size!r}")
+        for field in ("rtol", "atol", "adjoint_rtol", "adjoint_atol"):
+            value = getattr(self, field)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                _fail(names, field, f"must be a finite number > 0, got {value!r}")
+        if isinstance(self.max_num_steps, bool) or int(self.max_num_steps) != self.max_num_steps or self.max_num_steps < 1:
+            _fail(names, "max_num_steps", f"must be an integer >= 1, got {self.max_num_steps!r}")
+        if not (math.isfinite(self.t0) and math.isfinite(self.t1) and self.t1 > self.t0):
+            _fail(names, "t1", f"the time interval must be increasing and finite, got [{self.t0!r}, {self.t1!r}]")
+        if self.gradient in ("checkpoint", "reversible") and not self.is_fixed_grid:
+            _fail(names, "gradient", f"{self.gradient!r} needs a fixed-grid method "
+                  f"({', '.join(FIXED_GRID_METHODS)}); with {self.method!r} use 'backprop' or 'adjoint'")
+        if self.gradient == "reversible" and self.method not in REVERSIBLE_METHODS:
+            _fail(names, "method", f"gradient 'reversible' runs only {', '.join(REVERSIBLE_METHODS)} backwards, "
+                  f"got {self.method!r}")
+        if self.gradient == "adjoint" and self.method == "reversible_heun":
+            _fail(names, "method", "'reversible_heun' has its own exact gradient: use gradient 'reversible' "
+                  "(or 'backprop'/'checkpoint'), not 'adjoint'")
+        return self
+
+    def solve_kwargs(self) -> dict:
+        """Keyword arguments for :func:`node_seq.ode.solve`."""
+        return dataclasses.asdict(self)
+
+
+def parse_time_points(value: str | Sequence[float], option: str = "ts") -> tuple[float, float]:
+    """Read an integration interval such as ``"0,1"`` or ``[0, 1]`` and check that it increases."""
+    if isinstance(value, str):
+        try:
+            points = [float(part) for part in value.replace("[", "").replace("]", "").split(",") if part.strip()]
+        except ValueError:
+            raise OptionError(f"{option}: expected two comma-separated numbers such as '0,1', got {value!r}") from None
+    else:
+        points = [float(v) for v in value]
+    if len(points) != 2:
+        raise OptionError(f"{option}: expected exactly two time points (start, end), got {value!r}")
+    if not all(math.isfinite(p) for p in points) or points[1] <= points[0]:
+        raise OptionError(f"{option}: time points must be finite and strictly increasing, got {value!r}")
+    return points[0], points[1]

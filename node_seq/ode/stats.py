@@ -1,0 +1,125 @@
+"""Solve statistics and the evaluation counter that fills them.
+
+Every solve owns a fresh :class:`SolveStats`; nothing is global, so a validation pass can never add
+to a training step's counts. Forward and backward evaluations are told apart by phase: once the
+forward solve has returned, every further call of the vector field can only come from autograd
+(checkpoint recomputation, reversible reconstruction, or the adjoint's augmented dynamics).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import torch
+
+
+@dataclasses.dataclass
+class SolveStats:
+    """What one solve (or a sum of solves) cost.
+
+    ``nfe_backward`` is filled in while ``.backward()`` runs; read it after the backward pass.
+    ``num_accepted``/``num_rejected`` are only counted by adaptive methods (fixed grids accept
+    every step).
+    """
+
+    method: str = ""
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+    num_steps: int = 0
+    num_accepted: int = 0
+    num_rejected: int = 0
+    t_reached: float | None = None
+
+    def __add__(self, other: "SolveStats") -> "SolveStats":
+        methods = {m for m in (self.method, other.method) if m}
+        return SolveStats(
+            method="+".join(sorted(methods)),
+            nfe_forward=self.nfe_forward + other.nfe_forward,
+            nfe_backward=self.nfe_backward + other.nfe_backward,
+            num_steps=self.num_steps + other.num_steps,
+            num_accepted=self.num_accepted + other.num_accepted,
+            num_rejected=self.num_rejected + other.num_rejected,
+        )
+
+
+class Stage(NamedTuple):
+    """Where a fixed-grid solver is when it calls the vector field.
+
+    ``index = step * num_stages + stage`` numbers the evaluations of one solve; a decoder uses it
+    to keep one key/value cache per evaluation.
+    """
+
+    step: int
+    stage: int
+    num_stages: int
+    t: torch.Tensor
+
+    @property
+    def index(self) -> int:
+        return self.step * self.num_stages + self.stage
+
+
+_CURRENT_STAGE: contextvars.ContextVar[Stage | None] = contextvars.ContextVar("node_seq_stage", default=None)
+
+
+def current_stage() -> Stage | None:
+    """The fixed-grid stage being evaluated, or ``None`` inside an adaptive solve (or none at all)."""
+    return _CURRENT_STAGE.get()
+
+
+class CountingField:
+    """Calls ``func(t, y, *inputs)`` and counts each call into ``stats``.
+
+    Also carries torchdiffeq's step callbacks, which count accepted/rejected steps and enforce
+    ``max_num_steps`` with an error that says where the solve stood.
+    """
+
+    def __init__(self, func: Callable[..., torch.Tensor], inputs: tuple[Any, ...], stats: SolveStats,
+                 *, max_num_steps: int, on_limit: Callable[[str], Exception]):
+        self.func, self.inputs, self.stats = func, inputs, stats
+        self.backward_phase = False
+        self.max_num_steps = max_num_steps
+        self.on_limit = on_limit
+        self._backward_steps = 0
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.backward_phase:
+            self.stats.nfe_backward += 1
+        else:
+            self.stats.nfe_forward += 1
+        return self.func(t, y, *self.inputs)
+
+    def call_at_stage(self, stage: Stage, y: torch.Tensor) -> torch.Tensor:
+        token = _CURRENT_STAGE.set(stage)
+        try:
+            return self(stage.t, y)
+        finally:
+            _CURRENT_STAGE.reset(token)
+
+    # torchdiffeq looks these up on the function it is given.
+    def callback_accept_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
+        self.stats.num_accepted += 1
+        self.stats.t_reached = float(t0 + dt)
+        self._count_step()
+
+    def callback_reject_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
+        self.stats.num_rejected += 1
+        self._count_step()
+
+    def callback_accept_step_adjoint(self, t0, y0, dt) -> None:
+        self._count_backward_step()
+
+    def callback_reject_step_adjoint(self, t0, y0, dt) -> None:
+        self._count_backward_step()
+
+    def _count_step(self) -> None:
+        self.stats.num_steps = self.stats.num_accepted + self.stats.num_rejected
+        if self.stats.num_steps >= self.max_num_steps:
+            raise self.on_limit("forward")
+
+    def _count_backward_step(self) -> None:
+        self._backward_steps += 1
+        if self._backward_steps >= self.max_num_steps:
+            raise self.on_limit("backward (adjoint)")
