@@ -1,0 +1,1 @@
+"""Data the project makes itself: the embedded numbers-to-words translation task."""

@@ -1,0 +1,12 @@
+"""fairseq registration of node-seq: ``--arch node_transformer`` and its sizes.
+
+Importing this module (``--user-dir user_dir`` does it) registers the model once, whatever name
+it is reached under, and allow-lists what fairseq's checkpoints of it contain so they load under
+torch's ``weights_only=True``.
+"""
+
+from .checkpoints import allow_fairseq_checkpoints
+
+allow_fairseq_checkpoints()
+
+from . import model  # noqa: E402,F401  (registers the model and its architectures)

@@ -1,0 +1,230 @@
+"""``--arch node_transformer``: fairseq's Transformer with NODE encoder and/or decoder layers.
+
+The model is fairseq's legacy ``TransformerModel`` (embeddings, positions, output projection,
+beam search, checkpoints) with its layers swapped for :mod:`node_seq.nn` layers. Plain layers,
+when ``--no-node-encoder``/``--no-node-decoder``, are the same modules taking one unit Euler
+step, which is exactly a pre-norm Transformer layer; so every configuration has one parameter
+layout, and the HF model loads any of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Dict, Optional
+
+import torch
+from fairseq.incremental_decoding_utils import with_incremental_state
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.transformer import TransformerDecoder, TransformerEncoder, TransformerModel
+from fairseq.models.transformer.transformer_legacy import base_architecture, transformer_iwslt_de_en
+
+from ..nn.layers import LayerSpec, NodeDecoderLayer, NodeEncoderLayer, reorder_cache
+from ..ode import OptionError, SolverConfig
+from . import options
+from .nfe_logging import GENERATION, BackwardNFELogger, log_forward_nfe, report_nfe_after_generate
+
+PLAIN_LAYER = SolverConfig(method="euler", steps=1)
+
+
+def layer_spec(args: argparse.Namespace, side: str) -> LayerSpec:
+    return LayerSpec(
+        embed_dim=getattr(args, f"{side}_embed_dim"), num_heads=getattr(args, f"{side}_attention_heads"),
+        ffn_dim=getattr(args, f"{side}_ffn_embed_dim"), dropout=args.dropout,
+        attention_dropout=args.attention_dropout,
+        activation_dropout=getattr(args, "activation_dropout", 0.0) or getattr(args, "relu_dropout", 0.0) or 0.0,
+        activation=getattr(args, "activation_fn", "relu"),
+    )
+
+
+class FairseqNodeEncoderLayer(NodeEncoderLayer):
+    """fairseq's encoder-layer call convention: time-first ``(length, batch, embed)``."""
+
+    def forward(self, x, encoder_padding_mask: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None):
+        return super().forward(x.transpose(0, 1), encoder_padding_mask, attn_mask).transpose(0, 1)
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        """Checkpoints of this layer need no key migrations (fairseq calls this on load)."""
+
+
+@with_incremental_state
+class FairseqNodeDecoderLayer(NodeDecoderLayer):
+    """fairseq's decoder-layer call convention; the cache lives in fairseq's ``incremental_state``."""
+
+    use_cache: bool = True
+
+    def forward(self, x, encoder_out=None, encoder_padding_mask=None, incremental_state=None,
+                prev_self_attn_state=None, prev_attn_state=None, self_attn_mask=None,
+                self_attn_padding_mask=None, need_attn: bool = False, need_head_weights: bool = False):
+        cache = None
+        if incremental_state is not None:
+            cache = self.get_incremental_state(incremental_state, "node_cache")
+            if cache is None:
+                cache = {}
+                self.set_incremental_state(incremental_state, "node_cache", cache)
+            if not self.use_cache:
+                cache.setdefault("recompute", True)
+        enc = None if encoder_out is None else encoder_out.transpose(0, 1)
+        if cache is not None and cache.get("recompute"):
+            out = self._forward_recompute_prefix(x.transpose(0, 1), enc, encoder_padding_mask, cache)
+        else:
+            out = super().forward(x.transpose(0, 1), enc, encoder_padding_mask, self_attn_mask=self_attn_mask,
+                                  self_attn_padding_mask=self_attn_padding_mask, cache=cache)
+        return out.transpose(0, 1), None, None
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        """Checkpoints of this layer need no key migrations (fairseq calls this on load)."""
+
+    def reorder_incremental_state(self, incremental_state: Dict[str, Dict[str, Optional[torch.Tensor]]],
+                                  new_order: torch.Tensor):
+        cache = self.get_incremental_state(incremental_state, "node_cache")
+        if cache is not None:
+            self.set_incremental_state(incremental_state, "node_cache", reorder_cache(cache, new_order))
+        return incremental_state
+
+
+def _uses_ode(layer) -> bool:
+    return layer.solver is not PLAIN_LAYER
+
+
+class NodeTransformerEncoder(TransformerEncoder):
+    def build_encoder_layer(self, cfg):
+        args = self.args
+        solver = options.solver_config(args) if args.node_encoder else PLAIN_LAYER
+        ode = args.node_encoder
+        return FairseqNodeEncoderLayer(layer_spec(args, "encoder"), solver,
+                                       augment_dims=args.node_augment_dims if ode else 0,
+                                       time_dependent=args.node_time_dependent and ode)
+
+    def forward(self, src_tokens, src_lengths=None, return_all_hiddens: bool = False, token_embeddings=None):
+        out = super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
+        if not self.training and not torch.is_grad_enabled():
+            GENERATION.sentences += src_tokens.shape[0]
+            GENERATION.add(sum(layer.last_stats.nfe_forward for layer in self.layers if _uses_ode(layer)),
+                           src_tokens.shape[0])
+        return out
+
+
+class NodeTransformerDecoder(TransformerDecoder):
+    beam_size = 1
+
+    def build_decoder_layer(self, cfg, no_encoder_attn: bool = False):
+        args = self.args
+        ode = args.node_decoder
+        layer = FairseqNodeDecoderLayer(
+            layer_spec(args, "decoder"), options.solver_config(args) if ode else PLAIN_LAYER,
+            encoder_dim=args.encoder_embed_dim, augment_dims=args.node_augment_dims if ode else 0,
+            time_dependent=args.node_time_dependent and ode, separated=args.node_separated_decoder and ode)
+        layer.use_cache = bool(args.node_incremental_cache) or not ode
+        return layer
+
+    def set_beam_size(self, beam_size: int):
+        self.beam_size = beam_size
+        super().set_beam_size(beam_size)
+
+    def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
+        out = super().forward(prev_output_tokens, encoder_out=encoder_out, incremental_state=incremental_state,
+                              **kwargs)
+        if incremental_state is not None and not torch.is_grad_enabled():
+            nfe = sum(layer.last_stats.nfe_forward for layer in self.layers if _uses_ode(layer))
+            GENERATION.add(nfe, prev_output_tokens.shape[0] / max(self.beam_size, 1))
+        return out
+
+
+@register_model("node_transformer")
+class NodeTransformerModel(TransformerModel):
+    """A Transformer whose encoder and/or decoder layers are ODE blocks (node-seq)."""
+
+    def __init__(self, args, encoder, decoder):
+        super().__init__(args, encoder, decoder)
+        self._backward_nfe = BackwardNFELogger(self)
+
+    @staticmethod
+    def add_args(parser):
+        TransformerModel.add_args(parser)
+        options.add_node_args(parser)
+
+    @classmethod
+    def build_model(cls, args, task):
+        node_base_architecture(args)
+        report_nfe_after_generate()
+        return super().build_model(args, task)
+
+    @classmethod
+    def build_encoder(cls, args, src_dict, embed_tokens):
+        return NodeTransformerEncoder(args, src_dict, embed_tokens)
+
+    @classmethod
+    def build_decoder(cls, args, tgt_dict, embed_tokens):
+        return NodeTransformerDecoder(args, tgt_dict, embed_tokens, no_encoder_attn=getattr(args, "no_cross_attention", False))
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, return_all_hiddens: bool = True,
+                features_only: bool = False, alignment_layer=None, alignment_heads=None):
+        inputs: list[torch.Tensor] = []
+        hooks = [layer.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+                 for layer in self.ode_layers()]
+        try:
+            out = super().forward(src_tokens, src_lengths, prev_output_tokens, return_all_hiddens=return_all_hiddens,
+                                  features_only=features_only, alignment_layer=alignment_layer,
+                                  alignment_heads=alignment_heads)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        log_forward_nfe(self)
+        if torch.is_grad_enabled():
+            self._backward_nfe.watch(inputs)
+        return out
+
+    def ode_layers(self):
+        return [layer for layer in [*self.encoder.layers, *self.decoder.layers] if _uses_ode(layer)]
+
+
+def _validated(args) -> None:
+    try:
+        options.validate(args)
+    except OptionError as error:
+        raise SystemExit(f"node_transformer: error: {error}") from None
+
+
+@register_model_architecture("node_transformer", "node_transformer")
+def node_base_architecture(args):
+    options.fill_defaults(args)
+    # ODE blocks need pre-norm layers: the branch, not the normalised sum, is the vector field.
+    args.encoder_normalize_before = True
+    args.decoder_normalize_before = True
+    base_architecture(args)
+    _validated(args)
+
+
+@register_model_architecture("node_transformer", "node_transformer_tiny")
+def node_transformer_tiny(args):
+    """A CPU-sized model: 2+2 layers, width 64 (for tests and the embedded demo)."""
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 64)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 128)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 4)
+    args.encoder_layers = getattr(args, "encoder_layers", 2)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 64)
+    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", 128)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 4)
+    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    node_base_architecture(args)
+
+
+@register_model_architecture("node_transformer", "node_transformer_small")
+def node_transformer_small(args):
+    """3+3 layers, width 256: the Multi30k recipe's size."""
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 256)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 1024)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 4)
+    args.encoder_layers = getattr(args, "encoder_layers", 3)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 256)
+    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", 1024)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 4)
+    args.decoder_layers = getattr(args, "decoder_layers", 3)
+    node_base_architecture(args)
+
+
+@register_model_architecture("node_transformer", "node_transformer_iwslt_de_en")
+def node_transformer_iwslt_de_en(args):
+    """The sizes of fairseq's ``transformer_iwslt_de_en`` (512 wide, 1024 FFN, 4 heads, 6+6 layers)."""
+    transformer_iwslt_de_en(args)
+    node_base_architecture(args)

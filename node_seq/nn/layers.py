@@ -1,0 +1,192 @@
+"""NODE-Transformer layers: a pre-norm layer's residual branch, integrated as an ODE.
+
+Plain torch, batch-first ``(batch, length, channels)``; the fairseq and HF front ends wrap these
+same modules. Each layer keeps the :class:`~node_seq.ode.SolveStats` of its last solve in
+``last_stats`` (the backward NFE is filled in by ``.backward()``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ode import SolverConfig, SolveStats, solve
+from .attention import MultiheadAttention, attention_bias
+from .dropout import FrozenDropout, reset_frozen_dropout
+from .fields import DecoderField, EncoderField, extend_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """Sizes and regularisation of one layer (the same for NODE and plain layers)."""
+
+    embed_dim: int
+    num_heads: int
+    ffn_dim: int
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    activation: str = "relu"
+
+
+def padding_rms_norm(keep: torch.Tensor | None):
+    """Adaptive error norm over real positions only: padding must not steer the step size."""
+    if keep is None:
+        return None
+    weight = keep.to(torch.float32)[..., None]
+
+    def norm(error: torch.Tensor) -> torch.Tensor:
+        if error.dim() != 3 or error.shape[:2] != weight.shape[:2]:
+            return error.pow(2).mean().sqrt()
+        total = (weight.to(error.dtype) * error.pow(2)).sum()
+        return (total / (weight.sum() * error.shape[-1]).clamp_min(1)).sqrt()
+
+    return norm
+
+
+class _NodeLayer(nn.Module):
+    """What encoder and decoder layers share: augmentation, the solve, dropout resets, stats."""
+
+    def __init__(self, spec: LayerSpec, solver: SolverConfig, *, augment_dims: int):
+        super().__init__()
+        self.solver = solver
+        self.augment_dims = augment_dims
+        self.width = spec.embed_dim + augment_dims
+        if augment_dims:
+            # Back to the model width; starts as "drop the extra channels" so an augmented layer
+            # begins as its plain counterpart.
+            self.project = nn.Linear(self.width, spec.embed_dim, bias=False)
+            with torch.no_grad():
+                self.project.weight.zero_()
+                self.project.weight[:, : spec.embed_dim].copy_(torch.eye(spec.embed_dim))
+        self.last_stats = SolveStats(method=solver.method)
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, self.augment_dims)) if self.augment_dims else x
+
+    def project_back(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(x) if self.augment_dims else x
+
+    def integrate(self, field: nn.Module, x: torch.Tensor, inputs: tuple, keep: torch.Tensor | None) -> torch.Tensor:
+        reset_frozen_dropout(field)
+        kwargs = self.solver.solve_kwargs()
+        y, stats = solve(field, x, inputs=inputs, norm=padding_rms_norm(keep), **kwargs)
+        self.last_stats = stats
+        return y
+
+
+class NodeEncoderLayer(_NodeLayer):
+    """``x -> x(t1)`` where ``dx/dt = self_attn + ffn`` (a pre-norm encoder layer's branch)."""
+
+    def __init__(self, spec: LayerSpec, solver: SolverConfig, *, augment_dims: int = 0, time_dependent: bool = False):
+        super().__init__(spec, solver, augment_dims=augment_dims)
+        self.field = EncoderField(self.width, spec.num_heads, spec.ffn_dim, dropout=spec.dropout,
+                                  attention_dropout=spec.attention_dropout,
+                                  activation_dropout=spec.activation_dropout, activation=spec.activation,
+                                  time_dependent=time_dependent)
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: (batch, length, embed); ``padding_mask``: (batch, length), True at padding."""
+        bias = attention_bias(key_padding_mask=padding_mask, attn_mask=attn_mask, dtype=x.dtype)
+        keep = None if padding_mask is None else ~padding_mask.to(torch.bool)
+        return self.project_back(self.integrate(self.field, self.augment(x), (bias,), keep))
+
+
+class NodeDecoderLayer(_NodeLayer):
+    """A decoder layer as an ODE; optionally with self-attention kept outside (``separated``).
+
+    Incremental decoding (``cache`` given) is exact in both regimes:
+
+    * fixed grid: keys/values are cached per position and per solver evaluation, so a new token
+      costs one solve of one position;
+    * adaptive: the evaluation times depend on the whole sequence, so the layer keeps its input
+      prefix and re-solves it for every new token (cost grows with the length: O(T^2) overall).
+    """
+
+    def __init__(self, spec: LayerSpec, solver: SolverConfig, *, encoder_dim: int | None = None,
+                 augment_dims: int = 0, time_dependent: bool = False, separated: bool = False):
+        super().__init__(spec, solver, augment_dims=augment_dims)
+        self.separated = separated
+        if separated:
+            self.self_attn_layer_norm = nn.LayerNorm(self.width)
+            self.self_attn = MultiheadAttention(self.width, spec.num_heads, dropout=spec.attention_dropout)
+            self.self_dropout = FrozenDropout(spec.dropout)
+        self.field = DecoderField(self.width, spec.num_heads, spec.ffn_dim, encoder_dim=encoder_dim or spec.embed_dim,
+                                  dropout=spec.dropout, attention_dropout=spec.attention_dropout,
+                                  activation_dropout=spec.activation_dropout, activation=spec.activation,
+                                  time_dependent=time_dependent, self_attention=not separated)
+
+    @property
+    def caches_per_stage(self) -> bool:
+        return self.solver.is_fixed_grid
+
+    def forward(self, x: torch.Tensor, encoder_out: torch.Tensor, encoder_padding_mask: torch.Tensor | None = None,
+                self_attn_mask: torch.Tensor | None = None, self_attn_padding_mask: torch.Tensor | None = None,
+                cache: dict | None = None) -> torch.Tensor:
+        """``x``: (batch, length, embed) target states; ``encoder_out``: (batch, source, enc_embed).
+
+        Without ``cache`` the layer sees the whole target prefix and needs ``self_attn_mask``
+        (causal). With ``cache`` it sees only new positions and no mask.
+        """
+        if cache is not None and not self.caches_per_stage:
+            return self._forward_recompute_prefix(x, encoder_out, encoder_padding_mask, cache)
+        x = self.augment(x)
+        enc_k, enc_v = self._encoder_kv(encoder_out, cache)
+        enc_bias = attention_bias(key_padding_mask=encoder_padding_mask, dtype=x.dtype)
+        self_bias = None if cache is not None else attention_bias(
+            key_padding_mask=self_attn_padding_mask, attn_mask=self_attn_mask, dtype=x.dtype)
+        if self.separated:
+            h = self.self_attn_layer_norm(x)
+            k, v = self.self_attn.project_kv(h, h)
+            if cache is not None:
+                k, v = extend_cache(cache, "separated_self_attn", k, v)
+            x = x + self.self_dropout(self.self_attn.attend(h, k, v, self_bias))
+        keep = None if self_attn_padding_mask is None or cache is not None else ~self_attn_padding_mask.to(torch.bool)
+        field_cache = cache.setdefault("stages", {}) if cache is not None else None
+        y = self.integrate(self.field, x, (enc_k, enc_v, enc_bias, self_bias, field_cache), keep)
+        return self.project_back(y)
+
+    def _encoder_kv(self, encoder_out: torch.Tensor, cache: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project the encoder output once per solve (once per sentence when decoding)."""
+        if cache is not None and "encoder_kv" in cache:
+            return cache["encoder_kv"]
+        kv = self.field.encoder_attn.project_kv(encoder_out, encoder_out)
+        if cache is not None:
+            cache["encoder_kv"] = kv
+        return kv
+
+    def _forward_recompute_prefix(self, x, encoder_out, encoder_padding_mask, cache):
+        prefix = torch.cat([cache["prefix"], x], dim=1) if "prefix" in cache else x
+        cache["prefix"] = prefix
+        length = prefix.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu_(1)
+        out = self.forward(prefix, encoder_out, encoder_padding_mask, self_attn_mask=causal)
+        return out[:, -x.shape[1]:]
+
+
+def reorder_cache(cache: dict, new_order: torch.Tensor) -> dict:
+    """Select batch rows of every cached tensor (beam search reordering), in place."""
+    for key, value in cache.items():
+        if isinstance(value, dict):
+            reorder_cache(value, new_order)
+        elif isinstance(value, tuple):
+            cache[key] = tuple(v.index_select(0, new_order) for v in value)
+        elif isinstance(value, torch.Tensor):
+            cache[key] = value.index_select(0, new_order)
+    return cache
+
+
+def node_layers(module: nn.Module) -> list[_NodeLayer]:
+    return [m for m in module.modules() if isinstance(m, _NodeLayer)]
+
+
+def collect_stats(module: nn.Module) -> SolveStats:
+    """The sum of the last solve of every NODE layer inside ``module``."""
+    total = SolveStats()
+    for layer in node_layers(module):
+        total = total + layer.last_stats
+    return total
