@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-HF = ["transformers>=5,<6", "datasets>=4", "tokenizers>=0.21", "safetensors>=0.4"]
+HF = ["transformers>=5,<6", "datasets>=4", "tokenizers>=0.21", "safetensors>=0.4", "accelerate>=1.1"]
 FAIRSEQ = ["fairseq-fixed==0.12.3.1", "sacrebleu>=2.4"]
 VISION = ["torchvision==0.29.1", "scikit-learn>=1.3", "matplotlib>=3.7", "pyyaml>=6", "tqdm>=4"]
 DEV = ["pytest>=8", "hypothesis>=6"]

@@ -5,7 +5,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 py="${PYTHON:-python3}"
-pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+# pip, minus this machine's index-location warnings and setuptools' editable-install banner.
+pip() {
+  "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 \
+    | { grep -vE "^WARNING: Location|BuildBackendWarning|^ +(!!|\*+|Please be careful|name as your package|with strategy|\*)? *$|^ +(Please be careful|name as your package|with strategy)" || true; }
+}
 
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 

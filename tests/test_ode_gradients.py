@@ -116,3 +116,29 @@ def test_time_gradient_is_the_vector_field_at_t1():
     with torch.no_grad():
         expected = field(t1.detach(), y1.detach())
     torch.testing.assert_close(t1.grad, expected.sum(), rtol=1e-6, atol=1e-8)
+
+
+class ProjectedMemoryField(CrossAttentionField):
+    """Like a decoder layer: ``proj`` belongs to the field but is applied to the memory outside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("gradient,method,tol", [("adjoint", "rk4", 1e-4), ("reversible", "reversible_heun", 1e-8),
+                                                 ("checkpoint", "rk4", 1e-10)])
+def test_parameters_used_outside_the_field_get_their_gradient_once(gradient, method, tol):
+    def grads(mode):
+        torch.manual_seed(2)
+        field = ProjectedMemoryField()
+        raw_memory = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+        y0 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+        mask = torch.zeros(2, 5, dtype=torch.bool)
+        for _ in range(2):  # two solves reading the same projected memory, as two decoder layers do
+            y0, _ = solve(field, y0, inputs=(field.proj(raw_memory), mask, 0.5), method=method, steps=8,
+                          gradient=mode)
+        y0.square().sum().backward()
+        return {"proj": field.proj.weight.grad, "memory": raw_memory.grad, "q": field.q.weight.grad}
+
+    _assert_all_close(grads(gradient), grads("backprop"), tol, tol)

@@ -18,13 +18,10 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerDecoder, TransformerEncoder, TransformerModel
 from fairseq.models.transformer.transformer_legacy import base_architecture, transformer_iwslt_de_en
 
-from ..nn.layers import LayerSpec, NodeDecoderLayer, NodeEncoderLayer, reorder_cache
-from ..ode import OptionError, SolverConfig
+from ..nn.layers import PLAIN_LAYER, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, is_ode_layer, reorder_cache
+from ..ode import OptionError
 from . import options
 from .nfe_logging import GENERATION, BackwardNFELogger, log_forward_nfe, report_nfe_after_generate
-
-PLAIN_LAYER = SolverConfig(method="euler", steps=1)
-
 
 def layer_spec(args: argparse.Namespace, side: str) -> LayerSpec:
     return LayerSpec(
@@ -82,10 +79,6 @@ class FairseqNodeDecoderLayer(NodeDecoderLayer):
         return incremental_state
 
 
-def _uses_ode(layer) -> bool:
-    return layer.solver is not PLAIN_LAYER
-
-
 class NodeTransformerEncoder(TransformerEncoder):
     def build_encoder_layer(self, cfg):
         args = self.args
@@ -99,7 +92,7 @@ class NodeTransformerEncoder(TransformerEncoder):
         out = super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
         if not self.training and not torch.is_grad_enabled():
             GENERATION.sentences += src_tokens.shape[0]
-            GENERATION.add(sum(layer.last_stats.nfe_forward for layer in self.layers if _uses_ode(layer)),
+            GENERATION.add(sum(layer.last_stats.nfe_forward for layer in self.layers if is_ode_layer(layer)),
                            src_tokens.shape[0])
         return out
 
@@ -125,7 +118,7 @@ class NodeTransformerDecoder(TransformerDecoder):
         out = super().forward(prev_output_tokens, encoder_out=encoder_out, incremental_state=incremental_state,
                               **kwargs)
         if incremental_state is not None and not torch.is_grad_enabled():
-            nfe = sum(layer.last_stats.nfe_forward for layer in self.layers if _uses_ode(layer))
+            nfe = sum(layer.last_stats.nfe_forward for layer in self.layers if is_ode_layer(layer))
             GENERATION.add(nfe, prev_output_tokens.shape[0] / max(self.beam_size, 1))
         return out
 
@@ -175,7 +168,7 @@ class NodeTransformerModel(TransformerModel):
         return out
 
     def ode_layers(self):
-        return [layer for layer in [*self.encoder.layers, *self.decoder.layers] if _uses_ode(layer)]
+        return [layer for layer in [*self.encoder.layers, *self.decoder.layers] if is_ode_layer(layer)]
 
 
 def _validated(args) -> None:

@@ -19,6 +19,10 @@ from .dropout import FrozenDropout, reset_frozen_dropout
 from .fields import DecoderField, EncoderField, extend_cache
 
 
+#: The solver of a plain (non-ODE) layer: one unit Euler step is exactly a pre-norm layer.
+PLAIN_LAYER = SolverConfig(method="euler", steps=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerSpec:
     """Sizes and regularisation of one layer (the same for NODE and plain layers)."""
@@ -164,7 +168,8 @@ class NodeDecoderLayer(_NodeLayer):
         cache["prefix"] = prefix
         length = prefix.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu_(1)
-        out = self.forward(prefix, encoder_out, encoder_padding_mask, self_attn_mask=causal)
+        # NodeDecoderLayer.forward, not self.forward: front ends override forward's conventions.
+        out = NodeDecoderLayer.forward(self, prefix, encoder_out, encoder_padding_mask, self_attn_mask=causal)
         return out[:, -x.shape[1]:]
 
 
@@ -180,12 +185,17 @@ def reorder_cache(cache: dict, new_order: torch.Tensor) -> dict:
     return cache
 
 
+def is_ode_layer(module: nn.Module) -> bool:
+    """A layer that integrates an ODE (not a plain layer built from the same modules)."""
+    return isinstance(module, _NodeLayer) and module.solver != PLAIN_LAYER
+
+
 def node_layers(module: nn.Module) -> list[_NodeLayer]:
-    return [m for m in module.modules() if isinstance(m, _NodeLayer)]
+    return [m for m in module.modules() if is_ode_layer(m)]
 
 
 def collect_stats(module: nn.Module) -> SolveStats:
-    """The sum of the last solve of every NODE layer inside ``module``."""
+    """The sum of the last solve of every ODE layer inside ``module`` (plain layers excluded)."""
     total = SolveStats()
     for layer in node_layers(module):
         total = total + layer.last_stats

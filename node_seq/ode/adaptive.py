@@ -30,10 +30,37 @@ def _uniform_grid(steps: int) -> Callable:
     return grid
 
 
+class _AdjointSolve(torch.autograd.Function):
+    """``odeint_adjoint`` on detached copies of every input, its gradients handed back once.
+
+    ``solve_on`` runs torchdiffeq on leaf tensors (the state, the time points and the field's
+    inputs, see :meth:`CountingField.detach_inputs`); the backward pass asks that graph for the
+    gradients of exactly those leaves and of the parameters, and returns them to the originals.
+    """
+
+    @staticmethod
+    def forward(ctx, solve_on, leaves, num_params, y0, t, *tensors):
+        y0_leaf = y0.detach().requires_grad_(y0.requires_grad)
+        t_leaf = t.detach().requires_grad_(t.requires_grad)
+        with torch.enable_grad():
+            y1 = solve_on(y0_leaf, t_leaf)
+        ctx.graph = (y1, [y0_leaf, t_leaf, *tensors[:num_params], *leaves])
+        return y1.detach()
+
+    @staticmethod
+    def backward(ctx, grad_y1):
+        y1, wrt = ctx.graph
+        del ctx.graph
+        wanted = [x for x in wrt if x.requires_grad]
+        found = iter(torch.autograd.grad(y1, wanted, grad_y1, allow_unused=True))
+        grads = [next(found) if x.requires_grad else None for x in wrt]
+        return (None, None, None, *grads)
+
+
 def integrate_torchdiffeq(field: CountingField, y0: torch.Tensor, *, t0, t1, method: str, steps: int | None,
                           rtol: float, atol: float, adjoint: bool, adjoint_rtol: float | None,
                           adjoint_atol: float | None, seminorm: bool, max_num_steps: int,
-                          grad_tensors: Sequence[torch.Tensor], norm: Callable | None) -> torch.Tensor:
+                          params: Sequence[torch.Tensor], norm: Callable | None) -> torch.Tensor:
     """Solve with ``torchdiffeq.odeint`` (or ``odeint_adjoint``) and return the state at ``t1``."""
     t = _time_tensor(t0, t1, y0)
     # Fixed-grid solvers take no step callbacks (torchdiffeq warns): hand them the bare call.
@@ -52,23 +79,33 @@ def integrate_torchdiffeq(field: CountingField, y0: torch.Tensor, *, t0, t1, met
             adjoint_options.pop("norm", None)
             if seminorm and steps is None:
                 adjoint_options["norm"] = "seminorm"
-            ys = torchdiffeq.odeint_adjoint(
-                func, y0, t, rtol=rtol, atol=atol, method=name, options=options,
-                adjoint_rtol=adjoint_rtol if adjoint_rtol is not None else rtol,
-                adjoint_atol=adjoint_atol if adjoint_atol is not None else atol,
-                adjoint_method=name, adjoint_options=adjoint_options,
-                adjoint_params=tuple(grad_tensors),
-            )
+            originals, leaves = field.detach_inputs()
+
+            def solve_on(y0_leaf, t_leaf):
+                return torchdiffeq.odeint_adjoint(
+                    func, y0_leaf, t_leaf, rtol=rtol, atol=atol, method=name, options=options,
+                    adjoint_rtol=adjoint_rtol if adjoint_rtol is not None else rtol,
+                    adjoint_atol=adjoint_atol if adjoint_atol is not None else atol,
+                    adjoint_method=name, adjoint_options=adjoint_options,
+                    adjoint_params=(*params, *leaves),
+                )[-1]
+
+            return _finish(field, steps, _AdjointSolve.apply(solve_on, leaves, len(params), y0, t, *params,
+                                                             *originals))
         else:
             ys = torchdiffeq.odeint(func, y0, t, rtol=rtol, atol=atol, method=name, options=options)
     except AssertionError as error:
         if "underflow" in str(error):
             raise field.on_limit("underflow") from error
         raise
+    return _finish(field, steps, ys[-1])
+
+
+def _finish(field: CountingField, steps: int | None, y1: torch.Tensor) -> torch.Tensor:
     if steps is not None:
         field.stats.num_steps += steps
         field.stats.num_accepted += steps
-    return ys[-1]
+    return y1
 
 
 def _time_tensor(t0, t1, y0: torch.Tensor) -> torch.Tensor:

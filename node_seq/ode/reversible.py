@@ -38,7 +38,9 @@ def _heun_reversible_step(field, times, i, h, y, z, f_z):
 
 class _ReversibleSolve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, field, method, t0, t1, steps, y0, *grad_tensors):
+    def forward(ctx, field, method, t0, t1, steps, leaves, num_params, y0, *grad_tensors):
+        # grad_tensors: the field's parameters, then the original inputs behind ``leaves``.
+        params = grad_tensors[:num_params]
         h = (t1 - t0) / steps
         with torch.no_grad():
             if method == "reversible_heun":
@@ -48,14 +50,15 @@ class _ReversibleSolve(torch.autograd.Function):
                 f_z = _eval(field, times, 0, z)
                 for i in range(steps):
                     y, z, f_z = _heun_reversible_step(field, times, i, h, y, z, f_z)
-                ctx.save_for_backward(y, z, *grad_tensors)
+                ctx.save_for_backward(y, z, *params)
             else:
                 times = stage_times(t0, t1, steps, TABLEAUS[method].c, y0)
                 y = y0
                 for i in range(steps):
                     y = rk_step(field, TABLEAUS[method], i, times, y, h)
-                ctx.save_for_backward(y, *grad_tensors)
+                ctx.save_for_backward(y, *params)
         ctx.field, ctx.method, ctx.times, ctx.h, ctx.steps = field, method, times, h, steps
+        ctx.leaves = leaves
         return y
 
     @staticmethod
@@ -66,6 +69,7 @@ class _ReversibleSolve(torch.autograd.Function):
             y, z, *params = ctx.saved_tensors
         else:
             y, *params = ctx.saved_tensors
+        params = [*params, *ctx.leaves]  # gradients for the leaves go to the original inputs
         grads: list[torch.Tensor | None] = [None] * len(params)
         if ctx.method == "reversible_heun":
             grad_z = torch.zeros_like(z)
@@ -100,7 +104,7 @@ class _ReversibleSolve(torch.autograd.Function):
                 _accumulate(grads, step_grads[1:])
                 y = y_prev
             grad_y0 = grad_y
-        return (None, None, None, None, None, grad_y0, *grads)
+        return (None, None, None, None, None, None, None, grad_y0, *grads)
 
 
 def _backward_step(field: CountingField, tableau: Tableau, times: torch.Tensor, i: int,
@@ -122,9 +126,10 @@ def _accumulate(total: list, new: Sequence[torch.Tensor | None]) -> None:
 
 
 def integrate_reversible(field: CountingField, y0: torch.Tensor, *, t0: float, t1: float, steps: int,
-                         method: str, grad_tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Solve with memory-free gradients for ``y0`` and every tensor in ``grad_tensors``."""
-    out = _ReversibleSolve.apply(field, method, t0, t1, steps, y0, *grad_tensors)
+                         method: str, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Solve with memory-free gradients for ``y0``, ``params`` and every input that wants one."""
+    originals, leaves = field.detach_inputs()
+    out = _ReversibleSolve.apply(field, method, t0, t1, steps, leaves, len(params), y0, *params, *originals)
     field.stats.num_steps += steps
     field.stats.num_accepted += steps
     return out

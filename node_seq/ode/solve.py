@@ -109,7 +109,7 @@ def solve(
             raise ValueError("gradient='reversible' does not differentiate t0/t1; use 'backprop', "
                              "'checkpoint' or 'adjoint' for time gradients")
         y1 = integrate_reversible(field, y0, t0=t0_value, t1=t1_value, steps=grid_steps, method=method,
-                                  grad_tensors=_grad_tensors(func, inputs))
+                                  params=_trainable(func))
     elif fixed and mode in ("backprop", "checkpoint") and method != "reversible_heun":
         y1 = integrate(field, y0, t0=t0, t1=t1, steps=grid_steps, method=method,
                        use_checkpoint=mode == "checkpoint")
@@ -120,7 +120,7 @@ def solve(
             field, y0, t0=t0, t1=t1, method=method, steps=config.steps if fixed else None,
             rtol=rtol, atol=atol, adjoint=mode == "adjoint", adjoint_rtol=adjoint_rtol,
             adjoint_atol=adjoint_atol, seminorm=seminorm, max_num_steps=max_num_steps,
-            grad_tensors=_grad_tensors(func, inputs) if mode == "adjoint" else (),
+            params=_trainable(func) if mode == "adjoint" else (),
             norm=norm,
         )
     stats.t_reached = t1_value
@@ -164,7 +164,5 @@ def _parameters(func: Any) -> list[torch.Tensor]:
     return list(func.parameters()) if isinstance(func, nn.Module) else []
 
 
-def _grad_tensors(func: Any, inputs: tuple) -> tuple[torch.Tensor, ...]:
-    """Every tensor the adjoint / reversible backward must return a gradient for."""
-    params = [p for p in _parameters(func) if p.requires_grad]
-    return tuple(params) + tuple(x for x in inputs if _wants_grad(x))
+def _trainable(func: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(p for p in _parameters(func) if p.requires_grad)

@@ -91,6 +91,27 @@ class CountingField:
             self.stats.nfe_forward += 1
         return self.func(t, y, *self.inputs)
 
+    def detach_inputs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Make the field read detached leaf copies of the inputs that want gradients.
+
+        Used by the gradient modes that differentiate the field themselves (adjoint,
+        reversible): they take gradients with respect to these leaves and hand them back to the
+        original inputs once, through autograd. Differentiating the originals directly would walk
+        into the graph that produced them (e.g. the encoder and the projections of its output),
+        counting those parameters' gradients twice and freeing that graph early.
+        Returns ``(originals, leaves)``.
+        """
+        originals, leaves, inputs = [], [], []
+        for x in self.inputs:
+            if isinstance(x, torch.Tensor) and x.is_floating_point() and x.requires_grad:
+                leaf = x.detach().requires_grad_()
+                originals.append(x)
+                leaves.append(leaf)
+                x = leaf
+            inputs.append(x)
+        self.inputs = tuple(inputs)
+        return originals, leaves
+
     def call_at_stage(self, stage: Stage, y: torch.Tensor) -> torch.Tensor:
         token = _CURRENT_STAGE.set(stage)
         try:

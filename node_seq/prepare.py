@@ -1,0 +1,106 @@
+"""Prepare a parallel corpus for training: one subword tokenizer, fairseq binaries, references.
+
+    python -m node_seq.prepare RAW_DIR OUT_DIR --src de --tgt en \
+        --splits train=train,valid=val,test=test_2016_flickr --vocab-size 8000
+
+reads ``RAW_DIR/{name}.{lang}`` (plain or ``.gz``), and writes to ``OUT_DIR``:
+
+* ``raw/{split}.{lang}``: the untokenized text (references for sacrebleu);
+* ``tokenizer.json``: the joint BPE (see :mod:`node_seq.tokenizer`), learnt on the training split;
+* ``bpe/{split}.{lang}``: the text as pieces; ``bin/``: ``fairseq-preprocess`` output with a joined
+  dictionary (``bin/dict.{lang}.txt``), ready for ``fairseq-train OUT_DIR/bin``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+from pathlib import Path
+
+from .tokenizer import encode_file, train_tokenizer
+
+
+def _read_raw(raw_dir: Path, name: str, lang: str) -> str:
+    for path in (raw_dir / f"{name}.{lang}", raw_dir / f"{name}.{lang}.gz"):
+        if path.exists():
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt", encoding="utf-8") as f:
+                return f.read()
+    raise FileNotFoundError(f"missing split file {raw_dir / f'{name}.{lang}'}[.gz]")
+
+
+def parse_splits(text: str) -> dict[str, str]:
+    splits = dict(part.split("=", 1) if "=" in part else (part, part) for part in text.split(",") if part)
+    if "train" not in splits:
+        raise ValueError(f"--splits: needs a train split, got {text!r}")
+    unknown = set(splits) - {"train", "valid", "test"}
+    if unknown:
+        raise ValueError(f"--splits: split names are train, valid, test; got {sorted(unknown)}")
+    return splits
+
+
+def prepare(raw_dir: str | Path, out_dir: str | Path, *, src: str, tgt: str, splits: dict[str, str],
+            vocab_size: int, workers: int = 1) -> Path:
+    raw_dir, out = Path(raw_dir), Path(out_dir)
+    texts = {(split, lang): _read_raw(raw_dir, name, lang) for split, name in splits.items() for lang in (src, tgt)}
+    for (split, lang), text in texts.items():  # every file is read (and checked) before anything is written
+        lines = text.splitlines()
+        if not lines or any(not line.strip() for line in lines):
+            raise ValueError(f"{split}.{lang}: empty file or empty lines (line "
+                             f"{next((i + 1 for i, l in enumerate(lines) if not l.strip()), 1)})")
+    counts = {split: len(texts[(split, src)].splitlines()) for split in splits}
+    for split in splits:
+        if len(texts[(split, tgt)].splitlines()) != counts[split]:
+            raise ValueError(f"{split}: {counts[split]} {src} lines but {len(texts[(split, tgt)].splitlines())} {tgt} lines")
+
+    for sub in ("raw", "bpe"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for (split, lang), text in texts.items():
+        (out / "raw" / f"{split}.{lang}").write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    tokenizer = train_tokenizer([out / "raw" / f"train.{lang}" for lang in (src, tgt)], vocab_size=vocab_size)
+    tokenizer.save(str(out / "tokenizer.json"))
+    for split in splits:
+        for lang in (src, tgt):
+            encode_file(tokenizer, out / "raw" / f"{split}.{lang}", out / "bpe" / f"{split}.{lang}")
+
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    if (out / "bin").exists():
+        shutil.rmtree(out / "bin")
+    argv = ["--source-lang", src, "--target-lang", tgt, "--joined-dictionary", "--destdir", str(out / "bin"),
+            "--workers", str(workers), "--trainpref", str(out / "bpe" / "train")]
+    for split in ("valid", "test"):
+        if split in splits:
+            argv += [f"--{split}pref", str(out / "bpe" / split)]
+    preprocess.main(options.get_preprocessing_parser().parse_args(argv))
+    shutil.copy(out / "tokenizer.json", out / "bin" / "tokenizer.json")
+    return out / "bin"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Prepare a parallel corpus for node-seq (fairseq + HF).")
+    parser.add_argument("raw_dir")
+    parser.add_argument("out_dir")
+    parser.add_argument("--src", required=True)
+    parser.add_argument("--tgt", required=True)
+    parser.add_argument("--splits", default="train,valid,test", help="split=file-stem pairs, e.g. valid=val")
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        splits = parse_splits(args.splits)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.vocab_size < 8:
+        parser.error(f"--vocab-size: must be >= 8, got {args.vocab_size}")
+    if not Path(args.raw_dir).is_dir():
+        parser.error(f"raw_dir: not a directory: {args.raw_dir}")
+    bin_dir = prepare(args.raw_dir, args.out_dir, src=args.src, tgt=args.tgt, splits=splits,
+                      vocab_size=args.vocab_size, workers=args.workers)
+    print(f"fairseq data in {bin_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Score ``fairseq-generate`` output against raw references: sacreBLEU, exact match, NFE.
+
+    python -m node_seq.score GENERATE_LOG REFERENCE_FILE
+
+reads the ``D-<id>`` lines (detokenized hypotheses, in fairseq's order) and the ``NODE NFE`` line
+that node-seq adds to fairseq-generate's log, and prints a few lines a person can read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import sacrebleu
+
+_NFE = re.compile(r"NODE NFE: ([0-9.]+) function evaluations per sentence")
+
+
+def read_hypotheses(generate_log: str | Path) -> dict[int, str]:
+    hypotheses = {}
+    for line in Path(generate_log).read_text(encoding="utf-8").splitlines():
+        if line.startswith("D-"):
+            head, _score, text = (line.split("\t", 2) + ["", ""])[:3]
+            hypotheses[int(head[2:])] = text.strip()
+    if not hypotheses:
+        raise ValueError(f"{generate_log}: no 'D-' lines; is it fairseq-generate output?")
+    return hypotheses
+
+
+def score(generate_log: str | Path, references: str | Path) -> dict:
+    hypotheses = read_hypotheses(generate_log)
+    refs = Path(references).read_text(encoding="utf-8").splitlines()
+    missing = [i for i in hypotheses if i >= len(refs)]
+    if missing:
+        raise ValueError(f"{references}: has {len(refs)} lines but the log has sentence id {max(missing)}")
+    if len(hypotheses) != len(refs):
+        raise ValueError(f"{generate_log}: {len(hypotheses)} hypotheses for {len(refs)} references; fairseq-generate "
+                         "drops a last batch smaller than --required-batch-size-multiple (default 8): pass "
+                         "--required-batch-size-multiple 1")
+    ids = sorted(hypotheses)
+    hyps, gold = [hypotheses[i] for i in ids], [refs[i].strip() for i in ids]
+    nfe = _NFE.findall(Path(generate_log).read_text(encoding="utf-8"))
+    return {
+        "sentences": len(ids),
+        "bleu": round(sacrebleu.corpus_bleu(hyps, [gold]).score, 2),
+        "exact_match": round(100.0 * sum(h == g for h, g in zip(hyps, gold)) / len(ids), 2),
+        "nfe_per_sentence": float(nfe[-1]) if nfe else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("generate_log")
+    parser.add_argument("references")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    result = score(args.generate_log, args.references)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"sentences      {result['sentences']}")
+    print(f"sacreBLEU      {result['bleu']:.2f}")
+    print(f"exact match    {result['exact_match']:.2f}%")
+    if result["nfe_per_sentence"] is not None:
+        print(f"NFE/sentence   {result['nfe_per_sentence']:.1f} (forward evaluations of all ODE blocks)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The fairseq plugin end to end: every configuration trains, generates, logs NFE, resumes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("fairseq")
+
+from fairseq_helpers import REPO, TINY, fairseq_generate, fairseq_train, make_task  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_task(tmp_path_factory.mktemp("numbers"))
+
+
+def _records(log, kind):
+    """fairseq's JSON log lines of one kind: per update (train_inner), per epoch (train), valid."""
+    records = []
+    for line in log.read_text().splitlines():
+        if line.startswith('{"'):
+            records.append(json.loads(line))
+    if kind == "train_inner":
+        return [r for r in records if "loss" in r]
+    return [r for r in records if f"{kind}_loss" in r]
+
+
+CONFIGS = {
+    "both-rk4": ["--node-method", "rk4"],
+    "encoder-only": ["--no-node-decoder", "--node-method", "midpoint", "--node-steps", "2"],
+    "decoder-only-adjoint": ["--no-node-encoder", "--node-method", "rk4", "--node-gradient", "adjoint"],
+    "neither": ["--no-node-encoder", "--no-node-decoder"],
+    "separated-decoder": ["--node-separated-decoder", "--node-method", "heun"],
+    "augmented-time-dependent": ["--node-augment-dims", "4", "--node-time-dependent", "--node-method", "euler",
+                                 "--node-steps", "2"],
+    "dopri5-adjoint-seminorm": ["--node-method", "dopri5", "--node-rtol", "0.01", "--node-atol", "0.001",
+                                "--node-gradient", "adjoint", "--node-seminorm"],
+    "checkpoint": ["--node-method", "rk4", "--node-gradient", "checkpoint"],
+    "reversible-heun": ["--node-method", "reversible_heun", "--node-steps", "3", "--node-gradient", "reversible"],
+    "reversed-euler": ["--node-method", "euler", "--node-steps", "3", "--node-gradient", "reversible"],
+}
+BACKWARD_EVALUATES = {"decoder-only-adjoint", "dopri5-adjoint-seminorm", "checkpoint", "reversible-heun",
+                      "reversed-euler"}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_trains_logs_nfe_and_generates(name, data, tmp_path):
+    log = tmp_path / "train.log"
+    fairseq_train(data, tmp_path / "ck", ["--max-update", "3", "--disable-validation", *CONFIGS[name]], log_file=log)
+    updates = _records(log, "train_inner")
+    assert len(updates) == 3 and all(float(u["loss"]) > 0 for u in updates)
+    if name == "neither":
+        assert "nfe_f" not in updates[-1]
+    else:
+        assert float(updates[-1]["nfe_f"]) > 0
+        assert (float(updates[-1]["nfe_b"]) > 0) == (name in BACKWARD_EVALUATES)
+
+    output = fairseq_generate(data, tmp_path / "ck" / "checkpoint_last.pt")
+    assert sum(line.startswith("H-") for line in output.splitlines()) == 12
+    if name != "neither":
+        assert "NODE NFE:" in output
+
+
+
+
+def test_validation_reports_its_own_nfe(data, tmp_path):
+    log = tmp_path / "train.log"
+    fairseq_train(data, tmp_path / "ck", ["--max-epoch", "1", "--node-method", "rk4", "--node-steps", "2"], log_file=log)
+    valid, train = _records(log, "valid")[-1], _records(log, "train")[-1]
+    assert float(valid["valid_nfe_f"]) == 16  # 2 ODE layers x 2 steps x 4 stages
+    assert float(train["train_nfe_f"]) == 16 and float(train["train_nfe_b"]) == 0
+
+
+def test_resume_from_checkpoint(data, tmp_path):
+    save = tmp_path / "ck"
+    fairseq_train(data, save, ["--max-update", "2", "--disable-validation", "--node-method", "rk4"])
+    log = tmp_path / "resume.log"
+    fairseq_train(data, save, ["--max-update", "4", "--disable-validation", "--node-method", "rk4",
+                               "--restore-file", str(save / "checkpoint_last.pt")], log_file=log)
+    text = log.read_text()
+    assert "Loaded checkpoint" in text and "@ 2 updates" in text
+    assert [int(r["num_updates"]) for r in _records(log, "train_inner")] == [3, 4]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--node-method", "rk5"], "argument --node-method: invalid choice: 'rk5'"),
+    (["--node-gradient", "magic"], "argument --node-gradient: invalid choice: 'magic'"),
+    (["--node-rtol", "-1"], "--node-rtol: must be a finite number > 0, got -1.0"),
+    (["--node-atol", "0"], "--node-atol: must be a finite number > 0, got 0.0"),
+    (["--node-ts", "1,0"], "--node-ts: time points must be finite and strictly increasing"),
+    (["--node-steps", "0", "--node-method", "rk4"], "--node-steps: must be an integer >= 1, got 0"),
+    (["--node-augment-dims", "3"], "--node-augment-dims: encoder width 16 + 3 augmented dims is not divisible by "
+                                   "--encoder-attention-heads 4; use a value such as 0, 4, 8, 12"),
+    (["--node-method", "rk4", "--node-gradient", "reversible"], "--node-method: gradient 'reversible' runs only"),
+    (["--node-method", "dopri5", "--node-gradient", "checkpoint"], "'checkpoint' needs a fixed-grid method"),
+    (["--no-node-decoder", "--node-separated-decoder"], "--node-separated-decoder: needs --node-decoder"),
+])
+def test_bad_options_are_rejected_while_parsing(argv, message, data, capsys):
+    from fairseq import options
+
+    import node_seq.fairseq  # noqa: F401
+
+    with pytest.raises(SystemExit) as info:
+        options.parse_args_and_arch(options.get_training_parser(), [str(data), *TINY, *argv])
+    assert message in str(info.value.code) + capsys.readouterr().err
+
+
+def test_fairseq_train_cli_stops_before_anything_is_written(data, tmp_path):
+    save = tmp_path / "never"
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "fairseq-train"), str(data), "--user-dir", "user_dir", *TINY,
+         "--save-dir", str(save), "--max-update", "1", "--node-rtol", "-0.5"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "node_transformer: error: --node-rtol: must be a finite number > 0, got -0.5" in result.stderr
+    assert not save.exists()
+
+
+def _build(data, argv):
+    from fairseq import options, tasks
+
+    import node_seq.fairseq  # noqa: F401
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [str(data), *TINY, *argv])
+    task = tasks.setup_task(args)
+    return task, task.build_model(args)
+
+
+def test_gradient_reaches_the_encoder_when_only_the_decoder_is_an_ode(data):
+    task, model = _build(data, ["--no-node-encoder", "--node-method", "rk4", "--node-gradient", "adjoint"])
+    src = torch.tensor([[5, 6, 7, 2]])
+    prev = torch.tensor([[2, 8, 9]])
+    out, _ = model(src, torch.tensor([4]), prev)
+    out.logsumexp(-1).sum().backward()
+    encoder_grads = [p.grad for n, p in model.encoder.layers.named_parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in encoder_grads)
+
+
+@pytest.mark.parametrize("argv", [["--node-method", "rk4", "--node-steps", "2"],
+                                  ["--node-method", "dopri5", "--node-rtol", "1e-4"],
+                                  ["--node-method", "rk4", "--no-node-incremental-cache"]])
+def test_incremental_decoder_logits_equal_full_decoding(data, argv):
+    task, model = _build(data, argv)
+    model.eval()
+    src = torch.tensor([[1, 5, 6, 7, 2], [9, 10, 11, 12, 2]])  # left-padded like fairseq's sources
+    prev = torch.tensor([[2, 8, 9, 10, 11], [2, 12, 13, 14, 15]])
+    with torch.no_grad():
+        encoder_out = model.encoder(src, src_lengths=torch.tensor([4, 5]))
+        full, _ = model.decoder(prev, encoder_out=encoder_out)
+        state: dict = {}
+        steps = [model.decoder(prev[:, :i + 1], encoder_out=encoder_out, incremental_state=state)[0]
+                 for i in range(prev.shape[1])]
+    incremental = torch.cat(steps, dim=1)
+    if "dopri5" in argv:  # each token's solve sees its own prefix: compare with decoding that prefix
+        with torch.no_grad():
+            full = torch.cat([model.decoder(prev[:, :i + 1], encoder_out=encoder_out)[0][:, -1:]
+                              for i in range(prev.shape[1])], dim=1)
+    torch.testing.assert_close(incremental, full, rtol=1e-5, atol=1e-5)
