@@ -9,15 +9,18 @@ blocks and the ODE blocks each get their own choice. A spec reads ``stem-res-ode
 * each part is a layer-output norm (``bn``, ``ln``, ``none``), a weight norm on every conv/linear
   (``wn``, ``sn``), or both joined by ``+`` (``ln+wn``). ``nf`` is an alias of ``none``.
 
-BN inside an ODE function shares running statistics across every time point and solver stage
-(and a recomputing gradient mode updates them twice); it is offered to reproduce the paper's
-failure, not as a default.
+BN inside an ODE function shares running statistics across every time point and solver stage;
+it is offered to reproduce the paper's failure, not as a default. (Its running statistics are at
+least not updated a second time when a gradient mode recomputes the field during the backward
+pass, as ANODE's checkpointing did: see :class:`ODEBatchNorm2d`.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
@@ -71,9 +74,41 @@ def _parse_part(part: str, spec: str, option: str) -> NormSpec:
     return NormSpec(layer, weight)
 
 
-def layer_norm(kind: str, channels: int, dims: int = 2) -> nn.Module:
+def _in_backward_pass() -> bool:
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current is not None and current() != -1
+
+
+class _StatsOnceMixin:
+    """BN that leaves its running statistics alone while autograd recomputes the forward.
+
+    ``checkpoint``, ``reversible`` and ``adjoint`` re-evaluate the vector field inside
+    ``.backward()``; there the layer still normalizes with the batch statistics (so the recomputed
+    values, and the gradients, equal the forward's) but does not count the batch twice.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and _in_backward_pass():
+            # the same call as the forward's (checkpointing checks that it saves the same tensors),
+            # updating throwaway copies of the running statistics
+            return F.batch_norm(x, self.running_mean.clone(), self.running_var.clone(), self.weight, self.bias,
+                                True, 0.0, self.eps)
+        return super().forward(x)
+
+
+class ODEBatchNorm2d(_StatsOnceMixin, nn.BatchNorm2d):
+    pass
+
+
+class ODEBatchNorm1d(_StatsOnceMixin, nn.BatchNorm1d):
+    pass
+
+
+def layer_norm(kind: str, channels: int, dims: int = 2, *, in_ode: bool = False) -> nn.Module:
     """The layer-output norm after a ``dims``-d conv: BN, LN (GroupNorm with one group) or nothing."""
     if kind == "bn":
+        if in_ode:
+            return ODEBatchNorm2d(channels) if dims == 2 else ODEBatchNorm1d(channels)
         return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
     if kind == "ln":
         return nn.GroupNorm(1, channels)  # normalizes over (C, H, W) or (C, L): works for 1-d and 2-d convs

@@ -1,0 +1,69 @@
+"""Solver-swap evaluation: test step = train step / factor, and the files it writes."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from node_seq.ode import SolverConfig
+from vision.data import load_dataset
+from vision.evaluate import evaluate, plot_sweeps, solver_sweep, swap_solver, write_sweep
+from vision.models import create_model
+
+
+@pytest.mark.parametrize("train_steps,factor,expected", [(64, 0.5, 32), (64, 2, 128), (2, 4, 8), (2, 1, 2),
+                                                         (1, 0.5, 1), (8, 0.75, 6)])
+def test_test_step_is_train_step_over_factor(train_steps, factor, expected):
+    solver = swap_solver(SolverConfig(method="euler", steps=train_steps, gradient="reversible"), "rk4", factor)
+    assert solver.method == "rk4" and solver.steps == expected and solver.gradient == "backprop"
+    # h_test = h_train / factor (not 1 / (h_train * factor), which the original code used)
+    assert 1 / solver.steps == pytest.approx((1 / train_steps) / factor, rel=0.5 if expected == 1 else 1e-9)
+
+
+def test_adaptive_test_solvers_scale_tolerances():
+    solver = swap_solver(SolverConfig(method="euler", steps=4, rtol=1e-3, atol=1e-4), "dopri5", 10)
+    assert solver.steps is None and solver.rtol == pytest.approx(1e-4) and solver.atol == pytest.approx(1e-5)
+    fixed = swap_solver(SolverConfig(method="dopri5"), "euler", 8)
+    assert fixed.steps == 8
+
+
+@pytest.fixture(scope="module")
+def spheres_model():
+    torch.manual_seed(0)
+    data = load_dataset("spheres2", n_train=40, n_test=37)
+    model = create_model("simple_odenet", num_classes=2, input_shape=(2,), width=4)
+    model.set_solver(SolverConfig(method="euler", steps=4))
+    return model, data
+
+
+def test_evaluate_counts_every_example(spheres_model):
+    model, data = spheres_model
+    result = evaluate(model, data, data.test, batch_size=5)  # last batch holds 2 examples
+    with torch.no_grad():
+        model.eval()
+        predictions = model(data.prepare(data.test.x)).argmax(1)
+        model.train()
+    assert result["accuracy"] == pytest.approx(float((predictions == data.test.y).float().mean()))
+    assert result["nfe_forward"] == 4
+
+
+def test_sweep_rows_restore_the_model(spheres_model, tmp_path):
+    model, data = spheres_model
+    model.train()
+    rows = solver_sweep(model, data, data.test, train_solver=model.solver, methods=["euler", "midpoint"],
+                        factors=[0.5, 1, 4])
+    assert [(r["method"], r["steps"]) for r in rows] == [("euler", 2), ("euler", 4), ("euler", 16),
+                                                         ("midpoint", 2), ("midpoint", 4), ("midpoint", 16)]
+    assert [r["nfe_forward"] for r in rows] == [2, 4, 16, 4, 8, 32]
+    same = next(r for r in rows if r["method"] == "euler" and r["factor"] == 1)
+    assert same["accuracy"] == evaluate(model, data, data.test)["accuracy"]
+    assert model.solver == SolverConfig(method="euler", steps=4) and model.training
+    paths = write_sweep(rows, str(tmp_path), title="tiny", train_steps=4)
+    with open(paths["csv"]) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 6 and table[2]["steps"] == "16"
+    assert json.load(open(paths["json"]))["rows"][5]["steps"] == 16
+    assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    plot_sweeps({"a": (rows, 4), "b": (rows, None)}, str(tmp_path / "both.png"))
+    assert (tmp_path / "both.png").stat().st_size > 1000
