@@ -80,8 +80,7 @@ def test_resume_from_checkpoint(data, tmp_path):
     log = tmp_path / "resume.log"
     fairseq_train(data, save, ["--max-update", "4", "--disable-validation", "--node-method", "rk4",
                                "--restore-file", str(save / "checkpoint_last.pt")], log_file=log)
-    text = log.read_text()
-    assert "Loaded checkpoint" in text and "@ 2 updates" in text
+    # It picked up at update 3: the checkpoint's optimizer state and counters were restored.
     assert [int(r["num_updates"]) for r in _records(log, "train_inner")] == [3, 4]
 
 
@@ -159,3 +158,43 @@ def test_incremental_decoder_logits_equal_full_decoding(data, argv):
             full = torch.cat([model.decoder(prev[:, :i + 1], encoder_out=encoder_out)[0][:, -1:]
                               for i in range(prev.shape[1])], dim=1)
     torch.testing.assert_close(incremental, full, rtol=1e-5, atol=1e-5)
+
+
+def test_failure_policy_fallback_keeps_training_and_counts_it(data, tmp_path):
+    log = tmp_path / "train.log"
+    fairseq_train(data, tmp_path / "ck", ["--max-update", "2", "--disable-validation", "--node-method", "dopri5",
+                                          "--node-rtol", "1e-9", "--node-atol", "1e-9", "--node-max-num-steps", "2",
+                                          "--node-failure-policy", "fallback", "--node-fallback-steps", "2"],
+                  log_file=log)
+    updates = _records(log, "train_inner")
+    assert len(updates) == 2
+    assert all(float(u["node_fallbacks"]) == 2 for u in updates)  # both ODE layers, every update
+    assert all(float(u["nfe_f"]) == 16 for u in updates)  # rk4 x 2 steps x 2 layers
+
+
+def test_failure_policy_raise_names_the_layer(data, tmp_path):
+    from node_seq.ode import MaxStepsExceeded
+
+    with pytest.raises(MaxStepsExceeded, match=r"^encoder\.layers\.0: max_num_steps exceeded \(method=dopri5"):
+        fairseq_train(data, tmp_path / "ck", ["--max-update", "1", "--disable-validation", "--node-method", "dopri5",
+                                              "--node-rtol", "1e-9", "--node-atol", "1e-9", "--node-max-num-steps", "2"])
+
+
+def test_checkpoints_with_other_pickled_objects_are_refused(data, tmp_path):
+    import os
+    import pickle
+
+    from fairseq import checkpoint_utils
+
+    import node_seq.fairseq  # noqa: F401  (allow-lists exactly argparse.Namespace)
+
+    save = tmp_path / "ck"
+    fairseq_train(data, save, ["--max-update", "1", "--disable-validation", "--node-method", "euler"])
+    good = save / "checkpoint_last.pt"
+    assert checkpoint_utils.load_checkpoint_to_cpu(str(good))["model"]  # the real one loads, weights_only
+    state = torch.load(good, weights_only=True)
+    state["extra_state"]["payload"] = os.system  # what a malicious file would smuggle in
+    crafted = tmp_path / "crafted.pt"
+    torch.save(state, crafted)
+    with pytest.raises(pickle.UnpicklingError, match="unsupported GLOBAL posix.system"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(crafted))

@@ -181,3 +181,35 @@ def test_gradient_reaches_encoder_output_through_a_node_decoder():
         causal = torch.triu(torch.ones(4, 4, dtype=torch.bool), 1)
         layer(torch.randn(3, 4, 16), encoder_out, self_attn_mask=causal).sum().backward()
         assert encoder_out.grad is not None and encoder_out.grad.abs().sum() > 0, gradient
+
+
+def _failing_layer(policy):
+    from node_seq.nn.layers import FailurePolicy
+
+    layer = NodeEncoderLayer(SPEC, SolverConfig(method="dopri5", rtol=1e-9, atol=1e-9, max_num_steps=2))
+    layer.layer_name = "encoder.layers.0"
+    layer.failure = FailurePolicy(policy, SolverConfig(method="midpoint", steps=3))
+    return layer
+
+
+def test_failure_policy_raise_names_the_layer():
+    from node_seq.ode import MaxStepsExceeded
+
+    x, padding = padded_batch()
+    with pytest.raises(MaxStepsExceeded, match=r"^encoder\.layers\.0: max_num_steps exceeded \(method=dopri5, "
+                                               r"rtol=1e-09, atol=1e-09\); reached t=.* max_num_steps=2"):
+        _failing_layer("raise")(x, padding)
+
+
+def test_failure_policy_fallback_redoes_the_solve_on_a_fixed_grid():
+    layer = _failing_layer("fallback")
+    x, padding = padded_batch()
+    x.requires_grad_()
+    out = layer(x, padding)
+    out.sum().backward()
+    assert layer.fallbacks == 1
+    assert (layer.last_stats.method, layer.last_stats.nfe_forward) == ("midpoint", 6)
+    assert torch.isfinite(out).all() and x.grad is not None
+    reference = NodeEncoderLayer(SPEC, SolverConfig(method="midpoint", steps=3))
+    reference.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(out, reference(x, padding))

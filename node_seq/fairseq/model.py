@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
+from fairseq.logging import metrics
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerDecoder, TransformerEncoder, TransformerModel
 from fairseq.models.transformer.transformer_legacy import base_architecture, transformer_iwslt_de_en
@@ -130,6 +131,11 @@ class NodeTransformerModel(TransformerModel):
     def __init__(self, args, encoder, decoder):
         super().__init__(args, encoder, decoder)
         self._backward_nfe = BackwardNFELogger(self)
+        policy = options.failure_policy(args)
+        for name, module in self.named_modules():
+            if is_ode_layer(module):
+                module.layer_name, module.failure = name, policy
+        self._fallbacks_logged = 0
 
     @staticmethod
     def add_args(parser):
@@ -163,6 +169,10 @@ class NodeTransformerModel(TransformerModel):
             for hook in hooks:
                 hook.remove()
         log_forward_nfe(self)
+        fallbacks = sum(layer.fallbacks for layer in self.ode_layers())
+        if fallbacks > self._fallbacks_logged:
+            metrics.log_scalar_sum("node_fallbacks", fallbacks - self._fallbacks_logged, priority=702)
+            self._fallbacks_logged = fallbacks
         if torch.is_grad_enabled():
             self._backward_nfe.watch(inputs)
         return out

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..ode import GRADIENTS, METHODS, OptionError, SolverConfig, parse_time_points
+from ..nn.layers import FAILURE_POLICIES, FailurePolicy
+from ..ode import FIXED_GRID_METHODS, GRADIENTS, METHODS, OptionError, SolverConfig, parse_time_points
 
 #: How each SolverConfig field is spelled on the fairseq command line.
 OPTION_NAMES = {
@@ -25,6 +26,7 @@ DEFAULTS = dict(
     node_rtol=1e-3, node_atol=1e-4, node_ts="0,1", node_gradient="backprop", node_adjoint_rtol=None,
     node_adjoint_atol=None, node_seminorm=False, node_max_num_steps=1000, node_augment_dims=0,
     node_time_dependent=False, node_separated_decoder=False, node_incremental_cache=True,
+    node_failure_policy="raise", node_fallback_method="rk4", node_fallback_steps=4,
 )
 
 
@@ -62,6 +64,13 @@ def add_node_args(parser: argparse.ArgumentParser) -> None:
     add("--node-incremental-cache", action=argparse.BooleanOptionalAction, default=DEFAULTS["node_incremental_cache"],
         help="fixed-grid decoders cache keys/values per solver stage while generating "
              "(--no-node-incremental-cache: recompute the prefix)")
+    add("--node-failure-policy", choices=FAILURE_POLICIES, default=DEFAULTS["node_failure_policy"],
+        help="when a solve fails (max steps, step underflow, inf/nan): raise an error naming the layer, "
+             "or fall back to a fixed grid for that solve (counted as node_fallbacks in the log)")
+    add("--node-fallback-method", choices=[m for m in FIXED_GRID_METHODS if m != "reversible_heun"],
+        default=DEFAULTS["node_fallback_method"], help="fixed-grid method of --node-failure-policy fallback")
+    add("--node-fallback-steps", type=int, default=DEFAULTS["node_fallback_steps"],
+        help="steps of --node-failure-policy fallback")
 
 
 def fill_defaults(args: argparse.Namespace) -> None:
@@ -102,6 +111,13 @@ def validate(args: argparse.Namespace) -> SolverConfig:
                 f"--node-augment-dims: {side} width {dim} + {args.node_augment_dims} augmented dims is not "
                 f"divisible by --{side}-attention-heads {heads}; use a value such as "
                 f"{', '.join(map(str, allowed))}")
+    if args.node_fallback_steps < 1:
+        raise OptionError(f"--node-fallback-steps: must be an integer >= 1, got {args.node_fallback_steps}")
     if args.node_separated_decoder and not args.node_decoder:
         raise OptionError("--node-separated-decoder: needs --node-decoder (the decoder is not an ODE)")
     return config
+
+
+def failure_policy(args: argparse.Namespace) -> FailurePolicy:
+    return FailurePolicy(args.node_failure_policy,
+                         SolverConfig(method=args.node_fallback_method, steps=args.node_fallback_steps))

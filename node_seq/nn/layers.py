@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ode import SolverConfig, SolveStats, solve
+from ..ode import ODESolveError, SolverConfig, SolveStats, solve
 from .attention import MultiheadAttention, attention_bias
 from .dropout import FrozenDropout, reset_frozen_dropout
 from .fields import DecoderField, EncoderField, extend_cache
@@ -21,6 +21,23 @@ from .fields import DecoderField, EncoderField, extend_cache
 
 #: The solver of a plain (non-ODE) layer: one unit Euler step is exactly a pre-norm layer.
 PLAIN_LAYER = SolverConfig(method="euler", steps=1)
+#: What a layer does when its solve fails (max steps, step-size underflow, non-finite state):
+#: ``raise`` an error naming the layer, or ``fallback``: redo that solve on a fixed grid.
+FAILURE_POLICIES = ("raise", "fallback")
+
+
+@dataclasses.dataclass(frozen=True)
+class FailurePolicy:
+    """How a training run survives a solve that cannot finish (see :data:`FAILURE_POLICIES`)."""
+
+    policy: str = "raise"
+    fallback: SolverConfig = SolverConfig(method="rk4", steps=4)
+
+    def __post_init__(self):
+        if self.policy not in FAILURE_POLICIES:
+            raise ValueError(f"failure policy must be one of {', '.join(FAILURE_POLICIES)}, got {self.policy!r}")
+        if not self.fallback.is_fixed_grid:
+            raise ValueError(f"the fallback solver must use a fixed grid, got {self.fallback.method!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +84,9 @@ class _NodeLayer(nn.Module):
                 self.project.weight.zero_()
                 self.project.weight[:, : spec.embed_dim].copy_(torch.eye(spec.embed_dim))
         self.last_stats = SolveStats(method=solver.method)
+        self.failure = FailurePolicy()
+        self.fallbacks = 0  # solves redone on the fallback grid since the layer was built
+        self.layer_name = type(self).__name__  # front ends set the module path, e.g. "decoder.layers.2"
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, (0, self.augment_dims)) if self.augment_dims else x
@@ -76,8 +96,16 @@ class _NodeLayer(nn.Module):
 
     def integrate(self, field: nn.Module, x: torch.Tensor, inputs: tuple, keep: torch.Tensor | None) -> torch.Tensor:
         reset_frozen_dropout(field)
-        kwargs = self.solver.solve_kwargs()
-        y, stats = solve(field, x, inputs=inputs, norm=padding_rms_norm(keep), **kwargs)
+        norm = padding_rms_norm(keep)
+        try:
+            y, stats = solve(field, x, inputs=inputs, norm=norm, **self.solver.solve_kwargs())
+        except ODESolveError as error:
+            if self.failure.policy == "raise":
+                raise error.in_layer(self.layer_name) from error
+            fallback = dataclasses.replace(self.failure.fallback, t0=self.solver.t0, t1=self.solver.t1,
+                                           gradient="checkpoint" if self.solver.gradient != "backprop" else "backprop")
+            y, stats = solve(field, x, inputs=inputs, **fallback.solve_kwargs())
+            self.fallbacks += 1
         self.last_stats = stats
         return y
 

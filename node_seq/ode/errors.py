@@ -25,7 +25,7 @@ class ODESolveError(RuntimeError):
         where: str | None = None,
     ):
         self.method, self.rtol, self.atol = method, rtol, atol
-        self.t_reached, self.t1, self.nfe, self.where = t_reached, t1, nfe, where
+        self.t_reached, self.t1, self.nfe, self.where, self.detail = t_reached, t1, nfe, where, detail
         tol = f", rtol={rtol:g}, atol={atol:g}" if rtol is not None and atol is not None else ""
         reached = "unknown" if t_reached is None else f"{t_reached:.6g}"
         prefix = f"{where}: " if where else ""
@@ -39,7 +39,7 @@ class ODESolveError(RuntimeError):
         """The same error, its message prefixed with the name of the layer that raised it."""
         return type(self)(
             method=self.method, rtol=self.rtol, atol=self.atol, t_reached=self.t_reached,
-            t1=self.t1, nfe=self.nfe, where=where,
+            t1=self.t1, nfe=self.nfe, detail=self.detail, where=where,
         )
 
 
