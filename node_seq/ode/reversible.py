@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .fixed_grid import TABLEAUS, Tableau, combine, rk_step, stage_times
 from .stats import CountingField, Stage
@@ -133,3 +134,20 @@ def integrate_reversible(field: CountingField, y0: torch.Tensor, *, t0: float, t
     field.stats.num_steps += steps
     field.stats.num_accepted += steps
     return out
+
+
+def integrate_reversible_heun(field: CountingField, y0: torch.Tensor, *, t0, t1, steps: int,
+                              use_checkpoint: bool) -> torch.Tensor:
+    """Reversible Heun with an ordinary graph (the ``backprop`` and ``checkpoint`` modes)."""
+    h = (t1 - t0) / steps
+    times = stage_times(t0, t1 + h, steps + 1, (0.0,), y0)  # one evaluation per grid point
+    y, z = y0, y0
+    f_z = _eval(field, times, 0, z)
+    for i in range(steps):
+        if use_checkpoint and torch.is_grad_enabled():
+            y, z, f_z = checkpoint(_heun_reversible_step, field, times, i, h, y, z, f_z, use_reentrant=False)
+        else:
+            y, z, f_z = _heun_reversible_step(field, times, i, h, y, z, f_z)
+    field.stats.num_steps += steps
+    field.stats.num_accepted += steps
+    return y

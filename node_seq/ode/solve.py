@@ -12,7 +12,7 @@ from .adaptive import integrate_torchdiffeq
 from .config import DEFAULT_MAX_NUM_STEPS, SolverConfig
 from .errors import MaxStepsExceeded, NonFiniteState, StepSizeUnderflow
 from .fixed_grid import integrate
-from .reversible import integrate_reversible
+from .reversible import integrate_reversible, integrate_reversible_heun
 from .stats import CountingField, SolveStats
 
 
@@ -114,7 +114,7 @@ def solve(
         y1 = integrate(field, y0, t0=t0, t1=t1, steps=grid_steps, method=method,
                        use_checkpoint=mode == "checkpoint")
     elif method == "reversible_heun":
-        y1 = _reversible_heun_with_graph(field, y0, t0, t1, grid_steps, mode)
+        y1 = integrate_reversible_heun(field, y0, t0=t0, t1=t1, steps=grid_steps, use_checkpoint=mode == "checkpoint")
     else:
         y1 = integrate_torchdiffeq(
             field, y0, t0=t0, t1=t1, method=method, steps=config.steps if fixed else None,
@@ -130,26 +130,6 @@ def solve(
                              t_reached=None, t1=t1_value, nfe=stats.nfe_forward,
                              detail="the state at t1 holds inf or nan")
     return y1, stats
-
-
-def _reversible_heun_with_graph(field, y0, t0, t1, steps, mode):
-    """Reversible Heun with an ordinary graph (``backprop``/``checkpoint`` modes)."""
-    from .fixed_grid import stage_times
-    from .reversible import _eval, _heun_reversible_step
-
-    h = (t1 - t0) / steps
-    times = stage_times(t0, t1 + h, steps + 1, (0.0,), y0)  # one evaluation per grid point
-    y, z = y0, y0
-    f_z = _eval(field, times, 0, z)
-    for i in range(steps):
-        if mode == "checkpoint" and torch.is_grad_enabled():
-            y, z, f_z = torch.utils.checkpoint.checkpoint(
-                _heun_reversible_step, field, times, i, h, y, z, f_z, use_reentrant=False)
-        else:
-            y, z, f_z = _heun_reversible_step(field, times, i, h, y, z, f_z)
-    field.stats.num_steps += steps
-    field.stats.num_accepted += steps
-    return y
 
 
 def _as_float(t: float | torch.Tensor) -> float:
