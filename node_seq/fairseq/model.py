@@ -198,31 +198,24 @@ def node_base_architecture(args):
     _validated(args)
 
 
+def _sizes(args, *, dim: int, ffn: int, heads: int, layers: int) -> None:
+    """Default both sides to one size (options given on the command line win)."""
+    for side in ("encoder", "decoder"):
+        for name, value in (("embed_dim", dim), ("ffn_embed_dim", ffn), ("attention_heads", heads), ("layers", layers)):
+            setattr(args, f"{side}_{name}", getattr(args, f"{side}_{name}", value))
+
+
 @register_model_architecture("node_transformer", "node_transformer_tiny")
 def node_transformer_tiny(args):
     """A CPU-sized model: 2+2 layers, width 64 (for tests and the embedded demo)."""
-    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 64)
-    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 128)
-    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 4)
-    args.encoder_layers = getattr(args, "encoder_layers", 2)
-    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 64)
-    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", 128)
-    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 4)
-    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    _sizes(args, dim=64, ffn=128, heads=4, layers=2)
     node_base_architecture(args)
 
 
 @register_model_architecture("node_transformer", "node_transformer_small")
 def node_transformer_small(args):
     """3+3 layers, width 256: the Multi30k recipe's size."""
-    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 256)
-    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 1024)
-    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 4)
-    args.encoder_layers = getattr(args, "encoder_layers", 3)
-    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 256)
-    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", 1024)
-    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 4)
-    args.decoder_layers = getattr(args, "decoder_layers", 3)
+    _sizes(args, dim=256, ffn=1024, heads=4, layers=3)
     node_base_architecture(args)
 
 
