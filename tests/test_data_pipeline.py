@@ -1,0 +1,88 @@
+"""The embedded task, the shared tokenizer, data preparation and scoring, including their errors."""
+
+import gzip
+
+import pytest
+
+from node_seq.data.numbers import number_to_words, write_task
+from node_seq.score import score
+from node_seq.tokenizer import detokenize, encode_lines, train_tokenizer
+
+
+@pytest.mark.parametrize("n,words", [(0, "zero"), (13, "thirteen"), (40, "forty"), (101, "one hundred one"),
+                                     (40713, "forty thousand seven hundred thirteen"),
+                                     (100000, "one hundred thousand"), (999999, "nine hundred ninety nine "
+                                                                              "thousand nine hundred ninety nine")])
+def test_number_to_words(n, words):
+    assert number_to_words(n) == words
+
+
+def test_task_is_deterministic_and_splits_are_disjoint(tmp_path):
+    sizes = {"train": 300, "valid": 20, "test": 30}
+    write_task(tmp_path / "a", seed=4, sizes=sizes)
+    write_task(tmp_path / "b", seed=4, sizes=sizes)
+    assert (tmp_path / "a" / "train.src").read_text() == (tmp_path / "b" / "train.src").read_text()
+    splits = {s: set((tmp_path / "a" / f"{s}.src").read_text().splitlines()) for s in sizes}
+    assert {s: len(v) for s, v in splits.items()} == sizes
+    assert not (splits["train"] & splits["test"]) and not (splits["train"] & splits["valid"])
+
+
+def test_tokenizer_round_trips(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Zwei junge Männer sind im Freien.\nA dog runs.\n" * 20)
+    tokenizer = train_tokenizer([corpus], vocab_size=60)
+    lines = ["Zwei Männer im Freien.", "A dog runs."]
+    assert [detokenize(p) for p in encode_lines(tokenizer, lines)] == lines
+    # Characters never seen in training become <unk> (fairseq's dictionary maps it to its own <unk>).
+    assert encode_lines(tokenizer, ["dog!"])[0].endswith("<unk>")
+
+
+def _write(raw, name, lines):
+    with gzip.open(raw / f"{name}.gz", "wt", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("missing", "missing split file"),
+    ("empty-line", r"valid.de: empty file or empty lines \(line 2\)"),
+    ("mismatch", "train: 3 de lines but 2 en lines"),
+])
+def test_prepare_rejects_bad_data_before_writing(tmp_path, problem, message):
+    from node_seq.prepare import prepare
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write(raw, "train.de", ["a b", "c d", "e f"])
+    _write(raw, "train.en", ["a b", "c d"] + ([] if problem == "mismatch" else ["e f"]))
+    _write(raw, "val.de", ["a", "" if problem == "empty-line" else "b"])
+    if problem != "missing":
+        _write(raw, "val.en", ["a", "b"])
+    out = tmp_path / "out"
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        prepare(raw, out, src="de", tgt="en", splits={"train": "train", "valid": "val"}, vocab_size=16)
+    assert not out.exists()
+
+
+def test_score_counts_exact_matches_and_refuses_partial_logs(tmp_path):
+    refs = tmp_path / "refs.txt"
+    refs.write_text("one two\nthree\n")
+    log = tmp_path / "gen.log"
+    log.write_text("S-1\t3\nD-1\t-0.1\tthree\nD-0\t-0.2\tone too\n"
+                   "INFO:x:NODE NFE: 12.5 function evaluations per sentence (...)\n")
+    result = score(log, refs)
+    assert result["sentences"] == 2 and result["exact_match"] == 50.0 and result["nfe_per_sentence"] == 12.5
+    log.write_text("D-0\t-0.2\tone two\n")
+    with pytest.raises(ValueError, match="1 hypotheses for 2 references.*--required-batch-size-multiple 1"):
+        score(log, refs)
+
+
+def test_truncated_fairseq_checkpoint_fails_clearly(tmp_path):
+    pytest.importorskip("fairseq")
+    import torch
+    from fairseq import checkpoint_utils
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": {"w": torch.ones(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(RuntimeError, match="failed finding central directory|zip archive"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
