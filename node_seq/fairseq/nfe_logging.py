@@ -53,6 +53,9 @@ class GenerationNFE:
         self.sentences = 0
         self.weighted_nfe = 0.0  # sum over solves of NFE x sentences taking part
 
+    def reset(self) -> None:
+        self.sentences, self.weighted_nfe = 0, 0.0
+
     def add(self, nfe: int, sentences: float) -> None:
         self.weighted_nfe += nfe * sentences
 
@@ -75,6 +78,8 @@ class _AfterTranslatedLine(logging.Filter):
 
 
 def report_nfe_after_generate() -> None:
+    """Count from zero (one count per model built, i.e. per fairseq-generate run) and report it."""
+    GENERATION.reset()
     logger = logging.getLogger("fairseq_cli.generate")
     if not any(isinstance(f, _AfterTranslatedLine) for f in logger.filters):
         logger.addFilter(_AfterTranslatedLine())

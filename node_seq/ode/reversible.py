@@ -25,8 +25,8 @@ from .fixed_grid import TABLEAUS, Tableau, combine, rk_step, stage_times
 from .stats import CountingField, Stage
 
 
-def _eval(field: CountingField, times: torch.Tensor, i: int, y: torch.Tensor) -> torch.Tensor:
-    return field.call_at_stage(Stage(i, 0, 1, times[i, 0]), y)
+def _eval(field: CountingField, times, i: int, y: torch.Tensor) -> torch.Tensor:
+    return field.call_at_stage(Stage(i, 0, 1, times[i][0]), y)
 
 
 def _heun_reversible_step(field, times, i, h, y, z, f_z):
@@ -108,10 +108,10 @@ class _ReversibleSolve(torch.autograd.Function):
         return (None, None, None, None, None, None, None, grad_y0, *grads)
 
 
-def _backward_step(field: CountingField, tableau: Tableau, times: torch.Tensor, i: int,
+def _backward_step(field: CountingField, tableau: Tableau, times, i: int,
                    y_next: torch.Tensor, h: float) -> torch.Tensor:
     """Undo step ``i`` approximately: run the method from ``t_{i+1}`` back to ``t_i``."""
-    t_next = times[i, 0] + h
+    t_next = times[i][0] + h
     ks: list[torch.Tensor] = []
     for j, weights in enumerate(tableau.a):
         y_stage = combine(y_next, -h, weights, ks) if j else y_next
