@@ -1,0 +1,79 @@
+"""Each benchmark's ``--quick`` run finishes and writes results of the documented shape.
+
+Timings are never asserted: on a shared CPU they mean nothing in a test. What is asserted is the
+structure of the outputs, and the facts that do not depend on the machine (NFE, memory ordering).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("fairseq")
+
+
+def _load(prefix):
+    with open(f"{prefix}.json", encoding="utf-8") as f:
+        result = json.load(f)
+    with open(f"{prefix}.md", encoding="utf-8") as f:
+        markdown = f.read()
+    assert markdown.startswith("Command: `python -m benchmarks.")
+    assert "torch" in markdown and "|---|" in markdown
+    assert {"torch", "date", "cpu"} <= set(result["meta"]["machine"])
+    return result
+
+
+def test_solver_overhead_quick(tmp_path):
+    from benchmarks import solver_overhead
+
+    out = tmp_path / "solver"
+    assert solver_overhead.main(["--quick", "--repeats", "1", "--methods", "rk4", "--out", str(out)]) == 0
+    rows = _load(out)["rows"]
+    assert len(rows) == 2 * 1 * 2  # fields x methods x passes
+    for row in rows:
+        assert row["nfe"] == {"euler": 1, "rk4": 4}[row["method"]] * row["steps"]
+        assert row["solve_vs_loop"] > 0 and row["torchdiffeq_vs_loop"] > 0
+        assert row["max_rel_diff_vs_loop"] < 1e-4
+    assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd"}
+
+
+def test_memory_quick(tmp_path):
+    from benchmarks import memory
+
+    out = tmp_path / "memory"
+    assert memory.main(["--quick", "--steps", "2,8", "--out", str(out)]) == 0
+    result = _load(out)
+    peaks = {(r["gradient"], r["steps"]): r["peak_bytes"] for r in result["rows"]}
+    assert set(peaks) == {(g, s) for g in ("backprop", "checkpoint", "adjoint", "reversible") for s in (2, 8)}
+    assert peaks[("backprop", 8)] > peaks[("backprop", 2)]  # backprop stores every step's activations
+    assert {s["gradient"] for s in result["meta"]["summary"]} == {"backprop", "checkpoint", "adjoint", "reversible"}
+    assert (tmp_path / "memory.png").stat().st_size > 0
+
+
+def test_fairseq_train_quick(tmp_path):
+    from benchmarks import fairseq_train
+
+    out = tmp_path / "train"
+    argv = ["--quick", "--updates", "2", "--work", str(tmp_path / "work"), "--out", str(out)]
+    assert fairseq_train.main(argv) == 0
+    rows = _load(out)["rows"]
+    throughput = [r for r in rows if r["part"] == "throughput"]
+    assert len(throughput) == 3 and throughput[0]["ratio"] == 1.0
+    assert all(r["wps_median"] > 0 for r in throughput)
+    assert throughput[2]["nfe_f_b"] == "6/0"  # 1+1 ODE layers x 3 euler steps, backprop
+    adaptive = [r for r in rows if r["part"] == "adaptive"]
+    assert [r["nfe_b_mean"] > 0 for r in adaptive] == [False, True, True]  # backprop has no backward solve
+    assert [r for r in rows if r["part"] == "seminorm"]
+
+
+def test_decoding_quick(tmp_path):
+    from benchmarks import decoding
+
+    out = tmp_path / "decoding"
+    assert decoding.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    rows = _load(out)["rows"]
+    assert len(rows) == 3
+    assert all(r["sentences_per_s"] > 0 and r["sentences"] == 16 for r in rows)
+    assert rows[0]["nfe_per_sentence"] is None and rows[1]["nfe_per_sentence"] == rows[2]["nfe_per_sentence"]
+    assert rows[1]["speedup_over_recompute"] > 0
