@@ -87,6 +87,21 @@ def test_incremental_decoding_equals_full_decoding(name):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["rk4", "rk4-separated"])
+def test_cached_decoding_of_several_positions_at_once_stays_causal(name):
+    options = dict(DECODERS[name])
+    layer = NodeDecoderLayer(SPEC, options.pop("solver"), **options).eval()
+    encoder_out, _ = padded_batch()
+    y = torch.randn(3, 6, 16)
+    causal = torch.triu(torch.ones(6, 6, dtype=torch.bool), 1)
+    with torch.no_grad():
+        full = layer(y, encoder_out, self_attn_mask=causal)
+        cache: dict = {}
+        chunks = [layer(y[:, :2], encoder_out, cache=cache), layer(y[:, 2:5], encoder_out, cache=cache),
+                  layer(y[:, 5:], encoder_out, cache=cache)]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
 def test_adaptive_decoder_recomputes_the_prefix_exactly():
     """Adaptive steps depend on the whole sequence, so each new token re-solves its prefix: the
     result is what non-incremental decoding of that prefix gives."""

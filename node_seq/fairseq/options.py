@@ -90,10 +90,7 @@ def solver_config(args: argparse.Namespace) -> SolverConfig:
         adjoint_rtol=args.node_adjoint_rtol, adjoint_atol=args.node_adjoint_atol, seminorm=args.node_seminorm,
         max_num_steps=args.node_max_num_steps, t0=t0, t1=t1,
     ).validate(OPTION_NAMES)
-    if config.step_size is not None:  # a uniform grid: the step size rounded to divide the interval
-        steps = max(1, -int(-(t1 - t0) // config.step_size))
-        config = SolverConfig(**{**config.solve_kwargs(), "steps": steps, "step_size": None})
-    return config
+    return config.with_uniform_grid()
 
 
 def validate(args: argparse.Namespace) -> SolverConfig:

@@ -106,6 +106,7 @@ class DecoderField(nn.Module):
             k, v = self.self_attn.project_kv(h, h)
             if cache is not None:
                 k, v = extend_cache(cache, evaluation_key(), k, v)
+                self_bias = cached_causal_bias(h.shape[1], k.shape[2], h.dtype, h.device)
             update = self.self_dropout(self.self_attn.attend(h, k, v, self_bias))
             x_in = x_in + update
         c = self.cross_dropout(self.encoder_attn.attend(self.encoder_attn_layer_norm(x_in), encoder_k, encoder_v,
@@ -119,6 +120,15 @@ def evaluation_key() -> int:
     if stage is None:
         raise RuntimeError("a per-stage key/value cache needs a fixed-grid solve")
     return stage.index
+
+
+def cached_causal_bias(new: int, total: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """Causal mask for ``new`` positions appended after ``total - new`` cached ones (None for one)."""
+    if new == 1:
+        return None
+    query = torch.arange(total - new, total, device=device)[:, None]
+    blocked = torch.arange(total, device=device)[None, :] > query
+    return torch.zeros(blocked.shape, dtype=dtype, device=device).masked_fill_(blocked, torch.finfo(dtype).min)
 
 
 def extend_cache(cache: dict, key, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ from torch import nn
 from ..ode import ODESolveError, SolverConfig, SolveStats, solve
 from .attention import MultiheadAttention, attention_bias
 from .dropout import FrozenDropout, reset_frozen_dropout
-from .fields import DecoderField, EncoderField, extend_cache
+from .fields import DecoderField, EncoderField, cached_causal_bias, extend_cache
 
 
 #: The solver of a plain (non-ODE) layer: one unit Euler step is exactly a pre-norm layer.
@@ -174,9 +174,11 @@ class NodeDecoderLayer(_NodeLayer):
         if self.separated:
             h = self.self_attn_layer_norm(x)
             k, v = self.self_attn.project_kv(h, h)
+            bias = self_bias
             if cache is not None:
                 k, v = extend_cache(cache, "separated_self_attn", k, v)
-            x = x + self.self_dropout(self.self_attn.attend(h, k, v, self_bias))
+                bias = cached_causal_bias(h.shape[1], k.shape[2], h.dtype, h.device)
+            x = x + self.self_dropout(self.self_attn.attend(h, k, v, bias))
         keep = None if self_attn_padding_mask is None or cache is not None else ~self_attn_padding_mask.to(torch.bool)
         field_cache = cache.setdefault("stages", {}) if cache is not None else None
         y = self.integrate(self.field, x, (enc_k, enc_v, enc_bias, self_bias, field_cache), keep)

@@ -87,9 +87,25 @@ class SolverConfig:
                   "(or 'backprop'/'checkpoint'), not 'adjoint'")
         return self
 
+    def with_uniform_grid(self) -> "SolverConfig":
+        """The same config with ``step_size`` turned into ``steps`` (see :func:`steps_for_step_size`)."""
+        if self.step_size is None:
+            return self
+        steps = steps_for_step_size(self.t0, self.t1, self.step_size)
+        return dataclasses.replace(self, steps=steps, step_size=None)
+
     def solve_kwargs(self) -> dict:
         """Keyword arguments for :func:`node_seq.ode.solve`."""
         return dataclasses.asdict(self)
+
+
+def steps_for_step_size(t0: float, t1: float, step_size: float) -> int:
+    """The number of uniform steps a ``step_size`` asks for: rounded up, never below one.
+
+    The one rule every front end uses (``h = 1/3`` on ``[0, 1]`` is 3 steps, whatever the float
+    rounding of ``1/3``), so the same flag gives the same grid in fairseq, HF and ``solve``.
+    """
+    return max(1, math.ceil((t1 - t0) / step_size - 1e-9))
 
 
 def parse_time_points(value: str | Sequence[float], option: str = "ts") -> tuple[float, float]:

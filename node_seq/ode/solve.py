@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .adaptive import integrate_torchdiffeq
-from .config import DEFAULT_MAX_NUM_STEPS, SolverConfig
+from .config import DEFAULT_MAX_NUM_STEPS, SolverConfig, steps_for_step_size
 from .errors import MaxStepsExceeded, NonFiniteState, StepSizeUnderflow
 from .fixed_grid import integrate
 from .reversible import integrate_reversible, integrate_reversible_heun
@@ -75,7 +75,7 @@ def solve(
     """
     t0_value, t1_value = _as_float(t0), _as_float(t1)
     if step_size is not None and steps is None and math.isfinite(t1_value - t0_value) and step_size > 0:
-        steps = max(1, math.ceil((t1_value - t0_value) / step_size - 1e-9))
+        steps = steps_for_step_size(t0_value, t1_value, step_size)
         step_size = None
     config = SolverConfig(
         method=method, steps=steps, step_size=step_size, rtol=rtol, atol=atol, gradient=gradient,

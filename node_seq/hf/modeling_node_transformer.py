@@ -1,0 +1,598 @@
+"""HF Transformers classes of the NODE-Transformer: the same model as fairseq's ``--arch node_transformer``.
+
+The layers are :mod:`node_seq.nn`'s (the very modules the fairseq model uses); this file adds what
+fairseq's ``TransformerModel`` adds around them, reproduced exactly so converted checkpoints give the
+same numbers: scaled token embeddings plus fairseq's sinusoidal positions (counted over non-padding
+tokens, so left and right padding are the same), embedding dropout, the layers, a final LayerNorm
+(pre-norm layers), and an output projection tied to the embeddings.
+
+Read top to bottom: helpers, the decoder cache, encoder and decoder stacks, the two models.
+Shapes are batch-first: ``(batch, length, channels)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.generation.logits_process import ForcedEOSTokenLogitsProcessor, LogitsProcessor
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+
+from ..nn.layers import PLAIN_LAYER, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, collect_stats, reorder_cache
+from ..ode import SolveStats
+from .configuration_node_transformer import NodeTransformerConfig
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def make_positions(keep: torch.Tensor, padding_idx: int) -> torch.Tensor:
+    """fairseq's positions: ``padding_idx + 1, + 2, ...`` over kept tokens, ``padding_idx`` at padding."""
+    keep = keep.long()
+    return torch.cumsum(keep, dim=1) * keep + padding_idx
+
+
+class SinusoidalPositions(nn.Module):
+    """fairseq's ``SinusoidalPositionalEmbedding`` table (sin half, then cos half; zero row at padding).
+
+    Holds no parameters or buffers: the table is rebuilt on demand, so checkpoints carry nothing
+    for it and a model built on the meta device needs no special initialisation.
+    """
+
+    def __init__(self, dim: int, padding_idx: int):
+        super().__init__()
+        self.dim, self.padding_idx = dim, padding_idx
+        self._table: torch.Tensor | None = None
+
+    def table(self, num_positions: int) -> torch.Tensor:
+        half = self.dim // 2
+        freq = torch.exp(torch.arange(half, dtype=torch.float) * -(math.log(10000) / (half - 1)))
+        angles = torch.arange(num_positions, dtype=torch.float).unsqueeze(1) * freq.unsqueeze(0)
+        table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).view(num_positions, -1)
+        if self.dim % 2:
+            table = torch.cat([table, torch.zeros(num_positions, 1)], dim=1)
+        table[self.padding_idx, :] = 0
+        return table
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """``positions`` (batch, length) -> (batch, length, dim), float32 like fairseq's."""
+        needed = int(positions.max()) + 1
+        if self._table is None or self._table.shape[0] < needed or self._table.device != positions.device:
+            self._table = self.table(max(needed, 256 + self.padding_idx)).to(positions.device)
+        return self._table[positions]
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs for teacher forcing: ``[start, y1, ..., y_{n-1}]`` (fairseq's prev_output_tokens)."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def layer_spec(config: NodeTransformerConfig, side: str) -> LayerSpec:
+    return LayerSpec(
+        embed_dim=getattr(config, f"{side}_embed_dim"), num_heads=getattr(config, f"{side}_attention_heads"),
+        ffn_dim=getattr(config, f"{side}_ffn_dim"), dropout=config.dropout,
+        attention_dropout=config.attention_dropout, activation_dropout=config.activation_dropout,
+        activation=config.activation_function,
+    )
+
+
+@dataclasses.dataclass
+class NodeNFE:
+    """Function evaluations of the ODE blocks, encoder and decoder apart.
+
+    After a forward pass (``model.last_nfe``) it is that pass's solves; after ``generate``
+    (``model.generation_nfe``) it is the encoder's solve plus every decoding step's, which is the
+    NFE each sentence of the batch went through (fairseq-generate's "NFE per sentence").
+    """
+
+    encoder: SolveStats = dataclasses.field(default_factory=SolveStats)
+    decoder: SolveStats = dataclasses.field(default_factory=SolveStats)
+    decoder_passes: int = 0
+
+    @property
+    def nfe_forward(self) -> int:
+        return self.encoder.nfe_forward + self.decoder.nfe_forward
+
+    def __add__(self, other: "NodeNFE") -> "NodeNFE":
+        return NodeNFE(self.encoder + other.encoder, self.decoder + other.decoder,
+                       self.decoder_passes + other.decoder_passes)
+
+
+# --------------------------------------------------------------------------------------------------
+# the decoder cache
+
+
+class NodeCacheLayer(CacheLayerMixin):
+    """One decoder layer's incremental state: the plain dict that :class:`NodeDecoderLayer` fills.
+
+    On a fixed grid it holds keys/values per position *and per solver evaluation* (plus the
+    projected encoder output); for an adaptive solver it holds the layer's input prefix, which the
+    layer re-solves. Either way it is exact, and beam search reorders every tensor in it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.state: dict = {}
+        self.length = 0
+
+    def lazy_initialization(self, key_states=None, value_states=None) -> None:
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise NotImplementedError("a NODE decoder layer fills its own cache (per solver stage); it has no update()")
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.state.clear()
+        self.length = 0
+
+    def offload(self):
+        """Nothing to offload: the cache is as small as a few layers' keys/values."""
+
+    def prefetch(self):
+        """See :meth:`offload`."""
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        reorder_cache(self.state, beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        reorder_cache(self.state, indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        batch = next(iter(_tensors(self.state)), None)
+        if batch is not None:
+            reorder_cache(self.state, torch.arange(batch.shape[0], device=batch.device).repeat_interleave(repeats))
+
+
+def _tensors(state: dict):
+    for value in state.values():
+        if isinstance(value, dict):
+            yield from _tensors(value)
+        elif isinstance(value, tuple):
+            yield from value
+        elif isinstance(value, torch.Tensor):
+            yield value
+
+
+class NodeCache(Cache):
+    """``past_key_values`` of a NODE-Transformer decoder: one :class:`NodeCacheLayer` per layer."""
+
+    def __init__(self, num_layers: int):
+        super().__init__(layers=[NodeCacheLayer() for _ in range(num_layers)])
+
+    def advance(self, new_tokens: int) -> None:
+        for layer in self.layers:
+            layer.length += new_tokens
+            layer.is_initialized = True
+
+
+# --------------------------------------------------------------------------------------------------
+# encoder and decoder stacks
+
+
+class NodeTransformerEncoder(nn.Module):
+    main_input_name = "input_ids"
+
+    def __init__(self, config: NodeTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__()
+        dim, self.padding_idx = config.encoder_embed_dim, config.pad_token_id
+        self.embed_tokens = embed_tokens
+        self.embed_scale = math.sqrt(dim) if config.scale_embedding else 1.0
+        self.embed_positions = SinusoidalPositions(dim, self.padding_idx)
+        self.dropout = nn.Dropout(config.dropout)
+        ode = config.node_encoder
+        solver = config.solver_config() if ode else PLAIN_LAYER
+        self.layers = nn.ModuleList(
+            NodeEncoderLayer(layer_spec(config, "encoder"), solver, augment_dims=config.node_augment_dims if ode else 0,
+                             time_dependent=config.node_time_dependent and ode)
+            for _ in range(config.encoder_layers))
+        self.layer_norm = nn.LayerNorm(dim)
+        self.last_stats = SolveStats()
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs):
+        if output_attentions:
+            raise NotImplementedError("NODE layers integrate attention over a solve: there are no attention weights")
+        if attention_mask is not None:
+            padding_mask = ~attention_mask.to(torch.bool)
+        elif input_ids is not None:
+            padding_mask = input_ids.eq(self.padding_idx)
+        else:
+            padding_mask = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+        tokens = inputs_embeds if inputs_embeds is not None else self.embed_tokens(input_ids)
+        x = self.embed_scale * tokens + self.embed_positions(make_positions(~padding_mask, self.padding_idx))
+        x = self.dropout(x)  # (batch, source, embed)
+        has_pads = bool(padding_mask.any())
+        if has_pads:
+            x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+        states = [x] if output_hidden_states else None
+        for layer in self.layers:
+            x = layer(x, padding_mask if has_pads else None)
+            if states is not None:
+                states.append(x)
+        x = self.layer_norm(x)
+        self.last_stats = collect_stats(self)
+        out = BaseModelOutput(last_hidden_state=x, hidden_states=tuple(states) if states is not None else None)
+        return out if return_dict is not False else out.to_tuple()
+
+
+class NodeTransformerDecoder(nn.Module):
+    def __init__(self, config: NodeTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__()
+        dim, self.padding_idx = config.decoder_embed_dim, config.pad_token_id
+        self.embed_tokens = embed_tokens
+        self.embed_scale = math.sqrt(dim) if config.scale_embedding else 1.0
+        self.embed_positions = SinusoidalPositions(dim, self.padding_idx)
+        self.dropout = nn.Dropout(config.dropout)
+        ode = config.node_decoder
+        solver = config.solver_config() if ode else PLAIN_LAYER
+        self.layers = nn.ModuleList(
+            NodeDecoderLayer(layer_spec(config, "decoder"), solver, encoder_dim=config.encoder_embed_dim,
+                             augment_dims=config.node_augment_dims if ode else 0,
+                             time_dependent=config.node_time_dependent and ode,
+                             separated=config.node_separated_decoder and ode)
+            for _ in range(config.decoder_layers))
+        self.layer_norm = nn.LayerNorm(dim)
+        self.last_stats = SolveStats()
+
+    def forward(self, input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_padding_mask: torch.Tensor | None = None, padding_mask: torch.Tensor | None = None,
+                cache: NodeCache | None = None, output_hidden_states: bool = False):
+        """``input_ids`` (batch, new); with ``cache`` only the positions after the cached ones.
+
+        A cached layer attends from its new positions to everything cached, with no causal mask
+        among the new ones, so several new positions are fed one at a time.
+        """
+        if cache is not None and input_ids.shape[1] > 1:
+            steps = [self._forward(input_ids[:, i:i + 1], encoder_hidden_states, encoder_padding_mask, None, cache,
+                                   output_hidden_states) for i in range(input_ids.shape[1])]
+            self.last_stats = sum((stats for _, _, stats in steps), SolveStats())
+            states = None
+            if output_hidden_states:
+                states = tuple(torch.cat(layer, dim=1) for layer in zip(*(s for _, s, _ in steps)))
+            return torch.cat([h for h, _, _ in steps], dim=1), states
+        hidden, states, self.last_stats = self._forward(input_ids, encoder_hidden_states, encoder_padding_mask,
+                                                        padding_mask, cache, output_hidden_states)
+        return hidden, states
+
+    def _forward(self, input_ids, encoder_hidden_states, encoder_padding_mask, padding_mask, cache,
+                 output_hidden_states):
+        if cache is not None:
+            past = cache.get_seq_length()
+            steps = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
+            positions = (self.padding_idx + past + steps).expand(input_ids.shape[0], -1)
+            self_mask = self_padding = None
+        else:
+            keep = ~padding_mask.to(torch.bool) if padding_mask is not None else input_ids.ne(self.padding_idx)
+            positions = make_positions(keep, self.padding_idx)
+            length = input_ids.shape[1]
+            self_mask = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).triu_(1)
+            self_padding = ~keep if bool((~keep).any()) else None
+        x = self.embed_scale * self.embed_tokens(input_ids) + self.embed_positions(positions)
+        x = self.dropout(x)  # (batch, target, embed)
+        states = [x] if output_hidden_states else None
+        for index, layer in enumerate(self.layers):
+            x = layer(x, encoder_hidden_states, encoder_padding_mask, self_attn_mask=self_mask,
+                      self_attn_padding_mask=self_padding,
+                      cache=cache.layers[index].state if cache is not None else None)
+            if states is not None:
+                states.append(x)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
+        return self.layer_norm(x), (tuple(states) if states is not None else None), collect_stats(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# the models
+
+
+class NodeTransformerPreTrainedModel(PreTrainedModel):
+    config: NodeTransformerConfig
+    config_class = NodeTransformerConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["NodeEncoderLayer", "NodeDecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """fairseq's initialisation; node_seq layers keep the one they give themselves.
+
+        (``post_init`` would otherwise overwrite every Linear with N(0, 0.02), including the
+        identity start of augmented layers.)
+        """
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=module.embedding_dim ** -0.5)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.Linear) and module is getattr(self, "lm_head", None):
+            nn.init.normal_(module.weight, mean=0.0, std=module.in_features ** -0.5)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, refusing to continue with missing or mismatched weights.
+
+        transformers only warns and initialises such weights at random; a NODE-Transformer that
+        silently translates with random layers is worse than an error.
+        """
+        wants_info = kwargs.get("output_loading_info", False)
+        ignore_mismatched = kwargs.get("ignore_mismatched_sizes", False)
+        kwargs["output_loading_info"] = True
+        kwargs["ignore_mismatched_sizes"] = True  # report mismatches below, by name and shape
+        model, info = super().from_pretrained(*args, **kwargs)
+        problems = []
+        if info.get("missing_keys"):
+            problems.append(f"missing from the checkpoint: {sorted(info['missing_keys'])}")
+        if info.get("unexpected_keys"):
+            problems.append(f"not used by {cls.__name__}: {sorted(info['unexpected_keys'])}")
+        if info.get("mismatched_keys") and not ignore_mismatched:
+            shapes = [f"{key} (checkpoint {tuple(old)}, model {tuple(new)})" for key, old, new in
+                      sorted(info["mismatched_keys"])]
+            problems.append(f"shapes differ from the config: {shapes}")
+        if problems:
+            where = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            raise ValueError(f"{cls.__name__}.from_pretrained({where!r}): the weights do not match the config; "
+                             + "; ".join(problems))
+        return (model, info) if wants_info else model
+
+
+class NodeTransformerModel(NodeTransformerPreTrainedModel):
+    """Encoder and decoder without the output projection (``AutoModel``)."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+
+    def __init__(self, config: NodeTransformerConfig):
+        super().__init__(config)
+        encoder_embed = nn.Embedding(config.vocab_size, config.encoder_embed_dim, config.pad_token_id)
+        if config.share_all_embeddings:
+            decoder_embed = encoder_embed
+            self._tied_weights_keys = {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight"}
+        else:
+            decoder_embed = nn.Embedding(config.vocab_size, config.decoder_embed_dim, config.pad_token_id)
+        self.encoder = NodeTransformerEncoder(config, encoder_embed)
+        self.decoder = NodeTransformerDecoder(config, decoder_embed)
+        self.last_nfe = NodeNFE()
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.encoder.embed_tokens = value
+        if self.config.share_all_embeddings:
+            self.decoder.embed_tokens = value
+
+    def get_encoder(self, modality: str | None = None) -> NodeTransformerEncoder:
+        return self.encoder
+
+    def get_decoder(self) -> NodeTransformerDecoder:
+        return self.decoder
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                encoder_outputs: BaseModelOutput | tuple | None = None, past_key_values: Cache | None = None,
+                inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, **kwargs) -> Seq2SeqModelOutput:
+        if output_attentions:
+            raise NotImplementedError("NODE layers integrate attention over a solve: there are no attention weights")
+        if decoder_input_ids is None:
+            raise ValueError("decoder_input_ids is required (or labels, with NodeTransformerForConditionalGeneration)")
+        # A cache is kept when asked for (generate asks when config.use_cache) or continued when given.
+        use_cache = bool(use_cache or (use_cache is None and past_key_values is not None)) and not self.training
+        encoder_stats = SolveStats()
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(input_ids, attention_mask, inputs_embeds,
+                                           output_hidden_states=output_hidden_states, return_dict=True)
+            encoder_stats = self.encoder.last_stats
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        if attention_mask is not None:
+            encoder_padding_mask = ~attention_mask.to(torch.bool)
+        elif input_ids is not None:
+            encoder_padding_mask = input_ids.eq(self.config.pad_token_id)
+        else:
+            encoder_padding_mask = None
+        cache = self._node_cache(past_key_values) if use_cache else None
+        hidden, decoder_states = self.decoder(decoder_input_ids, encoder_outputs.last_hidden_state,
+                                              encoder_padding_mask, decoder_attention_mask, cache,
+                                              output_hidden_states=bool(output_hidden_states))
+        self.last_nfe = NodeNFE(encoder=encoder_stats, decoder=self.decoder.last_stats, decoder_passes=1)
+        out = Seq2SeqModelOutput(
+            last_hidden_state=hidden, past_key_values=cache, decoder_hidden_states=decoder_states,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+        )
+        return out if return_dict is not False else out.to_tuple()
+
+    def _node_cache(self, past_key_values: Cache | None) -> NodeCache:
+        if isinstance(past_key_values, NodeCache):
+            return past_key_values
+        if past_key_values is None or past_key_values.get_seq_length() == 0:
+            return NodeCache(self.config.decoder_layers)
+        raise TypeError(f"a NODE-Transformer decoder caches per solver stage and needs a NodeCache, "
+                        f"got a filled {type(past_key_values).__name__}")
+
+
+class EOSAtMaxLength(LogitsProcessor):
+    """At the last allowed position only ``</s>`` remains, with its own score (fairseq's rule).
+
+    transformers' ``ForcedEOSTokenLogitsProcessor`` gives the forced ``</s>`` a log-probability of
+    0 instead, which changes how beam search ranks hypotheses that reach the length limit.
+    """
+
+    def __init__(self, max_length: int, eos_token_id: int | list[int] | torch.Tensor):
+        self.max_length = max_length
+        self.eos = torch.as_tensor(eos_token_id).view(-1)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[-1] != self.max_length - 1:
+            return scores
+        eos = self.eos.to(scores.device)
+        forced = torch.full_like(scores, -math.inf)
+        forced[:, eos] = scores[:, eos]
+        return forced
+
+
+#: Generation defaults that reproduce ``fairseq-generate``'s (see ``NodeTransformerForConditionalGeneration``).
+FAIRSEQ_GENERATION_DEFAULTS = dict(
+    num_beams=5, early_stopping=True, length_penalty=1.0, min_length=2, max_len_a=0.0, max_len_b=200,
+)
+
+
+class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, GenerationMixin):
+    """Encoder-decoder with the output projection: training loss, ``generate``, NFE counts.
+
+    ``generate`` follows fairseq-generate's rules by default (``generation_config``): beam 5,
+    length penalty 1, a hypothesis is final once ``num_beams`` have ended (``early_stopping``),
+    at least one token before ``</s>``, ``<pad>`` never generated, and at most
+    ``max_len_a * source_length + max_len_b`` tokens before a final ``</s>`` (which keeps its own
+    score). NFE: ``last_nfe`` after a forward pass, ``generation_nfe`` after ``generate``.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"}
+
+    def __init__(self, config: NodeTransformerConfig):
+        super().__init__(config)
+        self.model = NodeTransformerModel(config)
+        self.lm_head = nn.Linear(config.decoder_embed_dim, config.vocab_size, bias=False)
+        if config.share_all_embeddings:
+            self._tied_weights_keys = {
+                "lm_head.weight": "model.encoder.embed_tokens.weight",
+                "model.decoder.embed_tokens.weight": "model.encoder.embed_tokens.weight",
+            }
+        self.generation_nfe = NodeNFE()
+        self._tally: NodeNFE | None = None
+        self.post_init()
+        defaults = dict(FAIRSEQ_GENERATION_DEFAULTS, forced_eos_token_id=config.eos_token_id,
+                        suppress_tokens=[config.pad_token_id])
+        for name, value in defaults.items():
+            setattr(self.generation_config, name, value)
+        self.generation_config._from_model_config = False  # else max_len_a/b would not be read back
+
+    # -- plumbing transformers expects
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def get_encoder(self, modality: str | None = None) -> NodeTransformerEncoder:
+        return self.model.encoder
+
+    def get_decoder(self) -> NodeTransformerDecoder:
+        return self.model.decoder
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the model makes its own NodeCache on the first decoding step
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    @property
+    def last_nfe(self) -> NodeNFE:
+        """The NFE of the last forward pass (encoder part zero when ``encoder_outputs`` were given)."""
+        return self.model.last_nfe
+
+    @property
+    def nfe_backward(self) -> int:
+        """Backward NFE of the last backward pass through the last forward pass's solves."""
+        return collect_stats(self).nfe_backward
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                encoder_outputs: BaseModelOutput | tuple | None = None, past_key_values: Cache | None = None,
+                inputs_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                use_cache: bool | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                **kwargs) -> Seq2SeqLMOutput:
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs = self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs,
+                             past_key_values, inputs_embeds, use_cache, output_attentions, output_hidden_states,
+                             return_dict=True)
+        logits = self.lm_head(outputs.last_hidden_state)  # (batch, target, vocab)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                               ignore_index=-100)
+        if self._tally is not None:
+            self._tally = self._tally + NodeNFE(decoder=self.model.last_nfe.decoder, decoder_passes=1)
+        out = Seq2SeqLMOutput(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+        )
+        return out if return_dict is not False else out.to_tuple()
+
+    # -- generation
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, *,
+                 max_len_a: float | None = None, max_len_b: int | None = None, **kwargs):
+        """``GenerationMixin.generate`` with fairseq's length rule and an NFE count.
+
+        ``max_len_a``/``max_len_b`` (arguments, else the generation config's) bound the output
+        to ``min(max_len_a * source_width + max_len_b, max_position_embeddings - 1)`` tokens plus
+        ``</s>``, where the source width is the padded batch width, as in fairseq; an explicit
+        ``max_length``/``max_new_tokens`` takes precedence.
+        """
+        config = generation_config if generation_config is not None else self.generation_config
+        if "max_length" not in kwargs and "max_new_tokens" not in kwargs:
+            a = max_len_a if max_len_a is not None else getattr(config, "max_len_a", None)
+            b = max_len_b if max_len_b is not None else getattr(config, "max_len_b", None)
+            source = inputs if inputs is not None else kwargs.get("input_ids")
+            if (a is not None or b is not None) and source is not None:
+                limit = min(int((a or 0.0) * source.shape[1] + (b or 0)), self.config.max_position_embeddings - 1)
+                kwargs["max_length"] = limit + 2  # decoder start + tokens + </s>
+        if kwargs.get("num_beams", config.num_beams) == 1 and "early_stopping" not in kwargs:
+            kwargs["early_stopping"] = False  # a beam-search flag; silence the warning for greedy
+        encoder = self.get_encoder()
+        encoder.last_stats = SolveStats()
+        self._tally = NodeNFE()
+        try:
+            result = super().generate(inputs, generation_config, **kwargs)
+        finally:
+            tally, self._tally = self._tally, None
+            self.generation_nfe = NodeNFE(encoder=encoder.last_stats, decoder=tally.decoder,
+                                          decoder_passes=tally.decoder_passes)
+        return result
+
+    def _get_logits_processor(self, generation_config, *args, **kwargs):
+        processors = super()._get_logits_processor(generation_config, *args, **kwargs)
+        for index, processor in enumerate(processors):
+            if isinstance(processor, ForcedEOSTokenLogitsProcessor):
+                processors[index] = EOSAtMaxLength(processor.max_length, processor.eos_token_id)
+        return processors
+
+
+__all__ = [
+    "EOSAtMaxLength", "NodeCache", "NodeNFE", "NodeTransformerForConditionalGeneration", "NodeTransformerModel",
+    "NodeTransformerPreTrainedModel",
+]

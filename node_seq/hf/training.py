@@ -1,0 +1,124 @@
+"""Training a NODE-Transformer the HF way: ``datasets``, ``Seq2SeqTrainer``, sacrebleu, NFE in the logs.
+
+``scripts/train_hf.py`` is the command line; the pieces live here so tests can call them.
+
+* :func:`load_parallel_text`: ``{split}.{src}``/``{split}.{tgt}`` files -> a ``DatasetDict`` with a
+  column per language (the ``text`` loader of ``datasets``, local files only);
+* :func:`tokenize`: ``Dataset.map`` with the project's tokenizer (``</s>`` appended, like fairseq);
+* :class:`NodeSeq2SeqTrainer`: logs ``nfe_f``/``nfe_b`` (per training step, averaged between log
+  lines) next to the loss, and ``eval_nfe`` (per sentence, encoder plus every decoding step);
+* :func:`bleu_metrics`: sacrebleu BLEU and exact match of generated translations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from transformers import Seq2SeqTrainer
+
+from ..nn.layers import collect_stats
+
+
+def load_parallel_text(data_dir: str | Path, src: str, tgt: str, *, splits=("train", "valid", "test"),
+                       cache_dir: str | Path | None = None):
+    """A ``DatasetDict`` of the splits present in ``data_dir`` (``train`` is required)."""
+    from datasets import DatasetDict, concatenate_datasets, load_dataset
+
+    data_dir, out = Path(data_dir), {}
+    for split in splits:
+        files = {lang: data_dir / f"{split}.{lang}" for lang in (src, tgt)}
+        if not all(f.exists() for f in files.values()):
+            if split == "train":
+                raise FileNotFoundError(f"missing {files[src]} or {files[tgt]}")
+            continue
+        sides = [load_dataset("text", data_files=str(files[lang]), split="train",
+                              cache_dir=None if cache_dir is None else str(cache_dir)).rename_column("text", lang)
+                 for lang in (src, tgt)]
+        if len(sides[0]) != len(sides[1]):
+            raise ValueError(f"{split}: {len(sides[0])} {src} lines but {len(sides[1])} {tgt} lines")
+        out[split] = concatenate_datasets(sides, axis=1)
+    return DatasetDict(out)
+
+
+def tokenize(datasets, tokenizer, src: str, tgt: str, *, max_length: int = 256):
+    """``input_ids``/``attention_mask`` from the source, ``labels`` from the target (both end in ``</s>``)."""
+
+    def encode(batch):
+        encoded = tokenizer(batch[src], truncation=True, max_length=max_length)
+        encoded["labels"] = tokenizer(batch[tgt], truncation=True, max_length=max_length)["input_ids"]
+        return encoded
+
+    return datasets.map(encode, batched=True, remove_columns=[src, tgt])
+
+
+def bleu_metrics(tokenizer):
+    """``compute_metrics`` for ``predict_with_generate``: sacrebleu BLEU (0-100) and exact match."""
+    import sacrebleu
+
+    def compute(eval_prediction):
+        predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
+        predictions = np.where(predictions < 0, tokenizer.pad_token_id, predictions)
+        labels = np.where(labels < 0, tokenizer.pad_token_id, labels)
+        hypotheses = [text.strip() for text in tokenizer.batch_decode(predictions, skip_special_tokens=True)]
+        references = [text.strip() for text in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        return {
+            "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+            "exact_match": float(np.mean([h == r for h, r in zip(hypotheses, references)])),
+        }
+
+    return compute
+
+
+class NodeSeq2SeqTrainer(Seq2SeqTrainer):
+    """``Seq2SeqTrainer`` that reports the ODE blocks' work.
+
+    ``nfe_f``/``nfe_b``: function evaluations of one training step's forward and backward pass
+    (all ODE layers), averaged over the steps since the last log line. ``eval_nfe``: NFE per
+    sentence of evaluation (with ``predict_with_generate``: the encoder plus every decoding step).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._train_nfe = [0, 0, 0]  # forward, backward, steps
+        self._eval_nfe = [0, 0]  # NFE x sentences, sentences
+        self._eval_prefix = "eval"
+
+    def _node_model(self, model):
+        return self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        stats = collect_stats(self._node_model(model))  # backward NFE is complete once backward returned
+        self._train_nfe[0] += stats.nfe_forward
+        self._train_nfe[1] += stats.nfe_backward
+        self._train_nfe[2] += 1
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **kwargs):
+        result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **kwargs)
+        node_model = self._node_model(model)
+        generated = self.args.predict_with_generate and not prediction_loss_only
+        nfe = node_model.generation_nfe if generated else node_model.last_nfe
+        sentences = inputs["input_ids"].shape[0]
+        self._eval_nfe[0] += nfe.nfe_forward * sentences
+        self._eval_nfe[1] += sentences
+        return result
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs and self._train_nfe[2]:
+            forward, backward, steps = self._train_nfe
+            logs["nfe_f"] = round(forward / steps, 1)
+            logs["nfe_b"] = round(backward / steps, 1)
+            self._train_nfe = [0, 0, 0]
+        if f"{self._eval_prefix}_runtime" in logs and self._eval_nfe[1]:
+            logs[f"{self._eval_prefix}_nfe"] = round(self._eval_nfe[0] / self._eval_nfe[1], 1)
+            self._eval_nfe = [0, 0]
+        super().log(logs, *args, **kwargs)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval", **kwargs):
+        self._eval_nfe, self._eval_prefix = [0, 0], metric_key_prefix
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **kwargs)
+
+
+__all__ = ["NodeSeq2SeqTrainer", "bleu_metrics", "load_parallel_text", "tokenize"]

@@ -1,0 +1,10 @@
+#!/usr/bin/env python
+"""Convert a fairseq ``node_transformer`` checkpoint into an HF folder (see node_seq/hf/convert.py).
+
+    python scripts/convert_fairseq_to_hf.py --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR
+"""
+
+from node_seq.hf.convert import main
+
+if __name__ == "__main__":
+    main()

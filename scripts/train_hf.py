@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Train a NODE-Transformer with HF ``Seq2SeqTrainer`` on parallel text files; report BLEU and NFE.
+
+    python -m node_seq.data.numbers /tmp/numbers            # the embedded demo task (no download)
+    python scripts/train_hf.py --data /tmp/numbers --src src --tgt tgt --out /tmp/hf_numbers
+
+reads ``DATA/{train,valid,test}.{SRC,TGT}`` (one sentence per line) with ``datasets``, learns the
+project's BPE on the training split (or takes ``--tokenizer tokenizer.json`` from
+``node_seq.prepare``), trains, logs ``nfe_f``/``nfe_b`` next to the loss, evaluates sacrebleu BLEU
+on the validation split during training and on the test split at the end, and saves a folder that
+``AutoModelForSeq2SeqLM.from_pretrained``/``AutoTokenizer.from_pretrained`` load (``OUT/final``),
+with every log line in ``OUT/log_history.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--data", required=True, help="folder with {train,valid,test}.{src,tgt}")
+    add("--src", default="src")
+    add("--tgt", default="tgt")
+    add("--out", required=True, help="output folder (checkpoints, tokenizer, final model)")
+    add("--tokenizer", default=None, help="tokenizer.json to use (default: learn a BPE on the training split)")
+    add("--vocab-size", type=int, default=128, help="BPE vocabulary size when learning one")
+    add("--train-limit", type=int, default=None, help="use only the first N training pairs")
+    add("--eval-limit", type=int, default=200, help="evaluate on the first N validation/test pairs")
+    # model
+    add("--embed-dim", type=int, default=64)
+    add("--ffn-dim", type=int, default=128)
+    add("--layers", type=int, default=2)
+    add("--heads", type=int, default=4)
+    add("--dropout", type=float, default=0.1)
+    add("--node-method", default="rk4")
+    add("--node-steps", type=int, default=None)
+    add("--node-step-size", type=float, default=None)
+    add("--node-rtol", type=float, default=1e-3)
+    add("--node-atol", type=float, default=1e-4)
+    add("--node-gradient", default="backprop")
+    add("--node-augment-dims", type=int, default=0)
+    add("--node-time-dependent", action="store_true")
+    add("--node-separated-decoder", action="store_true")
+    add("--no-node-encoder", dest="node_encoder", action="store_false")
+    add("--no-node-decoder", dest="node_decoder", action="store_false")
+    # training
+    add("--epochs", type=float, default=3.0)
+    add("--max-steps", type=int, default=-1, help="stop after this many updates (overrides --epochs)")
+    add("--batch-size", type=int, default=64)
+    add("--lr", type=float, default=3e-3)
+    add("--warmup-steps", type=int, default=100)
+    add("--label-smoothing", type=float, default=0.1)
+    add("--eval-steps", type=int, default=200)
+    add("--logging-steps", type=int, default=50)
+    add("--beam", type=int, default=4, help="beam size of evaluation decoding")
+    add("--max-target-length", type=int, default=64, help="longest generated output during evaluation")
+    add("--seed", type=int, default=1)
+    add("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if not Path(args.data).is_dir():
+        parser.error(f"--data: not a directory: {args.data}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments, set_seed
+
+    import node_seq  # noqa: F401  (registers the Auto classes)
+    from node_seq.hf import NodeTransformerConfig, NodeTransformerForConditionalGeneration
+    from node_seq.hf.tokenization_node_transformer import build_tokenizer
+    from node_seq.hf.training import NodeSeq2SeqTrainer, bleu_metrics, load_parallel_text, tokenize
+    from node_seq.tokenizer import train_tokenizer
+
+    torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_parallel_text(args.data, args.src, args.tgt, cache_dir=out / "datasets_cache")
+    if args.train_limit:
+        data["train"] = data["train"].select(range(min(args.train_limit, len(data["train"]))))
+    for split in ("valid", "test"):
+        if split in data and args.eval_limit:
+            data[split] = data[split].select(range(min(args.eval_limit, len(data[split]))))
+
+    if args.tokenizer:
+        tokenizer_json = json.loads(Path(args.tokenizer).read_text(encoding="utf-8"))
+    else:
+        files = [Path(args.data) / f"train.{lang}" for lang in (args.src, args.tgt)]
+        tokenizer_json = json.loads(train_tokenizer(files, vocab_size=args.vocab_size).to_str())
+    tokenizer = build_tokenizer(tokenizer_json)
+    encoded = tokenize(data, tokenizer, args.src, args.tgt)
+
+    config = NodeTransformerConfig(
+        vocab_size=len(tokenizer), encoder_embed_dim=args.embed_dim, decoder_embed_dim=args.embed_dim,
+        encoder_ffn_dim=args.ffn_dim, decoder_ffn_dim=args.ffn_dim, encoder_layers=args.layers,
+        decoder_layers=args.layers, encoder_attention_heads=args.heads, decoder_attention_heads=args.heads,
+        dropout=args.dropout, node_encoder=args.node_encoder, node_decoder=args.node_decoder,
+        node_method=args.node_method, node_steps=args.node_steps, node_step_size=args.node_step_size,
+        node_rtol=args.node_rtol, node_atol=args.node_atol, node_gradient=args.node_gradient,
+        node_augment_dims=args.node_augment_dims, node_time_dependent=args.node_time_dependent,
+        node_separated_decoder=args.node_separated_decoder,
+    )
+    model = NodeTransformerForConditionalGeneration(config)
+    has_valid = "valid" in encoded
+    training_args = Seq2SeqTrainingArguments(
+        output_dir=str(out), use_cpu=True, report_to=[], seed=args.seed, num_train_epochs=args.epochs,
+        max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup_steps,
+        lr_scheduler_type="inverse_sqrt", adam_beta2=0.98, weight_decay=0.0,
+        label_smoothing_factor=args.label_smoothing, logging_steps=args.logging_steps,
+        eval_strategy="steps" if has_valid else "no", eval_steps=args.eval_steps, save_strategy="no",
+        predict_with_generate=True, generation_num_beams=args.beam,
+        generation_max_length=args.max_target_length, dataloader_num_workers=0, disable_tqdm=True,
+    )
+    trainer = NodeSeq2SeqTrainer(
+        model=model, args=training_args, train_dataset=encoded["train"],
+        eval_dataset=encoded["valid"] if has_valid else None, processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), compute_metrics=bleu_metrics(tokenizer),
+    )
+    trainer.train()
+    results = {}
+    for split in ("valid", "test"):
+        if split in encoded:
+            results.update(trainer.evaluate(encoded[split], metric_key_prefix=split))
+    model.save_pretrained(out / "final")
+    tokenizer.save_pretrained(out / "final")
+    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()}), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)

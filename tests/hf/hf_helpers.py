@@ -1,0 +1,64 @@
+"""Helpers of the HF tests: tiny models, in-process fairseq training, loading the scripts."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import torch
+
+import node_seq  # noqa: F401  (registers the Auto classes)
+from node_seq.hf import NodeTransformerConfig, NodeTransformerForConditionalGeneration
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = dict(vocab_size=40, encoder_embed_dim=16, decoder_embed_dim=16, encoder_ffn_dim=32, decoder_ffn_dim=32,
+            encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2, dropout=0.0)
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"node_seq_script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_model(**overrides) -> NodeTransformerForConditionalGeneration:
+    """A tiny model whose weights are nudged off their init, so outputs depend on every layer."""
+    torch.manual_seed(0)
+    model = NodeTransformerForConditionalGeneration(NodeTransformerConfig(**{**TINY, **overrides})).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return model
+
+
+# A batch of three sources (right-padded, </s>=2 at the end, <pad>=1).
+SOURCE = torch.tensor([[5, 6, 7, 8, 9, 2], [10, 11, 12, 2, 1, 1], [13, 14, 2, 1, 1, 1]])
+
+
+@dataclasses.dataclass
+class FairseqRun:
+    raw: Path
+    bin: Path
+    checkpoint: Path
+    hf: Path
+
+
+def fairseq_train(bin_dir: Path, save_dir: Path, extra: list[str]) -> Path:
+    """Train with fairseq-train's own ``main`` in this process (no interpreter start-up per run)."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq_cli import train
+
+    argv = [str(bin_dir), "--user-dir", str(REPO / "user_dir"), "--arch", "node_transformer_tiny",
+            "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32",
+            "--decoder-ffn-embed-dim", "32", "--optimizer", "adam", "--lr", "1e-2", "--lr-scheduler", "inverse_sqrt",
+            "--warmup-updates", "20", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+            "--max-tokens", "1024", "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--num-workers", "0",
+            "--dropout", "0.0", "--seed", "1", "--disable-validation", "--log-format", "none", "--cpu",
+            "--no-save-optimizer-state", *extra]
+    args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
+    train.main(convert_namespace_to_omegaconf(args))
+    return save_dir / "checkpoint_last.pt"

@@ -1,0 +1,65 @@
+"""NodeTransformerConfig: every field checked at construction, errors name the field and the choices."""
+
+import pytest
+from transformers import AutoConfig
+
+from node_seq.hf import NodeTransformerConfig
+from node_seq.ode import OptionError
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(node_method="rk5"), r"node_method: unknown method 'rk5'; choose one of euler, .*dopri5"),
+    (dict(node_gradient="magic"), r"node_gradient: unknown gradient mode 'magic'; choose one of backprop, checkpoint"),
+    (dict(node_steps=0), r"node_steps: must be an integer >= 1, got 0"),
+    (dict(node_steps=2, node_step_size=0.5), r"node_steps: give either node_steps or node_step_size, not both"),
+    (dict(node_step_size=-0.1), r"node_step_size: must be a finite number > 0"),
+    (dict(node_rtol=0.0), r"node_rtol: must be a finite number > 0"),
+    (dict(node_adjoint_atol=-1.0), r"node_adjoint_atol: must be a finite number > 0"),
+    (dict(node_max_num_steps=0), r"node_max_num_steps: must be an integer >= 1"),
+    (dict(node_ts="1,0"), r"node_ts: time points must be finite and strictly increasing"),
+    (dict(node_ts=[0.0, 1.0, 2.0]), r"node_ts: expected exactly two time points"),
+    (dict(node_method="dopri5", node_gradient="checkpoint"), r"node_gradient: 'checkpoint' needs a fixed-grid method"),
+    (dict(node_augment_dims=3), r"node_augment_dims: encoder width 64 \+ 3 .* use a value such as 0, 4, 8, 12"),
+    (dict(node_augment_dims=-4), r"node_augment_dims: must be an integer >= 0"),
+    (dict(node_separated_decoder=True, node_decoder=False), r"node_separated_decoder: needs node_decoder=True"),
+    (dict(encoder_attention_heads=3), r"encoder_attention_heads: must divide encoder_embed_dim 64, got 3"),
+    (dict(decoder_layers=0), r"decoder_layers: must be an integer >= 1, got 0"),
+    (dict(dropout=1.0), r"dropout: must be a probability in \[0, 1\), got 1.0"),
+    (dict(activation_function="swish"), r"activation_function: unknown activation 'swish'; choose one of relu, gelu"),
+    (dict(share_all_embeddings=True, tie_word_embeddings=False), r"share_all_embeddings: .*tie_word_embeddings=True"),
+    (dict(share_all_embeddings=True, decoder_embed_dim=32, decoder_attention_heads=4),
+     r"share_all_embeddings: needs encoder_embed_dim == decoder_embed_dim"),
+    (dict(pad_token_id=500), r"pad_token_id: must be a token id in \[0, vocab_size=128\), got 500"),
+])
+def test_invalid_fields_raise_naming_the_field(fields, message):
+    with pytest.raises(OptionError, match=message):
+        NodeTransformerConfig(**fields)
+
+
+def test_defaults_follow_fairseq_and_adaptive_decoders_do_not_cache():
+    config = NodeTransformerConfig()
+    solver = (config.node_method, config.node_rtol, config.node_atol, config.node_ts)
+    assert solver == ("dopri5", 1e-3, 1e-4, [0.0, 1.0])
+    assert (config.pad_token_id, config.eos_token_id, config.decoder_start_token_id) == (1, 2, 2)
+    assert config.use_cache is False  # adaptive decoder
+    assert NodeTransformerConfig(node_method="rk4").use_cache is True
+    assert NodeTransformerConfig(node_method="dopri5", node_decoder=False).use_cache is True
+    assert NodeTransformerConfig(node_ts="0,2").solver_config().t1 == 2.0
+
+
+def test_json_round_trip_and_auto_config(tmp_path):
+    config = NodeTransformerConfig(node_method="heun", node_step_size=0.25, node_ts=(0.0, 2.0), node_augment_dims=4,
+                                   node_gradient="adjoint", node_adjoint_rtol=1e-5, node_seminorm=True)
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is NodeTransformerConfig
+    assert loaded.solver_config() == config.solver_config()
+    assert loaded.node_augment_dims == 4 and loaded.node_ts == [0.0, 2.0]
+
+
+def test_a_hand_edited_config_json_is_validated_on_load(tmp_path):
+    NodeTransformerConfig(node_method="rk4").save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(path.read_text().replace('"rk4"', '"rk45"'))
+    with pytest.raises(OptionError, match="node_method: unknown method 'rk45'"):
+        AutoConfig.from_pretrained(tmp_path)

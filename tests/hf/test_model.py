@@ -1,0 +1,202 @@
+"""The HF model on its own: Auto classes, save/load, weight checks, cached decoding, NFE."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+
+from node_seq.hf import NodeCache, NodeTransformerConfig, NodeTransformerForConditionalGeneration, NodeTransformerModel
+from node_seq.hf.modeling_node_transformer import EOSAtMaxLength
+
+from hf_helpers import SOURCE, TINY, tiny_model
+
+MASK = SOURCE.ne(1)
+TARGET = torch.tensor([[2, 5, 6, 7], [2, 8, 9, 10], [2, 11, 12, 13]])
+
+
+def logits(model, **kwargs):
+    with torch.no_grad():
+        return model(input_ids=SOURCE, attention_mask=MASK, decoder_input_ids=TARGET, **kwargs).logits
+
+
+def test_import_node_seq_registers_the_auto_classes():
+    config = AutoConfig.for_model("node_transformer", **TINY, node_method="euler")
+    assert type(config) is NodeTransformerConfig
+    assert type(AutoModelForSeq2SeqLM.from_config(config)) is NodeTransformerForConditionalGeneration
+    assert type(AutoModel.from_config(config)) is NodeTransformerModel
+
+
+@pytest.mark.parametrize("share_all", [True, False])
+def test_save_load_round_trip(tmp_path, share_all):
+    model = tiny_model(node_method="rk4", share_all_embeddings=share_all)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and not (tmp_path / "pytorch_model.bin").exists()
+    saved = load_file(tmp_path / "model.safetensors")
+    # tied weights are stored once: the output projection (and shared decoder embedding) are aliases
+    assert "lm_head.weight" not in saved
+    assert ("model.decoder.embed_tokens.weight" in saved) is (not share_all)
+
+    loaded, info = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert type(loaded) is NodeTransformerForConditionalGeneration
+    loaded.eval()
+    assert torch.equal(logits(loaded), logits(model))
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.decoder.embed_tokens.weight.data_ptr()
+    if share_all:
+        assert loaded.model.encoder.embed_tokens is loaded.model.decoder.embed_tokens
+    assert json.loads((tmp_path / "generation_config.json").read_text())["max_len_b"] == 200
+    base = AutoModel.from_pretrained(tmp_path)  # the encoder-decoder without its head
+    assert type(base) is NodeTransformerModel
+
+
+def test_post_init_keeps_the_layers_own_initialisation():
+    model = NodeTransformerForConditionalGeneration(NodeTransformerConfig(**TINY, node_method="rk4",
+                                                                          node_augment_dims=2))
+    layer = model.model.encoder.layers[0]
+    width = TINY["encoder_embed_dim"]
+    assert torch.equal(layer.project.weight[:, :width], torch.eye(width))  # augmented layers start as plain ones
+    assert torch.all(model.model.encoder.embed_tokens.weight[1] == 0)  # padding row
+    assert model.model.encoder.embed_tokens.weight.std().item() == pytest.approx(width ** -0.5, rel=0.2)
+
+
+def test_missing_weights_fail_loudly(tmp_path):
+    tiny_model(node_method="rk4").save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.decoder.layers.1.field.ffn.fc2.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    missing = r"missing from the checkpoint: \['model.decoder.layers.1.field.ffn.fc2.weight'\]"
+    with pytest.raises(ValueError, match=missing):
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+
+
+def test_weights_of_another_shape_fail_loudly(tmp_path):
+    tiny_model(node_method="rk4").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["encoder_ffn_dim"] = 48  # the weights are for 32
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    shapes = r"shapes differ from the config: .*fc1.weight \(checkpoint \(32, 16\), model \(48, 16\)\)"
+    with pytest.raises(ValueError, match=shapes):
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+
+
+def test_unexpected_weights_fail_loudly(tmp_path):
+    tiny_model(node_method="rk4").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["decoder_layers"] = 1  # the checkpoint has two decoder layers
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    unused = r"not used by NodeTransformerForConditionalGeneration: \['model.decoder.layers.1"
+    with pytest.raises(ValueError, match=unused):
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+
+
+FIXED_GRID = {
+    "rk4": dict(node_method="rk4", node_steps=2),
+    "euler": dict(node_method="euler", node_steps=3),
+    "separated": dict(node_method="rk4", node_separated_decoder=True),
+    "augmented": dict(node_method="midpoint", node_augment_dims=2, node_time_dependent=True),
+}
+
+
+@pytest.mark.parametrize("variant", FIXED_GRID)
+def test_cached_decoding_equals_uncached(variant):
+    model = tiny_model(**FIXED_GRID[variant])
+    assert model.config.use_cache
+    for beams in (1, 3):
+        runs = {cache: model.generate(SOURCE, attention_mask=MASK, num_beams=beams, max_new_tokens=7, use_cache=cache,
+                                      output_scores=True, return_dict_in_generate=True) for cache in (True, False)}
+        assert isinstance(runs[True].past_key_values, NodeCache) and runs[False].past_key_values is None
+        assert torch.equal(runs[True].sequences, runs[False].sequences)
+        for cached, full in zip(runs[True].scores, runs[False].scores):
+            finite = torch.isfinite(full)
+            assert torch.equal(finite, torch.isfinite(cached))
+            assert torch.allclose(cached[finite], full[finite], atol=1e-5)
+        assert runs[True].sequences.shape[1] > 3
+
+
+@pytest.mark.parametrize("variant", ["rk4", "separated"])
+def test_step_by_step_logits_with_a_cache_equal_the_full_pass(variant):
+    model = tiny_model(**FIXED_GRID[variant])
+    full = logits(model)
+    with torch.no_grad():
+        encoder = model.get_encoder()(SOURCE, MASK)
+        cache, steps = None, []
+        for position in range(TARGET.shape[1]):
+            out = model(attention_mask=MASK, encoder_outputs=encoder, past_key_values=cache, use_cache=True,
+                        decoder_input_ids=TARGET[:, position:position + 1])
+            cache = out.past_key_values
+            steps.append(out.logits)
+        chunked = model(attention_mask=MASK, encoder_outputs=encoder, decoder_input_ids=TARGET, use_cache=True).logits
+    assert cache.get_seq_length() == TARGET.shape[1]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+    assert torch.allclose(chunked, full, atol=1e-5)
+
+
+def test_adaptive_decoder_turns_the_cache_off_and_matches_full_passes():
+    model = tiny_model(node_method="dopri5", node_rtol=1e-4, node_atol=1e-5)
+    assert model.config.use_cache is False and model.generation_config.use_cache is False
+    source, mask = SOURCE[:1], MASK[:1]
+    out = model.generate(source, attention_mask=mask, num_beams=1, max_new_tokens=6, return_dict_in_generate=True,
+                         output_scores=True)
+    assert out.past_key_values is None
+    tokens = torch.tensor([[2]])  # greedy by hand: a full forward pass for every prefix
+    with torch.no_grad():
+        for step in range(out.sequences.shape[1] - 1):
+            step_logits = model(input_ids=source, attention_mask=mask, decoder_input_ids=tokens).logits[:, -1]
+            allowed = torch.isfinite(out.scores[step][0])  # generation masks <pad>, and </s> at first
+            assert torch.allclose(out.scores[step][0][allowed], step_logits[0][allowed], atol=1e-5)
+            tokens = torch.cat([tokens, out.sequences[:, step + 1:step + 2]], dim=1)
+    assert out.sequences.shape[1] > 2
+
+
+def test_nfe_after_forward_backward_and_generate():
+    model = tiny_model(node_method="rk4", node_steps=2, node_gradient="checkpoint")
+    logits(model)
+    per_solve = 2 * 4  # steps x stages
+    layers = TINY["encoder_layers"]
+    assert model.last_nfe.encoder.nfe_forward == layers * per_solve
+    assert model.last_nfe.decoder.nfe_forward == TINY["decoder_layers"] * per_solve
+    assert model.last_nfe.nfe_forward == (layers + TINY["decoder_layers"]) * per_solve
+
+    model.train()
+    labels = TARGET[:, 1:]
+    model(input_ids=SOURCE, attention_mask=MASK, labels=labels).loss.backward()
+    assert model.nfe_backward > 0  # checkpointing re-evaluates the field in the backward pass
+
+    model.eval()
+    out = model.generate(SOURCE, attention_mask=MASK, num_beams=2, max_new_tokens=5)
+    steps = out.shape[1] - 1
+    assert model.generation_nfe.decoder_passes == steps
+    assert model.generation_nfe.encoder.nfe_forward == layers * per_solve
+    assert model.generation_nfe.decoder.nfe_forward == steps * TINY["decoder_layers"] * per_solve
+
+
+def test_left_and_right_padding_give_the_same_encoding():
+    model = tiny_model(node_method="rk4")
+    lengths = MASK.sum(1)
+    left = torch.ones_like(SOURCE)
+    for row, length in enumerate(lengths):
+        left[row, SOURCE.shape[1] - length:] = SOURCE[row, :length]
+    with torch.no_grad():
+        right_out = model.get_encoder()(SOURCE, MASK).last_hidden_state
+        left_out = model.get_encoder()(left, left.ne(1)).last_hidden_state
+    for row, length in enumerate(lengths):
+        assert torch.allclose(right_out[row, :length], left_out[row, -length:], atol=1e-5)
+
+
+def test_generation_follows_fairseq_length_rules():
+    model = tiny_model(node_method="euler")
+    with torch.no_grad():
+        out = model.generate(SOURCE, attention_mask=MASK, num_beams=1, max_len_b=4)
+    assert out.shape[1] <= 1 + 4 + 1  # start + max_len_b tokens + </s>
+    assert torch.all((out == 2).any(dim=1))  # every row ends with </s>, forced at the limit
+    assert not torch.any(out[:, 1] == 2)  # min length: never </s> first
+    for row in out[:, 1:].tolist():
+        assert 1 not in row[: row.index(2)]  # <pad> is never generated
+
+    rule = EOSAtMaxLength(max_length=4, eos_token_id=2)
+    scores = torch.log_softmax(torch.randn(2, 10), dim=-1)
+    forced = rule(torch.zeros(2, 3, dtype=torch.long), scores.clone())
+    assert torch.equal(forced[:, 2], scores[:, 2]) and torch.all(torch.isinf(forced[:, [0, 1, 3]]))
+    assert torch.equal(rule(torch.zeros(2, 2, dtype=torch.long), scores.clone()), scores)
