@@ -25,6 +25,8 @@ def test_task_is_deterministic_and_splits_are_disjoint(tmp_path):
     splits = {s: set((tmp_path / "a" / f"{s}.src").read_text().splitlines()) for s in sizes}
     assert {s: len(v) for s, v in splits.items()} == sizes
     assert not (splits["train"] & splits["test"]) and not (splits["train"] & splits["valid"])
+    assert {" ".join(str(n)) for n in range(100)} <= splits["train"]  # the words all numbers are made of
+    assert all(len(line.split()) >= 3 for line in splits["test"] | splits["valid"])
 
 
 def test_tokenizer_round_trips(tmp_path):

@@ -44,11 +44,11 @@ def number_to_words(n: int) -> str:
     return " ".join(words)
 
 
-def sample_numbers(count: int, rng: random.Random, exclude: set[int]) -> list[int]:
-    """Distinct numbers, with as many short as long ones (uniform over the number of digits)."""
+def sample_numbers(count: int, rng: random.Random, exclude: set[int], *, min_digits: int = 1) -> list[int]:
+    """Distinct numbers, as many of each length (uniform over the number of digits)."""
     chosen: list[int] = []
     while len(chosen) < count:
-        digits = rng.randint(1, MAX_DIGITS)
+        digits = rng.randint(min_digits, MAX_DIGITS)
         n = rng.randrange(10 ** (digits - 1) if digits > 1 else 0, 10 ** digits)
         if n not in exclude:
             exclude.add(n)
@@ -59,14 +59,22 @@ def sample_numbers(count: int, rng: random.Random, exclude: set[int]) -> list[in
 def write_task(out_dir: str | Path, *, seed: int = 1, sizes: dict[str, int] | None = None) -> dict[str, int]:
     """Write ``{train,valid,test}.{src,tgt}`` (one sentence per line) and return the split sizes.
 
-    The splits never share a number, so the test set measures generalisation.
+    The splits never share a number, so the test set measures generalisation. The 100 numbers
+    below 100 are the words everything else is made of: all of them are in the training split,
+    and the held-out splits draw from 3 to 6 digits.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng, seen = random.Random(seed), set()
+    rng, seen = random.Random(seed), set(range(100))
     sizes = dict(sizes or SPLITS)
-    for split in ("test", "valid", "train"):  # held-out splits first: they keep the short numbers too
-        numbers = sample_numbers(sizes[split], rng, seen)
+    if sizes["train"] < 100:
+        raise ValueError(f"the training split needs at least the 100 numbers below 100, got {sizes['train']}")
+    for split in ("test", "valid", "train"):
+        if split == "train":
+            numbers = list(range(100)) + sample_numbers(sizes[split] - 100, rng, seen)
+            rng.shuffle(numbers)
+        else:
+            numbers = sample_numbers(sizes[split], rng, seen, min_digits=3)
         (out / f"{split}.src").write_text("".join(" ".join(str(n)) + "\n" for n in numbers))
         (out / f"{split}.tgt").write_text("".join(number_to_words(n) + "\n" for n in numbers))
     return sizes
@@ -80,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--train-size", type=int, default=SPLITS["train"])
     args = parser.parse_args(argv)
-    if args.train_size < 1:
-        parser.error(f"--train-size: must be >= 1, got {args.train_size}")
+    if args.train_size < 100:
+        parser.error(f"--train-size: must be >= 100 (every number below 100 is in it), got {args.train_size}")
     sizes = write_task(args.out_dir, seed=args.seed, sizes={**SPLITS, "train": args.train_size})
     print(f"wrote {sizes} to {args.out_dir}")
 
