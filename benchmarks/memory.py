@@ -20,7 +20,7 @@ import torch
 
 from node_seq.nn.fields import EncoderField
 from node_seq.ode import solve
-from vision.memory import LiveTensorBytes
+from vision.memory import LiveTensorBytes, plot
 
 from .common import add_common_args, command_line, machine, markdown_table, write_outputs
 
@@ -48,28 +48,6 @@ def peak_of_step(field: torch.nn.Module, y0: torch.Tensor, *, method: str, steps
         peak = tracker.peak
     return {"peak_bytes": int(peak), "seconds": time.perf_counter() - start, "nfe_forward": stats.nfe_forward,
             "nfe_backward": stats.nfe_backward}
-
-
-def plot(rows: list[dict], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for gradient in dict.fromkeys(r["gradient"] for r in rows):
-        points = [(r["steps"], r["peak_bytes"] / 2**20) for r in rows if r["gradient"] == gradient]
-        ax.plot(*zip(*points), marker="o", label=gradient)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
-    ax.set_xlabel("euler steps")
-    ax.set_ylabel("peak memory of forward + backward (MiB)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -116,7 +94,8 @@ def main(argv=None) -> int:
     table += (f"\n\nState: {batch}x{length}x{dim} fp32 = {state_mib:.2f} MiB; method {args.method}. "
               f"Plot: `{args.out}.png`.")
     write_outputs(args.out, command=command_line("benchmarks.memory", argv), meta=meta, rows=rows, table=table)
-    plot(rows, args.out + ".png", title=f"EncoderField d={dim}, {batch}x{length}, {args.method}, {args.device}")
+    plot(rows, args.out + ".png", title=f"EncoderField d={dim}, {batch}x{length}, {args.method}, {args.device}",
+         xlabel="euler steps", ylabel="peak memory of forward + backward (MiB)", log_y=True)
     print(table)
     return 0
 

@@ -124,7 +124,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def plot(rows: list[dict], path: str, title: str) -> None:
+def plot(rows: list[dict], path: str, title: str, *, xlabel: str = "solver steps per ODE block",
+         ylabel: str = "peak memory of one training step (MiB)", log_y: bool = False) -> None:
+    """Peak memory (MiB) against steps, one line per gradient mode."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,10 +137,12 @@ def plot(rows: list[dict], path: str, title: str) -> None:
         points = [(r["steps"], r["peak_bytes"] / 2**20) for r in rows if r["gradient"] == gradient]
         ax.plot(*zip(*points), marker="o", label=gradient)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("solver steps per ODE block")
-    ax.set_ylabel("peak memory of one training step (MiB)")
+    if log_y:
+        ax.set_yscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both" if log_y else "major")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
