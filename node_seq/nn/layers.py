@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ode import ODESolveError, SolverConfig, SolveStats, solve
+from ..ode import ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_scope
 from .attention import MultiheadAttention, attention_bias
 from .dropout import FrozenDropout, reset_frozen_dropout
 from .fields import DecoderField, EncoderField, cached_causal_bias, extend_cache
@@ -96,6 +96,10 @@ class _NodeLayer(nn.Module):
 
     def integrate(self, field: nn.Module, x: torch.Tensor, inputs: tuple, keep: torch.Tensor | None) -> torch.Tensor:
         reset_frozen_dropout(field)
+        if self.solver == PLAIN_LAYER:  # a plain layer: one unit Euler step, without a solver's bookkeeping
+            t = x.new_zeros(())
+            with stage_scope(Stage(0, 0, 1, t)):
+                return x + field(t, x, *inputs)
         norm = padding_rms_norm(keep)
         try:
             y, stats = solve(field, x, inputs=inputs, norm=norm, **self.solver.solve_kwargs())

@@ -16,4 +16,9 @@ from .errors import (
     StepSizeUnderflow as StepSizeUnderflow,
 )
 from .solve import solve as solve
-from .stats import SolveStats as SolveStats, Stage as Stage, current_stage as current_stage
+from .stats import (
+    SolveStats as SolveStats,
+    Stage as Stage,
+    current_stage as current_stage,
+    stage_scope as stage_scope,
+)

@@ -8,6 +8,7 @@ forward solve has returned, every further call of the vector field can only come
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 from typing import Any, Callable, NamedTuple
@@ -69,6 +70,16 @@ def current_stage() -> Stage | None:
     return _CURRENT_STAGE.get()
 
 
+@contextlib.contextmanager
+def stage_scope(stage: Stage):
+    """Evaluate a field "at" ``stage`` outside a solve (e.g. a plain layer's single Euler step)."""
+    token = _CURRENT_STAGE.set(stage)
+    try:
+        yield stage
+    finally:
+        _CURRENT_STAGE.reset(token)
+
+
 class CountingField:
     """Calls ``func(t, y, *inputs)`` and counts each call into ``stats``.
 
@@ -113,11 +124,8 @@ class CountingField:
         return originals, leaves
 
     def call_at_stage(self, stage: Stage, y: torch.Tensor) -> torch.Tensor:
-        token = _CURRENT_STAGE.set(stage)
-        try:
+        with stage_scope(stage):
             return self(stage.t, y)
-        finally:
-            _CURRENT_STAGE.reset(token)
 
     # torchdiffeq looks these up on the function it is given.
     def callback_accept_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
