@@ -94,3 +94,10 @@ def test_field_sees_stage_index_and_time():
     solve(Recorder(), torch.ones(1), t0=1.0, t1=2.0, method="midpoint", steps=2)
     assert seen == [(0, 0, 0, 1.0, 1.0), (0, 1, 1, 1.25, 1.25), (1, 0, 2, 1.5, 1.5), (1, 1, 3, 1.75, 1.75)]
     assert current_stage() is None
+
+
+def test_adjoint_on_a_fixed_grid_defaults_to_one_step():
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    y1, stats = solve(Decay(), y0, method="rk4", gradient="adjoint")
+    y1.sum().backward()
+    assert (stats.nfe_forward, stats.num_steps) == (4, 1)

@@ -117,7 +117,7 @@ def solve(
         y1 = integrate_reversible_heun(field, y0, t0=t0, t1=t1, steps=grid_steps, use_checkpoint=mode == "checkpoint")
     else:
         y1 = integrate_torchdiffeq(
-            field, y0, t0=t0, t1=t1, method=method, steps=config.steps if fixed else None,
+            field, y0, t0=t0, t1=t1, method=method, steps=grid_steps if fixed else None,
             rtol=rtol, atol=atol, adjoint=mode == "adjoint", adjoint_rtol=adjoint_rtol,
             adjoint_atol=adjoint_atol, seminorm=seminorm, max_num_steps=max_num_steps,
             params=_trainable(func) if mode == "adjoint" else (),
