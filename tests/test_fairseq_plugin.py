@@ -198,3 +198,16 @@ def test_checkpoints_with_other_pickled_objects_are_refused(data, tmp_path):
     torch.save(state, crafted)
     with pytest.raises(pickle.UnpicklingError, match="unsupported GLOBAL posix.system"):
         checkpoint_utils.load_checkpoint_to_cpu(str(crafted))
+
+
+def test_options_are_listed_with_their_defaults():
+    result = subprocess.run([sys.executable, "-m", "node_seq.fairseq.options"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, check=True)
+    text = " ".join(result.stdout.split())
+    for option in ("--node-encoder", "--node-decoder", "--node-rtol", "--node-atol", "--node-ts",
+                   "--node-augment-dims", "--node-time-dependent", "--node-separated-decoder", "--node-method",
+                   "--node-steps", "--node-step-size", "--node-gradient", "--node-adjoint-rtol", "--node-seminorm",
+                   "--node-max-num-steps", "--node-failure-policy"):
+        assert option in text
+    assert "relative tolerance of adaptive methods (default: 0.001)" in text
+    assert "integration interval of every ODE block (default: 0,1)" in text

@@ -118,3 +118,12 @@ def validate(args: argparse.Namespace) -> SolverConfig:
 def failure_policy(args: argparse.Namespace) -> FailurePolicy:
     return FailurePolicy(args.node_failure_policy,
                          SolverConfig(method=args.node_fallback_method, steps=args.node_fallback_steps))
+
+
+if __name__ == "__main__":
+    # fairseq-train --help prints before it knows the architecture, so it never lists any model's
+    # options (its own Transformer's included): this lists ours, with their defaults.
+    help_parser = argparse.ArgumentParser(prog="fairseq-train ... --arch node_transformer",
+                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_node_args(help_parser)
+    help_parser.print_help()
