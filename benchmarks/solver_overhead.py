@@ -56,9 +56,11 @@ def make_fields(quick: bool, device: str) -> dict[str, tuple[nn.Module, torch.Te
     layer = EncoderField(dim, heads, 4 * dim, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
                          activation="relu", time_dependent=False)
     conv = ConvField(channels)
+    tokens = torch.randn(batch, length, dim, device=device)
+    pixels = torch.randn(images, channels, side, side, device=device)
     return {
-        f"transformer d={dim} h={heads} {batch}x{length}": (layer.to(device), torch.randn(batch, length, dim, device=device), (None,)),
-        f"conv C={channels} {side}x{side} batch {images}": (conv.to(device), torch.randn(images, channels, side, side, device=device), ()),
+        f"transformer d={dim} h={heads} {batch}x{length}": (layer.to(device), tokens, (None,)),
+        f"conv C={channels} {side}x{side} batch {images}": (conv.to(device), pixels, ()),
     }
 
 

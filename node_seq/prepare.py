@@ -48,7 +48,7 @@ def prepare(raw_dir: str | Path, out_dir: str | Path, *, src: str, tgt: str, spl
         lines = text.splitlines()
         if not lines or any(not line.strip() for line in lines):
             raise ValueError(f"{split}.{lang}: empty file or empty lines (line "
-                             f"{next((i + 1 for i, l in enumerate(lines) if not l.strip()), 1)})")
+                             f"{next((n + 1 for n, line in enumerate(lines) if not line.strip()), 1)})")
     counts = {split: len(texts[(split, src)].splitlines()) for split in splits}
     for split in splits:
         if len(texts[(split, tgt)].splitlines()) != counts[split]:

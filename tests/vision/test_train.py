@@ -112,7 +112,9 @@ def test_resume_is_exact_across_a_refinement(tmp_path):
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    losses = lambda s: [(e["train_loss"], e["test_acc"], e["val_acc"]) for e in s["metrics"]["epochs"]]
+    def losses(state):
+        return [(e["train_loss"], e["test_acc"], e["val_acc"]) for e in state["metrics"]["epochs"]]
+
     assert losses(a) == losses(b)
     assert a["metrics"]["refinements"] == b["metrics"]["refinements"]
     assert os.path.exists(tmp_path / "straight" / "checkpoint_best.pt")
