@@ -18,7 +18,7 @@ import torch
 from fairseq.logging import metrics
 from torch import nn
 
-from ..nn.layers import collect_stats, node_layers
+from ..nn.layers import collect_stats
 
 
 def log_forward_nfe(model: nn.Module) -> None:
@@ -84,5 +84,3 @@ def report_nfe_after_generate() -> None:
     if not any(isinstance(f, _AfterTranslatedLine) for f in logger.filters):
         logger.addFilter(_AfterTranslatedLine())
 
-
-__all__ = ["BackwardNFELogger", "GENERATION", "log_forward_nfe", "node_layers", "report_nfe_after_generate"]

@@ -16,7 +16,6 @@ from typing import Callable, Sequence
 import torch
 import torchdiffeq
 
-from .errors import StepSizeUnderflow
 from .stats import CountingField
 
 #: Our fixed-grid names, in torchdiffeq's words (its "rk4" is the 3/8 rule, as is ours).
@@ -115,5 +114,3 @@ def _time_tensor(t0, t1, y0: torch.Tensor) -> torch.Tensor:
                             torch.as_tensor(t1, dtype=y0.dtype, device=y0.device).reshape(())])
     return torch.tensor([t0, t1], dtype=y0.dtype, device=y0.device)
 
-
-__all__ = ["integrate_torchdiffeq", "StepSizeUnderflow"]
