@@ -136,6 +136,7 @@ class NodeTransformerModel(TransformerModel):
             if is_ode_layer(module):
                 module.layer_name, module.failure = name, policy
         self._fallbacks_logged = 0
+        self.nfe_logged_by_task = False  # --task node_translation logs NFE summed over workers
 
     @staticmethod
     def add_args(parser):
@@ -168,14 +169,19 @@ class NodeTransformerModel(TransformerModel):
         finally:
             for hook in hooks:
                 hook.remove()
+        if not self.nfe_logged_by_task:
+            self._log_own_counts(inputs)
+        return out
+
+    def _log_own_counts(self, layer_inputs: list[torch.Tensor]) -> None:
+        """NFE and fallbacks of this worker, through fairseq's metrics (any task)."""
         log_forward_nfe(self)
         fallbacks = sum(layer.fallbacks for layer in self.ode_layers())
         if fallbacks > self._fallbacks_logged:
             metrics.log_scalar_sum("node_fallbacks", fallbacks - self._fallbacks_logged, priority=702)
             self._fallbacks_logged = fallbacks
         if torch.is_grad_enabled():
-            self._backward_nfe.watch(inputs)
-        return out
+            self._backward_nfe.watch(layer_inputs)
 
     def ode_layers(self):
         return [layer for layer in [*self.encoder.layers, *self.decoder.layers] if is_ode_layer(layer)]

@@ -66,7 +66,8 @@ def add_node_args(parser: argparse.ArgumentParser) -> None:
              "(--no-node-incremental-cache: recompute the prefix)")
     add("--node-failure-policy", choices=FAILURE_POLICIES, default=DEFAULTS["node_failure_policy"],
         help="when a solve fails (max steps, step underflow, inf/nan): raise an error naming the layer, "
-             "or fall back to a fixed grid for that solve (counted as node_fallbacks in the log)")
+             "fall back to a fixed grid for that solve (counted as node_fallbacks in the log), or skip the "
+             "batch (counted as node_skipped; needs --task node_translation)")
     add("--node-fallback-method", choices=[m for m in FIXED_GRID_METHODS if m != "reversible_heun"],
         default=DEFAULTS["node_fallback_method"], help="fixed-grid method of --node-failure-policy fallback")
     add("--node-fallback-steps", type=int, default=DEFAULTS["node_fallback_steps"],
@@ -110,6 +111,10 @@ def validate(args: argparse.Namespace) -> SolverConfig:
                 f"{', '.join(map(str, allowed))}")
     if args.node_fallback_steps < 1:
         raise OptionError(f"--node-fallback-steps: must be an integer >= 1, got {args.node_fallback_steps}")
+    task = getattr(args, "task", None)
+    if args.node_failure_policy == "skip" and task is not None and task != "node_translation":
+        raise OptionError(f"--node-failure-policy skip: needs --task node_translation (the task skips the "
+                          f"batch), got --task {task}")
     if args.node_separated_decoder and not args.node_decoder:
         raise OptionError("--node-separated-decoder: needs --node-decoder (the decoder is not an ODE)")
     return config

@@ -22,8 +22,9 @@ from .fields import DecoderField, EncoderField, cached_causal_bias, extend_cache
 #: The solver of a plain (non-ODE) layer: one unit Euler step is exactly a pre-norm layer.
 PLAIN_LAYER = SolverConfig(method="euler", steps=1)
 #: What a layer does when its solve fails (max steps, step-size underflow, non-finite state):
-#: ``raise`` an error naming the layer, or ``fallback``: redo that solve on a fixed grid.
-FAILURE_POLICIES = ("raise", "fallback")
+#: ``raise`` an error naming the layer, ``fallback``: redo that solve on a fixed grid, or ``skip``:
+#: raise as ``raise`` does, for a training loop that skips the batch (fairseq's ``node_translation``).
+FAILURE_POLICIES = ("raise", "fallback", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +105,7 @@ class _NodeLayer(nn.Module):
         try:
             y, stats = solve(field, x, inputs=inputs, norm=norm, **self.solver.solve_kwargs())
         except ODESolveError as error:
-            if self.failure.policy == "raise":
+            if self.failure.policy != "fallback":
                 raise error.in_layer(self.layer_name) from error
             fallback = dataclasses.replace(self.failure.fallback, t0=self.solver.t0, t1=self.solver.t1,
                                            gradient="checkpoint" if self.solver.gradient != "backprop" else "backprop")
