@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--max-target-length", type=int, default=64, help="longest generated output during evaluation")
     add("--seed", type=int, default=1)
     add("--threads", type=int, default=1, help="torch CPU threads")
+    add("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
     args = parser.parse_args(argv)
     if not Path(args.data).is_dir():
         parser.error(f"--data: not a directory: {args.data}")
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = NodeTransformerForConditionalGeneration(config)
     has_valid = "valid" in encoded
     training_args = Seq2SeqTrainingArguments(
-        output_dir=str(out), use_cpu=True, report_to=[], seed=args.seed, num_train_epochs=args.epochs,
+        output_dir=str(out), use_cpu=args.cpu, report_to=[], seed=args.seed, num_train_epochs=args.epochs,
         max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup_steps,
         lr_scheduler_type="inverse_sqrt", adam_beta2=0.98, weight_decay=0.0,
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_strategy="steps" if has_valid else "no", eval_steps=args.eval_steps, save_strategy="no",
         predict_with_generate=True, generation_num_beams=args.beam,
         generation_max_length=args.max_target_length, dataloader_num_workers=0, disable_tqdm=True,
+        ddp_find_unused_parameters=False,  # every parameter takes part in every forward pass
     )
     trainer = NodeSeq2SeqTrainer(
         model=model, args=training_args, train_dataset=encoded["train"],
@@ -129,9 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     for split in ("valid", "test"):
         if split in encoded:
             results.update(trainer.evaluate(encoded[split], metric_key_prefix=split))
-    model.save_pretrained(out / "final")
-    tokenizer.save_pretrained(out / "final")
-    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    if trainer.is_world_process_zero():  # under torchrun, one process writes
+        model.save_pretrained(out / "final")
+        tokenizer.save_pretrained(out / "final")
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()}), flush=True)
     return results
 

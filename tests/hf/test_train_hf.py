@@ -33,3 +33,31 @@ def test_train_hf_smoke_run(tmp_path):
     assert batch["input_ids"][[0, 1], last].tolist() == [tokenizer.eos_token_id] * 2  # </s> appended, like fairseq
     generated = model.generate(**batch, num_beams=2, max_new_tokens=6)
     assert generated.shape[0] == 2
+
+
+def test_train_hf_under_torchrun_with_two_cpu_processes(tmp_path):
+    """HF's Trainer does the distributed part (gloo on CPU); two processes split each epoch between them."""
+    import os
+    import socket
+    import subprocess
+
+    from hf_helpers import REPO
+
+    write_task(tmp_path / "data", sizes={"train": 160, "valid": 8, "test": 8})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    run = subprocess.run([
+        str(REPO / ".venv" / "bin" / "torchrun"), "--nproc_per_node", "2", "--master_port", port,
+        str(REPO / "scripts" / "train_hf.py"), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+        "--vocab-size", "64", "--embed-dim", "16", "--ffn-dim", "32", "--layers", "1", "--heads", "2",
+        "--max-steps", "2", "--batch-size", "16", "--logging-steps", "1", "--eval-steps", "2", "--beam", "1",
+        "--max-target-length", "8", "--cpu"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    history = json.loads((tmp_path / "run" / "log_history.json").read_text())
+    steps = [entry for entry in history if "loss" in entry]
+    # 160 pairs in batches of 16 per process: 5 updates per epoch on two processes (10 on one).
+    assert [entry["epoch"] for entry in steps] == [0.2, 0.4]
+    assert all(entry["nfe_f"] == 8 for entry in steps)  # rk4, one step, one layer per side
+    assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "run" / "final").config.model_type == "node_transformer"
