@@ -49,4 +49,4 @@ for name in "${selected[@]}"; do
     > "$runs/$name/train.log" 2>&1
   bash "$root/scripts/evaluate_multi30k.sh" "$data" "$runs/$name" "${device_args[@]}" > /dev/null
 done
-"$root/.venv/bin/python" -m benchmarks.multi30k_report "$runs" "${selected[@]}" | tee "$runs/quality.md"
+"$root/.venv/bin/python" -m benchmarks.quality_report "$runs" "${selected[@]}" | tee "$runs/quality.md"

@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--node-augment-dims", type=int, default=0)
     add("--node-time-dependent", action="store_true")
     add("--node-separated-decoder", action="store_true")
+    add("--node-kinetic-weight", type=float, default=0.0, help="loss + W x kinetic energy of the ODE blocks")
     add("--no-node-encoder", dest="node_encoder", action="store_false")
     add("--no-node-decoder", dest="node_decoder", action="store_false")
     # training
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         node_method=args.node_method, node_steps=args.node_steps, node_step_size=args.node_step_size,
         node_rtol=args.node_rtol, node_atol=args.node_atol, node_gradient=args.node_gradient,
         node_augment_dims=args.node_augment_dims, node_time_dependent=args.node_time_dependent,
-        node_separated_decoder=args.node_separated_decoder,
+        node_separated_decoder=args.node_separated_decoder, node_kinetic_weight=args.node_kinetic_weight,
     )
     model = NodeTransformerForConditionalGeneration(config)
     has_valid = "valid" in encoded

@@ -137,6 +137,9 @@ class NodeTransformerModel(TransformerModel):
                 module.layer_name, module.failure = name, policy
         self._fallbacks_logged = 0
         self.nfe_logged_by_task = False  # --task node_translation logs NFE summed over workers
+        self.kinetic_weight = args.node_kinetic_weight  # node_translation adds it to the loss
+        for layer in self.ode_layers():
+            layer.kinetic_energy = self.kinetic_weight > 0
 
     @staticmethod
     def add_args(parser):

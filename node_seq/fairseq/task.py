@@ -10,6 +10,8 @@
   on the fallback grid is what the log shows for it. An update whose every batch was skipped takes
   no optimizer step. A failure in the backward pass (an adjoint solve) cannot be skipped, since
   part of the gradient is already accumulated: it is raised.
+* ``--node-kinetic-weight W``: ``W x`` the kinetic energy of the ODE blocks is added to the loss
+  that is differentiated (logged apart as ``node_kinetic``, so ``loss`` stays comparable).
 
 Everything else, data included, is ``--task translation``'s.
 """
@@ -20,17 +22,18 @@ import contextlib
 import dataclasses
 import logging
 
+import torch
 from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from ..nn.layers import collect_stats, node_layers
+from ..nn.layers import collect_stats, node_layers, total_kinetic_energy
 from ..ode import ODESolveError
 
 logger = logging.getLogger(__name__)
 
 #: Logging-output keys this task adds; all are sums, so fairseq may add them up across workers.
-NODE_KEYS = ("node_batches", "nfe_f", "nfe_b", "node_fallbacks", "node_skipped")
+NODE_KEYS = ("node_batches", "nfe_f", "nfe_b", "node_fallbacks", "node_skipped", "node_kinetic")
 
 
 @register_task("node_translation", dataclass=TranslationConfig)
@@ -50,7 +53,7 @@ class NodeTranslationTask(TranslationTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         fallbacks_before = _fallbacks(model)
         self._batches_in_update += 1
-        forward = _ForwardDone(criterion)
+        forward = _ForwardDone(_WithKineticPenalty(criterion, _kinetic_weight(model)))
         try:
             loss, sample_size, logging_output = super().train_step(
                 sample, model, forward, optimizer, update_num, ignore_grad)
@@ -99,6 +102,9 @@ class NodeTranslationTask(TranslationTask):
             if any("nfe_b" in log for log in logging_outputs):
                 metrics.log_scalar("nfe_b", total["nfe_b"] / total["node_batches"], total["node_batches"],
                                    priority=701, round=1)
+            if total["node_kinetic"]:
+                metrics.log_scalar("node_kinetic", total["node_kinetic"] / total["node_batches"],
+                                   total["node_batches"], priority=703, round=3)
         for key in ("node_fallbacks", "node_skipped"):
             if total[key]:
                 metrics.log_scalar_sum(key, total[key], priority=702)
@@ -119,6 +125,28 @@ def _fallbacks(model) -> int:
 def _policy(model) -> str:
     layers = node_layers(model)
     return layers[0].failure.policy if layers else "raise"
+
+
+class _WithKineticPenalty:
+    """The criterion plus ``weight x kinetic energy x sample size`` (the criterion's loss is a sum
+    over tokens, the energy a mean per token); the logged loss stays the criterion's own."""
+
+    def __init__(self, criterion, weight: float):
+        self.criterion, self.weight = criterion, weight
+
+    def __call__(self, model, sample):
+        loss, sample_size, logging_output = self.criterion(model, sample)
+        energy = total_kinetic_energy(model) if self.weight > 0 else None
+        if energy is not None:
+            loss = loss + self.weight * sample_size * energy
+            logging_output["node_kinetic"] = energy.detach()
+        return loss, sample_size, logging_output
+
+
+def _kinetic_weight(model) -> float:
+    while not hasattr(model, "kinetic_weight") and isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module  # fairseq's distributed wrappers
+    return getattr(model, "kinetic_weight", 0.0)
 
 
 class _ZeroGradient:

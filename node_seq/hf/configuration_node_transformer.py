@@ -9,6 +9,8 @@ and what it accepts.
 
 from __future__ import annotations
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
@@ -84,6 +86,7 @@ class NodeTransformerConfig(PreTrainedConfig):
     node_augment_dims: int = 0
     node_time_dependent: bool = False
     node_separated_decoder: bool = False
+    node_kinetic_weight: float | int = 0.0  # training loss + weight x kinetic energy of the ODE blocks
 
     use_cache: bool | None = None
     is_encoder_decoder: bool = True
@@ -139,6 +142,9 @@ class NodeTransformerConfig(PreTrainedConfig):
                 _fail(f"{side}_attention_heads", f"must divide {side}_embed_dim {dim}, got {heads}")
         if self.node_separated_decoder and not self.node_decoder:
             _fail("node_separated_decoder", "needs node_decoder=True (the decoder is not an ODE)")
+        weight = self.node_kinetic_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
+            _fail("node_kinetic_weight", f"must be a finite number >= 0, got {weight!r}")
         if self.share_all_embeddings:
             if not self.tie_word_embeddings:
                 _fail("share_all_embeddings", "shares the output projection too: it needs tie_word_embeddings=True")

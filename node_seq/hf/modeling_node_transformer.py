@@ -22,7 +22,10 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.generation.logits_process import ForcedEOSTokenLogitsProcessor, LogitsProcessor
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
-from ..nn.layers import PLAIN_LAYER, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, collect_stats, reorder_cache
+from ..nn.layers import (
+    PLAIN_LAYER, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, collect_stats, node_layers, reorder_cache,
+    total_kinetic_energy,
+)
 from ..ode import SolveStats
 from .configuration_node_transformer import NodeTransformerConfig
 
@@ -480,6 +483,8 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
             }
         self.generation_nfe = NodeNFE()
         self._tally: NodeNFE | None = None
+        for layer in node_layers(self):
+            layer.kinetic_energy = config.node_kinetic_weight > 0
         self.post_init()
         defaults = dict(FAIRSEQ_GENERATION_DEFAULTS, forced_eos_token_id=config.eos_token_id,
                         suppress_tokens=[config.pad_token_id])
@@ -542,6 +547,9 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                                ignore_index=-100)
+            energy = total_kinetic_energy(self) if self.config.node_kinetic_weight > 0 else None
+            if energy is not None:  # training mode: both are means per token
+                loss = loss + self.config.node_kinetic_weight * energy
         if self._tally is not None:
             self._tally = self._tally + NodeNFE(decoder=self.model.last_nfe.decoder, decoder_passes=1)
         out = Seq2SeqLMOutput(

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ode import ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_scope
+from ..ode.regularization import solve_with_kinetic_energy
 from .attention import MultiheadAttention, attention_bias
 from .dropout import FrozenDropout, reset_frozen_dropout
 from .fields import DecoderField, EncoderField, cached_causal_bias, extend_cache
@@ -69,6 +70,14 @@ def padding_rms_norm(keep: torch.Tensor | None):
     return norm
 
 
+def _mean_over(values: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-position ``values`` over real (non-padding) positions."""
+    if keep is None:
+        return values.mean()
+    weight = keep.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp_min(1)
+
+
 class _NodeLayer(nn.Module):
     """What encoder and decoder layers share: augmentation, the solve, dropout resets, stats."""
 
@@ -88,6 +97,10 @@ class _NodeLayer(nn.Module):
         self.failure = FailurePolicy()
         self.fallbacks = 0  # solves redone on the fallback grid since the layer was built
         self.layer_name = type(self).__name__  # front ends set the module path, e.g. "decoder.layers.2"
+        # Training only: integrate the kinetic energy of the field alongside the state (a loss term
+        # the front end adds; see node_seq.ode.regularization).
+        self.kinetic_energy = False
+        self.last_kinetic_energy: torch.Tensor | None = None
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, (0, self.augment_dims)) if self.augment_dims else x
@@ -102,8 +115,14 @@ class _NodeLayer(nn.Module):
             with stage_scope(Stage(0, 0, 1, t)):
                 return x + field(t, x, *inputs)
         norm = padding_rms_norm(keep)
+        self.last_kinetic_energy = None
         try:
-            y, stats = solve(field, x, inputs=inputs, norm=norm, **self.solver.solve_kwargs())
+            if self.kinetic_energy and self.training:
+                y, energy, stats = solve_with_kinetic_energy(field, x, inputs=inputs, norm=norm,
+                                                             **self.solver.solve_kwargs())
+                self.last_kinetic_energy = _mean_over(energy, keep)
+            else:
+                y, stats = solve(field, x, inputs=inputs, norm=norm, **self.solver.solve_kwargs())
         except ODESolveError as error:
             if self.failure.policy != "fallback":
                 raise error.in_layer(self.layer_name) from error
@@ -235,3 +254,9 @@ def collect_stats(module: nn.Module) -> SolveStats:
     for layer in node_layers(module):
         total = total + layer.last_stats
     return total
+
+
+def total_kinetic_energy(module: nn.Module) -> torch.Tensor | None:
+    """The sum over ODE layers of their last solve's kinetic energy (None if none integrated it)."""
+    energies = [layer.last_kinetic_energy for layer in node_layers(module) if layer.last_kinetic_energy is not None]
+    return torch.stack(energies).sum() if energies else None

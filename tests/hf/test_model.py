@@ -172,6 +172,26 @@ def test_nfe_after_forward_backward_and_generate():
     assert model.generation_nfe.decoder.nfe_forward == steps * TINY["decoder_layers"] * per_solve
 
 
+def test_kinetic_weight_adds_the_energy_to_the_training_loss_only():
+    from node_seq.nn.layers import total_kinetic_energy
+
+    labels = TARGET[:, 1:]
+    plain = tiny_model(node_method="rk4", dropout=0.0)
+    penalised = tiny_model(node_method="rk4", dropout=0.0, node_kinetic_weight=0.25)
+    penalised.load_state_dict(plain.state_dict())
+    for model in (plain, penalised):
+        model.train()
+    base = plain(input_ids=SOURCE, attention_mask=MASK, labels=labels).loss
+    total = penalised(input_ids=SOURCE, attention_mask=MASK, labels=labels).loss
+    energy = total_kinetic_energy(penalised)
+    assert energy is not None and energy > 0
+    torch.testing.assert_close(total, base + 0.25 * energy)
+    for model in (plain, penalised):
+        model.eval()
+    torch.testing.assert_close(penalised(input_ids=SOURCE, attention_mask=MASK, labels=labels).loss,
+                               plain(input_ids=SOURCE, attention_mask=MASK, labels=labels).loss)
+
+
 def test_left_and_right_padding_give_the_same_encoding():
     model = tiny_model(node_method="rk4")
     lengths = MASK.sum(1)

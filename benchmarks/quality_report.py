@@ -1,6 +1,7 @@
-"""Collect the Multi30k quality runs of ``benchmarks/multi30k_quality.sh`` into one Markdown table.
+"""Collect fairseq train + generate runs (``benchmarks/multi30k_quality.sh``, ``benchmarks/kinetic.sh``)
+into one Markdown table.
 
-    python -m benchmarks.multi30k_report RUNS_DIR VARIANT [VARIANT ...]
+    python -m benchmarks.quality_report RUNS_DIR VARIANT [VARIANT ...]
 
 Each variant directory holds fairseq-train's log (``train.log``) and the scorer's output
 (``score-test.txt``); the table reads parameters, training wall time, the last epoch's training NFE
@@ -39,6 +40,7 @@ def summarize(variant_dir: Path) -> dict:
         "epochs": train_lines[-1] if train_lines else "-",
         "train_min": f"{float(wall.group(1)) / 60:.1f}" if wall else "-",
         "train_nfe_f": _field(last_train[0], "nfe_f"),
+        "train_kinetic": _field(last_train[0], "node_kinetic"),
         "valid_loss": _field(last_valid[0], "loss"),
         "bleu": scores.get("sacreBLEU", "-"),
         "decode_nfe": scores.get("NFE/sentence", "-"),
@@ -47,10 +49,11 @@ def summarize(variant_dir: Path) -> dict:
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
-        sys.exit(__doc__.splitlines()[2].strip())
+        sys.exit("usage: " + __doc__.split("\n\n")[1].strip())
     runs = Path(argv[0])
     rows = [summarize(runs / name) for name in argv[1:]]
-    header = ["variant", "params", "epochs", "train_min", "train_nfe_f", "valid_loss", "bleu", "decode_nfe"]
+    header = ["variant", "params", "epochs", "train_min", "train_nfe_f", "train_kinetic", "valid_loss", "bleu",
+              "decode_nfe"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
