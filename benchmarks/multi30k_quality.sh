@@ -4,14 +4,15 @@
 # does with them changes), each trained with the same recipe and budget (scripts/train_multi30k.sh)
 # and decoded with scripts/evaluate_multi30k.sh (beam 5, sacreBLEU on detokenized test_2016_flickr).
 #
-# Usage: bash benchmarks/multi30k_quality.sh DATA_DIR RUNS_DIR [--variants a,b,...] [--device cuda]
+# Usage: bash benchmarks/multi30k_quality.sh DATA_DIR RUNS_DIR [--variants a,b,...] [--device cuda] [--quick]
 #                                            [-- fairseq-train options shared by every variant]
+#   --quick: 3 updates per variant (a smoke run of the pipeline, not a measurement)
 #   DATA_DIR: prepared by scripts/prepare_multi30k.sh (holds bin/ and raw/test.en)
 # On 2 CPU cores the baseline takes ~5 min per epoch and a midpoint variant twice that.
 # Results: RUNS_DIR/<variant>/{train.log,generate-test.log,score-test.txt} and RUNS_DIR/quality.md.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-usage="usage: $0 DATA_DIR RUNS_DIR [--variants a,b,...] [--device cuda] [-- fairseq-train options]"
+usage="usage: $0 DATA_DIR RUNS_DIR [--variants a,b,...] [--device cuda] [--quick] [-- fairseq-train options]"
 [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }
 data="$1"; runs="$2"; shift 2
 
@@ -25,6 +26,7 @@ declare -A variants=(
 order=(baseline node-midpoint node-encoder-midpoint node-decoder-midpoint node-dopri5)
 selected=("${order[@]}")
 device_args=(--cpu)
+quick_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --variants) IFS=, read -r -a selected <<< "$2"; shift 2 ;;
@@ -32,6 +34,7 @@ while [ $# -gt 0 ]; do
       case "$2" in cpu) device_args=(--cpu) ;; cuda) device_args=() ;;
         *) echo "--device: '$2' is not one of: cpu, cuda" >&2; exit 2 ;; esac
       shift 2 ;;
+    --quick) quick_args=(--max-update 3); shift ;;
     --) shift; break ;;
     *) echo "$usage" >&2; exit 2 ;;
   esac
@@ -45,7 +48,7 @@ mkdir -p "$runs"
 for name in "${selected[@]}"; do
   mkdir -p "$runs/$name"
   # shellcheck disable=SC2086
-  bash "$root/scripts/train_multi30k.sh" "$data" "$runs/$name" ${variants[$name]} "${device_args[@]}" "$@" \
+  bash "$root/scripts/train_multi30k.sh" "$data" "$runs/$name" ${variants[$name]} "${device_args[@]}" "${quick_args[@]}" "$@" \
     > "$runs/$name/train.log" 2>&1
   bash "$root/scripts/evaluate_multi30k.sh" "$data" "$runs/$name" "${device_args[@]}" > /dev/null
 done

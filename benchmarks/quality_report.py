@@ -37,7 +37,7 @@ def summarize(variant_dir: Path) -> dict:
     return {
         "variant": variant_dir.name,
         "params": params.group(1) if params else "-",
-        "epochs": train_lines[-1] if train_lines else "-",
+        "epochs": str(int(train_lines[-1])) if train_lines else "-",
         "train_min": f"{float(wall.group(1)) / 60:.1f}" if wall else "-",
         "train_nfe_f": _field(last_train[0], "nfe_f"),
         "train_kinetic": _field(last_train[0], "node_kinetic"),

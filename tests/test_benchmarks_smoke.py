@@ -77,3 +77,50 @@ def test_decoding_quick(tmp_path):
     assert all(r["sentences_per_s"] > 0 and r["sentences"] == 16 for r in rows)
     assert rows[0]["nfe_per_sentence"] is None and rows[1]["nfe_per_sentence"] == rows[2]["nfe_per_sentence"]
     assert rows[1]["speedup_over_recompute"] > 0
+
+
+def _prepared_numbers(root):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fairseq_helpers import make_task
+
+    data = make_task(root).parent  # make_task returns the binaries' folder, data/bin
+    (data / "raw" / "test.en").symlink_to(data / "raw" / "test.tgt")  # the Multi30k scripts' reference name
+    return data
+
+
+def _table(path):
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[1:]]
+
+
+def test_multi30k_quality_quick(tmp_path):
+    import subprocess
+
+    from fairseq_helpers import REPO
+
+    data = _prepared_numbers(tmp_path)
+    subprocess.run(["bash", str(REPO / "benchmarks" / "multi30k_quality.sh"), str(data), str(tmp_path / "runs"),
+                    "--variants", "baseline,node-midpoint", "--quick"], check=True, capture_output=True, timeout=900)
+    rows = _table(tmp_path / "runs" / "quality.md")
+    assert [r["variant"] for r in rows] == ["baseline", "node-midpoint"]
+    assert rows[0]["params"] == rows[1]["params"]  # the variants differ in what a layer does, not in weights
+    assert rows[0]["train_nfe_f"] == "-" and float(rows[1]["train_nfe_f"]) == 12  # 3+3 layers x 2 stages
+    assert all(0 <= float(r["bleu"]) <= 100 for r in rows)
+
+
+def test_kinetic_quick(tmp_path):
+    import subprocess
+
+    from fairseq_helpers import REPO
+
+    data = _prepared_numbers(tmp_path)
+    subprocess.run(["bash", str(REPO / "benchmarks" / "kinetic.sh"), str(tmp_path / "runs"), "--weights", "0,0.5",
+                    "--data", str(data), "--quick"], check=True, capture_output=True, timeout=900)
+    rows = _table(tmp_path / "runs" / "kinetic.md")
+    assert [r["variant"] for r in rows] == ["w0", "w0.5"]
+    assert rows[0]["train_kinetic"] == "-" and float(rows[1]["train_kinetic"]) > 0
+    assert all(float(r["decode_nfe"]) > 0 for r in rows)
