@@ -64,11 +64,15 @@ def test_reduce_metrics_averages_nfe_over_every_worker(data):
 def test_skip_policy_skips_every_failing_batch_and_counts_it(data, tmp_path):
     log = tmp_path / "train.log"
     fairseq_train(data, tmp_path / "ck", [*TASK, *FAILING, "--node-failure-policy", "skip", "--max-update", "2",
-                                          "--disable-validation", "--node-fallback-steps", "2"], log_file=log)
+                                          "--node-fallback-steps", "2"], log_file=log)
     updates = _updates(log)
     assert [float(u["node_skipped"]) for u in updates] == [1, 1]
     assert all(float(u["gnorm"]) == 0 for u in updates)  # the skipped batches gave no gradient
     assert all(float(u["nfe_f"]) == 16 and float(u["loss"]) > 0 for u in updates)  # the loss on the fallback grid
+    valid = [r for r in _records(log) if "valid_loss" in r][-1]
+    # validation leaves nothing out: its batches ran on the fallback grid, and it says so
+    assert float(valid["valid_node_fallbacks"]) >= 1 and float(valid["valid_nfe_f"]) == 16
+    assert float(valid["valid_loss"]) > 0
 
 
 def test_skip_policy_steps_only_for_updates_with_a_batch_that_solved(data):

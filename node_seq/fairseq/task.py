@@ -8,8 +8,10 @@
   fallback grid with its loss multiplied by zero, the way fairseq runs dummy batches, so that every
   worker takes part in the same gradient all-reduce: it adds nothing to the gradient, and its loss
   on the fallback grid is what the log shows for it. An update whose every batch was skipped takes
-  no optimizer step. A failure in the backward pass (an adjoint solve) cannot be skipped, since
-  part of the gradient is already accumulated: it is raised.
+  no optimizer step. A validation batch cannot be left out without biasing the validation loss:
+  it is evaluated on the fallback grid and counted in ``node_fallbacks``. A failure in the
+  backward pass (an adjoint solve) cannot be skipped, since part of the gradient is already
+  accumulated: it is raised.
 * ``--node-kinetic-weight W``: ``W x`` the kinetic energy of the ODE blocks is added to the loss
   that is differentiated (logged apart as ``node_kinetic``, so ``loss`` stays comparable).
 
@@ -79,8 +81,18 @@ class NodeTranslationTask(TranslationTask):
         return loss, 0, logging_output  # a sample size of 0: nothing to average into the gradient
 
     def valid_step(self, sample, model, criterion):
-        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-        logging_output.update(_counts(model, _fallbacks(model), backward=False))
+        fallbacks_before = _fallbacks(model)
+        try:
+            loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        except ODESolveError as error:
+            if _policy(model) != "skip":
+                raise
+            # Leaving a batch out would bias the validation loss: evaluate it on the fallback grid.
+            logger.warning("validating a batch on the fallback grid (--node-failure-policy skip): %s", error)
+            with fallback_solvers(model):
+                loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+            fallbacks_before -= 1
+        logging_output.update(_counts(model, fallbacks_before, backward=False))
         return loss, sample_size, logging_output
 
     def optimizer_step(self, optimizer, model, update_num):
