@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--node-time-dependent", action="store_true")
     add("--node-separated-decoder", action="store_true")
     add("--node-kinetic-weight", type=float, default=0.0, help="loss + W x kinetic energy of the ODE blocks")
+    add("--node-jacobian-weight", type=float, default=0.0, help="loss + W x Jacobian Frobenius norm of the ODE blocks")
     add("--no-node-encoder", dest="node_encoder", action="store_false")
     add("--no-node-decoder", dest="node_decoder", action="store_false")
     # training
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         node_rtol=args.node_rtol, node_atol=args.node_atol, node_gradient=args.node_gradient,
         node_augment_dims=args.node_augment_dims, node_time_dependent=args.node_time_dependent,
         node_separated_decoder=args.node_separated_decoder, node_kinetic_weight=args.node_kinetic_weight,
+        node_jacobian_weight=args.node_jacobian_weight,
     )
     model = NodeTransformerForConditionalGeneration(config)
     has_valid = "valid" in encoded

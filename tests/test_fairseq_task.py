@@ -173,15 +173,18 @@ def test_two_processes_match_one_at_the_same_effective_batch(tmp_path):
         torch.testing.assert_close(parallel[name], single[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_kinetic_weight_changes_the_gradient_not_the_logged_loss(data, tmp_path):
+def test_regularizer_weights_change_the_gradient_not_the_logged_loss(data, tmp_path):
     def first_update(weight):
         log = tmp_path / f"kinetic-{weight}.log"
         fairseq_train(data, tmp_path / f"ck-{weight}", [*TASK, "--node-method", "rk4", "--node-kinetic-weight", weight,
-                                                        "--max-update", "1", "--disable-validation"], log_file=log)
+                                                        "--node-jacobian-weight", weight, "--max-update", "1",
+                                                        "--dropout", "0",  # the Hutchinson noise draws from the RNG
+                                                        "--disable-validation"], log_file=log)
         return _updates(log)[0]
 
     plain, penalised = first_update("0"), first_update("0.5")
     assert "node_kinetic" not in plain and float(penalised["node_kinetic"]) > 0
+    assert "node_jacobian" in penalised and float(penalised["node_jacobian"]) > 0
     assert penalised["loss"] == plain["loss"]  # the criterion's loss, logged apart from the penalty
     assert penalised["gnorm"] != plain["gnorm"]  # but the penalty is differentiated
 
@@ -190,8 +193,10 @@ def test_kinetic_weight_changes_the_gradient_not_the_logged_loss(data, tmp_path)
     (["--node-kinetic-weight", "-1", *TASK], "--node-kinetic-weight: must be a finite number >= 0, got -1.0"),
     (["--node-kinetic-weight", "nan", *TASK], "--node-kinetic-weight: must be a finite number >= 0, got nan"),
     (["--node-kinetic-weight", "0.1"], "--node-kinetic-weight: needs --task node_translation"),
+    (["--node-jacobian-weight", "-2", *TASK], "--node-jacobian-weight: must be a finite number >= 0, got -2.0"),
+    (["--node-jacobian-weight", "1"], "--node-jacobian-weight: needs --task node_translation"),
 ])
-def test_bad_kinetic_weights_are_rejected_while_parsing(argv, message, data, capsys):
+def test_bad_regularizer_weights_are_rejected_while_parsing(argv, message, data, capsys):
     from fairseq import options
 
     with pytest.raises(SystemExit) as info:

@@ -68,14 +68,64 @@ def test_a_layers_energy_is_averaged_over_real_positions_only():
 
     torch.manual_seed(0)
     layer = NodeEncoderLayer(LayerSpec(embed_dim=8, num_heads=2, ffn_dim=16, dropout=0.0), SolverConfig(method="rk4"))
-    layer.kinetic_energy = True
+    layer.regularizers = ("kinetic", "jacobian")
     x = torch.randn(1, 5, 8)
+    torch.manual_seed(1)
     layer(x)
-    alone = layer.last_kinetic_energy
+    alone = layer.last_regularizers
     padded = torch.cat([x, torch.randn(1, 3, 8)], dim=1)
     mask = torch.tensor([[False] * 5 + [True] * 3])
+    torch.manual_seed(1)  # the same Hutchinson noise on the real positions
     layer(padded, mask)
-    torch.testing.assert_close(layer.last_kinetic_energy, alone)
+    assert set(alone) == {"kinetic", "jacobian"}
+    torch.testing.assert_close(layer.last_regularizers["kinetic"], alone["kinetic"])
     layer.eval()
     layer(x)
-    assert layer.last_kinetic_energy is None  # a training-only term
+    assert layer.last_regularizers == {}  # training-only terms
+
+
+class Rotation(nn.Module):
+    """f(x) = s x Q^T with Q orthogonal: |eps^T df/dx|^2 = s^2 |eps|^2 for every eps, exactly."""
+
+    def __init__(self, dim: int, scale: float):
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(dim, dim, dtype=torch.float64))
+        self.weight = nn.Parameter(scale * q)
+
+    def forward(self, t, x):
+        return x @ self.weight.T
+
+
+@pytest.mark.parametrize("method,kw", [("euler", {}), ("rk4", {"steps": 3}), ("dopri5", {"rtol": 1e-8, "atol": 1e-9})])
+def test_jacobian_norm_of_a_scaled_rotation_is_exact(method, kw):
+    from node_seq.ode.regularization import solve_with_regularizers
+
+    torch.manual_seed(0)
+    x0 = torch.randn(2, 3, 6, dtype=torch.float64)
+    _, integrals, _ = solve_with_regularizers(Rotation(6, 0.7), x0, kinetic=True, jacobian=True, method=method,
+                                              t1=2.0, **kw)
+    # Rademacher noise has |eps|^2 = width, so the per-channel mean of the integrand is s^2
+    torch.testing.assert_close(integrals["jacobian"], torch.full((2, 3), 0.49 * 2.0, dtype=torch.float64))
+    assert integrals["kinetic"].shape == (2, 3) and (integrals["kinetic"] > 0).all()
+
+
+@pytest.mark.parametrize("gradient,method", [("checkpoint", "rk4"), ("adjoint", "rk4")])
+def test_jacobian_norm_gradients_of_every_mode_match_backprop(gradient, method):
+    from node_seq.ode.regularization import solve_with_regularizers
+
+    def grads(mode):
+        torch.manual_seed(0)
+        field = CrossAttentionField()
+        x0 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+        memory = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+        mask = torch.zeros(2, 5, dtype=torch.bool)
+        torch.manual_seed(1)  # the same noise in both runs
+        y, integrals, _ = solve_with_regularizers(field, x0, kinetic=False, jacobian=True, inputs=(memory, mask, 0.5),
+                                                  method=method, steps=8, gradient=mode)
+        (y.sum() + 2 * integrals["jacobian"].sum()).backward()
+        return {"x0": x0.grad, "memory": memory.grad, **{n: p.grad for n, p in field.named_parameters()}}
+
+    want, got = grads("backprop"), grads(gradient)
+    rtol, atol = (1e-9, 1e-10) if gradient == "checkpoint" else (1e-3, 1e-5)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")

@@ -137,9 +137,11 @@ class NodeTransformerModel(TransformerModel):
                 module.layer_name, module.failure = name, policy
         self._fallbacks_logged = 0
         self.nfe_logged_by_task = False  # --task node_translation logs NFE summed over workers
-        self.kinetic_weight = args.node_kinetic_weight  # node_translation adds it to the loss
+        # node_translation adds these to the loss; the layers integrate them while training
+        self.regularizer_weights = {name: weight for name, weight in (
+            ("kinetic", args.node_kinetic_weight), ("jacobian", args.node_jacobian_weight)) if weight > 0}
         for layer in self.ode_layers():
-            layer.kinetic_energy = self.kinetic_weight > 0
+            layer.regularizers = tuple(self.regularizer_weights)
 
     @staticmethod
     def add_args(parser):

@@ -28,6 +28,7 @@ DEFAULTS = dict(
     node_adjoint_atol=None, node_seminorm=False, node_max_num_steps=1000, node_augment_dims=0,
     node_time_dependent=False, node_separated_decoder=False, node_incremental_cache=True,
     node_failure_policy="raise", node_fallback_method="rk4", node_fallback_steps=4, node_kinetic_weight=0.0,
+    node_jacobian_weight=0.0,
 )
 
 
@@ -76,6 +77,9 @@ def add_node_args(parser: argparse.ArgumentParser) -> None:
     add("--node-kinetic-weight", type=float, default=DEFAULTS["node_kinetic_weight"], metavar="W",
         help="add W x the kinetic energy of every ODE block (integral of |f|^2 dt, per token) to the "
              "training loss, to steer adaptive solvers towards fewer steps; needs --task node_translation")
+    add("--node-jacobian-weight", type=float, default=DEFAULTS["node_jacobian_weight"], metavar="W",
+        help="add W x the Frobenius norm of every ODE block's Jacobian (integral over t, Hutchinson "
+             "estimate, per token) to the training loss; needs --task node_translation")
 
 
 def fill_defaults(args: argparse.Namespace) -> None:
@@ -115,17 +119,17 @@ def validate(args: argparse.Namespace) -> SolverConfig:
                 f"{', '.join(map(str, allowed))}")
     if args.node_fallback_steps < 1:
         raise OptionError(f"--node-fallback-steps: must be an integer >= 1, got {args.node_fallback_steps}")
-    weight = args.node_kinetic_weight
-    if not (math.isfinite(weight) and weight >= 0):
-        raise OptionError(f"--node-kinetic-weight: must be a finite number >= 0, got {weight}")
     task = getattr(args, "task", None)
-    if task is not None and task != "node_translation":
-        if args.node_failure_policy == "skip":
-            raise OptionError(f"--node-failure-policy skip: needs --task node_translation (the task skips the "
-                              f"batch), got --task {task}")
-        if weight > 0:
-            raise OptionError(f"--node-kinetic-weight: needs --task node_translation (the task adds the term "
-                              f"to the loss), got --task {task}")
+    for option in ("--node-kinetic-weight", "--node-jacobian-weight"):
+        weight = getattr(args, option[2:].replace("-", "_"))
+        if not (math.isfinite(weight) and weight >= 0):
+            raise OptionError(f"{option}: must be a finite number >= 0, got {weight}")
+        if weight > 0 and task is not None and task != "node_translation":
+            raise OptionError(f"{option}: needs --task node_translation (the task adds the term to the loss), "
+                              f"got --task {task}")
+    if args.node_failure_policy == "skip" and task is not None and task != "node_translation":
+        raise OptionError(f"--node-failure-policy skip: needs --task node_translation (the task skips the "
+                          f"batch), got --task {task}")
     if args.node_separated_decoder and not args.node_decoder:
         raise OptionError("--node-separated-decoder: needs --node-decoder (the decoder is not an ODE)")
     return config

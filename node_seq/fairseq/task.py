@@ -12,8 +12,9 @@
   it is evaluated on the fallback grid and counted in ``node_fallbacks``. A failure in the
   backward pass (an adjoint solve) cannot be skipped, since part of the gradient is already
   accumulated: it is raised.
-* ``--node-kinetic-weight W``: ``W x`` the kinetic energy of the ODE blocks is added to the loss
-  that is differentiated (logged apart as ``node_kinetic``, so ``loss`` stays comparable).
+* ``--node-kinetic-weight``/``--node-jacobian-weight W``: ``W x`` the kinetic energy / Jacobian
+  norm of the ODE blocks is added to the loss that is differentiated (logged apart as
+  ``node_kinetic``/``node_jacobian``, so ``loss`` stays comparable).
 
 Everything else, data included, is ``--task translation``'s.
 """
@@ -29,13 +30,13 @@ from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from ..nn.layers import collect_stats, node_layers, total_kinetic_energy
+from ..nn.layers import collect_stats, node_layers, total_regularizer
 from ..ode import ODESolveError
 
 logger = logging.getLogger(__name__)
 
 #: Logging-output keys this task adds; all are sums, so fairseq may add them up across workers.
-NODE_KEYS = ("node_batches", "nfe_f", "nfe_b", "node_fallbacks", "node_skipped", "node_kinetic")
+NODE_KEYS = ("node_batches", "nfe_f", "nfe_b", "node_fallbacks", "node_skipped", "node_kinetic", "node_jacobian")
 
 
 @register_task("node_translation", dataclass=TranslationConfig)
@@ -55,7 +56,7 @@ class NodeTranslationTask(TranslationTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         fallbacks_before = _fallbacks(model)
         self._batches_in_update += 1
-        forward = _ForwardDone(_WithKineticPenalty(criterion, _kinetic_weight(model)))
+        forward = _ForwardDone(_WithPenalties(criterion, _regularizer_weights(model)))
         try:
             loss, sample_size, logging_output = super().train_step(
                 sample, model, forward, optimizer, update_num, ignore_grad)
@@ -114,9 +115,10 @@ class NodeTranslationTask(TranslationTask):
             if any("nfe_b" in log for log in logging_outputs):
                 metrics.log_scalar("nfe_b", total["nfe_b"] / total["node_batches"], total["node_batches"],
                                    priority=701, round=1)
-            if total["node_kinetic"]:
-                metrics.log_scalar("node_kinetic", total["node_kinetic"] / total["node_batches"],
-                                   total["node_batches"], priority=703, round=3)
+            for priority, key in enumerate(("node_kinetic", "node_jacobian"), start=703):
+                if total[key]:
+                    metrics.log_scalar(key, total[key] / total["node_batches"], total["node_batches"],
+                                       priority=priority, round=3)
         for key in ("node_fallbacks", "node_skipped"):
             if total[key]:
                 metrics.log_scalar_sum(key, total[key], priority=702)
@@ -139,26 +141,27 @@ def _policy(model) -> str:
     return layers[0].failure.policy if layers else "raise"
 
 
-class _WithKineticPenalty:
-    """The criterion plus ``weight x kinetic energy x sample size`` (the criterion's loss is a sum
-    over tokens, the energy a mean per token); the logged loss stays the criterion's own."""
+class _WithPenalties:
+    """The criterion plus ``weight x integral x sample size`` for each regulariser (the criterion's
+    loss is a sum over tokens, the integrals means per token); the logged loss stays the criterion's."""
 
-    def __init__(self, criterion, weight: float):
-        self.criterion, self.weight = criterion, weight
+    def __init__(self, criterion, weights: dict[str, float]):
+        self.criterion, self.weights = criterion, weights
 
     def __call__(self, model, sample):
         loss, sample_size, logging_output = self.criterion(model, sample)
-        energy = total_kinetic_energy(model) if self.weight > 0 else None
-        if energy is not None:
-            loss = loss + self.weight * sample_size * energy
-            logging_output["node_kinetic"] = energy.detach()
+        for name, weight in self.weights.items():
+            value = total_regularizer(model, name)
+            if value is not None:
+                loss = loss + weight * sample_size * value
+                logging_output[f"node_{name}"] = value.detach()
         return loss, sample_size, logging_output
 
 
-def _kinetic_weight(model) -> float:
-    while not hasattr(model, "kinetic_weight") and isinstance(getattr(model, "module", None), torch.nn.Module):
+def _regularizer_weights(model) -> dict[str, float]:
+    while not hasattr(model, "regularizer_weights") and isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module  # fairseq's distributed wrappers
-    return getattr(model, "kinetic_weight", 0.0)
+    return getattr(model, "regularizer_weights", {})
 
 
 class _ZeroGradient:

@@ -87,6 +87,7 @@ class NodeTransformerConfig(PreTrainedConfig):
     node_time_dependent: bool = False
     node_separated_decoder: bool = False
     node_kinetic_weight: float | int = 0.0  # training loss + weight x kinetic energy of the ODE blocks
+    node_jacobian_weight: float | int = 0.0  # training loss + weight x Jacobian Frobenius norm (Hutchinson)
 
     use_cache: bool | None = None
     is_encoder_decoder: bool = True
@@ -142,9 +143,10 @@ class NodeTransformerConfig(PreTrainedConfig):
                 _fail(f"{side}_attention_heads", f"must divide {side}_embed_dim {dim}, got {heads}")
         if self.node_separated_decoder and not self.node_decoder:
             _fail("node_separated_decoder", "needs node_decoder=True (the decoder is not an ODE)")
-        weight = self.node_kinetic_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
-            _fail("node_kinetic_weight", f"must be a finite number >= 0, got {weight!r}")
+        for field in ("node_kinetic_weight", "node_jacobian_weight"):
+            weight = getattr(self, field)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
+                _fail(field, f"must be a finite number >= 0, got {weight!r}")
         if self.share_all_embeddings:
             if not self.tie_word_embeddings:
                 _fail("share_all_embeddings", "shares the output projection too: it needs tie_word_embeddings=True")

@@ -80,6 +80,7 @@ def config_from_fairseq(args: argparse.Namespace, vocab_size: int) -> NodeTransf
         node_augment_dims=args.node_augment_dims, node_time_dependent=bool(args.node_time_dependent),
         node_separated_decoder=bool(args.node_separated_decoder),
         node_kinetic_weight=float(getattr(args, "node_kinetic_weight", 0.0)),
+        node_jacobian_weight=float(getattr(args, "node_jacobian_weight", 0.0)),
         use_cache=bool(args.node_incremental_cache) and (not args.node_decoder or solver.is_fixed_grid),
     )
 

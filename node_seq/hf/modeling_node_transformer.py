@@ -24,7 +24,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2
 
 from ..nn.layers import (
     PLAIN_LAYER, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, collect_stats, node_layers, reorder_cache,
-    total_kinetic_energy,
+    total_regularizer,
 )
 from ..ode import SolveStats
 from .configuration_node_transformer import NodeTransformerConfig
@@ -483,8 +483,10 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
             }
         self.generation_nfe = NodeNFE()
         self._tally: NodeNFE | None = None
+        self.regularizer_weights = {name: weight for name, weight in (
+            ("kinetic", config.node_kinetic_weight), ("jacobian", config.node_jacobian_weight)) if weight > 0}
         for layer in node_layers(self):
-            layer.kinetic_energy = config.node_kinetic_weight > 0
+            layer.regularizers = tuple(self.regularizer_weights)
         self.post_init()
         defaults = dict(FAIRSEQ_GENERATION_DEFAULTS, forced_eos_token_id=config.eos_token_id,
                         suppress_tokens=[config.pad_token_id])
@@ -547,9 +549,10 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                                ignore_index=-100)
-            energy = total_kinetic_energy(self) if self.config.node_kinetic_weight > 0 else None
-            if energy is not None:  # training mode: both are means per token
-                loss = loss + self.config.node_kinetic_weight * energy
+            for name, weight in self.regularizer_weights.items():
+                value = total_regularizer(self, name)  # None outside training mode
+                if value is not None:  # both are means per token
+                    loss = loss + weight * value
         if self._tally is not None:
             self._tally = self._tally + NodeNFE(decoder=self.model.last_nfe.decoder, decoder_passes=1)
         out = Seq2SeqLMOutput(

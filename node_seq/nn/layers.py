@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ode import ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_scope
-from ..ode.regularization import solve_with_kinetic_energy
+from ..ode.regularization import solve_with_regularizers
 from .attention import MultiheadAttention, attention_bias
 from .dropout import FrozenDropout, reset_frozen_dropout
 from .fields import DecoderField, EncoderField, cached_causal_bias, extend_cache
@@ -97,10 +97,10 @@ class _NodeLayer(nn.Module):
         self.failure = FailurePolicy()
         self.fallbacks = 0  # solves redone on the fallback grid since the layer was built
         self.layer_name = type(self).__name__  # front ends set the module path, e.g. "decoder.layers.2"
-        # Training only: integrate the kinetic energy of the field alongside the state (a loss term
-        # the front end adds; see node_seq.ode.regularization).
-        self.kinetic_energy = False
-        self.last_kinetic_energy: torch.Tensor | None = None
+        # Training only: integrals integrated alongside the state ("kinetic", "jacobian"; loss terms
+        # the front end adds, see node_seq.ode.regularization), averaged over real positions.
+        self.regularizers: tuple[str, ...] = ()
+        self.last_regularizers: dict[str, torch.Tensor] = {}
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, (0, self.augment_dims)) if self.augment_dims else x
@@ -115,12 +115,13 @@ class _NodeLayer(nn.Module):
             with stage_scope(Stage(0, 0, 1, t)):
                 return x + field(t, x, *inputs)
         norm = padding_rms_norm(keep)
-        self.last_kinetic_energy = None
+        self.last_regularizers = {}
         try:
-            if self.kinetic_energy and self.training:
-                y, energy, stats = solve_with_kinetic_energy(field, x, inputs=inputs, norm=norm,
-                                                             **self.solver.solve_kwargs())
-                self.last_kinetic_energy = _mean_over(energy, keep)
+            if self.regularizers and self.training:
+                y, integrals, stats = solve_with_regularizers(
+                    field, x, kinetic="kinetic" in self.regularizers, jacobian="jacobian" in self.regularizers,
+                    inputs=inputs, norm=norm, **self.solver.solve_kwargs())
+                self.last_regularizers = {name: _mean_over(value, keep) for name, value in integrals.items()}
             else:
                 y, stats = solve(field, x, inputs=inputs, norm=norm, **self.solver.solve_kwargs())
         except ODESolveError as error:
@@ -256,7 +257,7 @@ def collect_stats(module: nn.Module) -> SolveStats:
     return total
 
 
-def total_kinetic_energy(module: nn.Module) -> torch.Tensor | None:
-    """The sum over ODE layers of their last solve's kinetic energy (None if none integrated it)."""
-    energies = [layer.last_kinetic_energy for layer in node_layers(module) if layer.last_kinetic_energy is not None]
-    return torch.stack(energies).sum() if energies else None
+def total_regularizer(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The sum over ODE layers of their last solve's ``name`` integral (None if none integrated it)."""
+    values = [layer.last_regularizers[name] for layer in node_layers(module) if name in layer.last_regularizers]
+    return torch.stack(values).sum() if values else None

@@ -1,10 +1,14 @@
-"""Kinetic-energy regularisation ("How to train your neural ODE", Finlay et al., 2020).
+"""Regularisers that steer a neural ODE towards cheap solves ("How to train your neural ODE",
+Finlay et al., 2020).
 
-A field that moves the state slowly and straight is cheap for an adaptive solver. Penalising
-``integral of |f(t, x)|^2 dt`` during training steers towards such fields, and so towards lower NFE.
-The integral is carried as one extra channel of the state, ``de/dt = mean(f^2)`` over the last
-dimension, so every solver integrates it with its own quadrature and error control, and every
-gradient mode (the adjoint included) differentiates it like the rest of the state.
+* kinetic energy: ``integral of |f(t, x)|^2 dt``; a field that moves the state slowly and straight
+  is cheap for an adaptive solver;
+* Jacobian norm: ``integral of |df/dx|_F^2 dt``, estimated with Hutchinson's trick as
+  ``|eps^T df/dx|^2`` for one Rademacher ``eps`` per solve; a smooth field keeps steps long.
+
+Each integral is carried as one extra channel of the state, ``de/dt = mean(integrand)`` over the
+last dimension, so every solver integrates it with its own quadrature and error control, and every
+gradient mode differentiates it like the rest of the state.
 """
 
 from __future__ import annotations
@@ -14,30 +18,63 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .solve import solve
 from .stats import SolveStats
 
 
-class WithKineticEnergy(nn.Module):
-    """``(x, e) -> (f(t, x), mean(f(t, x)^2))`` over the last dimension; ``field`` is a submodule,
-    so its parameters are found by the adjoint."""
+class WithRegularizers(nn.Module):
+    """``(x, e...) -> (f(t, x), integrand...)``, one channel per regulariser, in the order
+    kinetic, Jacobian. ``field`` is a submodule, so the adjoint finds its parameters."""
 
-    def __init__(self, field: nn.Module):
+    def __init__(self, field: nn.Module, *, kinetic: bool, jacobian_noise: torch.Tensor | None):
         super().__init__()
-        self.field = field
+        self.field, self.kinetic, self.jacobian_noise = field, kinetic, jacobian_noise
+        self.extra = int(kinetic) + int(jacobian_noise is not None)
 
     def forward(self, t: torch.Tensor, state: torch.Tensor, *inputs: Any) -> torch.Tensor:
-        velocity = self.field(t, state[..., :-1], *inputs)
-        return torch.cat([velocity, velocity.pow(2).mean(-1, keepdim=True)], dim=-1)
+        x = state[..., : state.shape[-1] - self.extra]
+        if self.jacobian_noise is None:
+            velocity = self.field(t, x, *inputs)
+            return torch.cat([velocity, velocity.pow(2).mean(-1, keepdim=True)], dim=-1)
+        differentiating = torch.is_grad_enabled()
+        # The Hutchinson term is differentiated twice; of the fused attention kernels only the
+        # math one has a second derivative.
+        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
+            # Without an outer graph (a forward pass under no_grad, as the adjoint's) the slice has
+            # no history to differentiate through: a leaf is enough, and what comes out is detached.
+            if not (differentiating and x.requires_grad):
+                x = x.detach().requires_grad_()
+            velocity = self.field(t, x, *inputs)
+            (noise_jacobian,) = torch.autograd.grad(velocity, x, self.jacobian_noise, create_graph=differentiating)
+        channels = [velocity]
+        if self.kinetic:
+            channels.append(velocity.pow(2).mean(-1, keepdim=True))
+        channels.append(noise_jacobian.pow(2).mean(-1, keepdim=True))
+        out = torch.cat(channels, dim=-1)
+        return out if differentiating else out.detach()
+
+
+def solve_with_regularizers(field: nn.Module, y0: torch.Tensor, *, kinetic: bool = True, jacobian: bool = False,
+                            **solve_kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], SolveStats]:
+    """:func:`solve`, also returning the requested integrals for every position (``y0.shape[:-1]``).
+
+    Returns ``(y(t1), {"kinetic": ..., "jacobian": ...}, stats)`` with the keys asked for; each
+    integral is averaged over the last dimension (the model width for a Transformer layer).
+    """
+    if not (kinetic or jacobian):
+        raise ValueError("solve_with_regularizers: ask for kinetic=True, jacobian=True or both")
+    noise = torch.randint(0, 2, y0.shape, device=y0.device).to(y0.dtype) * 2 - 1 if jacobian else None
+    wrapped = WithRegularizers(field, kinetic=kinetic, jacobian_noise=noise)
+    state, stats = solve(wrapped, F.pad(y0, (0, wrapped.extra)), **solve_kwargs)
+    width = y0.shape[-1]
+    names = [name for name, wanted in (("kinetic", kinetic), ("jacobian", jacobian)) if wanted]
+    return state[..., :width], {name: state[..., width + i] for i, name in enumerate(names)}, stats
 
 
 def solve_with_kinetic_energy(field: nn.Module, y0: torch.Tensor, **solve_kwargs: Any
                               ) -> tuple[torch.Tensor, torch.Tensor, SolveStats]:
-    """:func:`solve`, also returning the kinetic energy of every position (``y0.shape[:-1]``).
-
-    The energy is the integral over the interval of the squared velocity averaged over the last
-    dimension (the model width for a Transformer layer).
-    """
-    state, stats = solve(WithKineticEnergy(field), F.pad(y0, (0, 1)), **solve_kwargs)
-    return state[..., :-1], state[..., -1], stats
+    """:func:`solve`, also returning the kinetic energy of every position (``y0.shape[:-1]``)."""
+    y, integrals, stats = solve_with_regularizers(field, y0, kinetic=True, **solve_kwargs)
+    return y, integrals["kinetic"], stats

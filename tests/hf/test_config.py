@@ -24,6 +24,7 @@ from node_seq.ode import OptionError
     (dict(node_separated_decoder=True, node_decoder=False), r"node_separated_decoder: needs node_decoder=True"),
     (dict(node_kinetic_weight=-0.5), r"node_kinetic_weight: must be a finite number >= 0, got -0.5"),
     (dict(node_kinetic_weight=float("inf")), r"node_kinetic_weight: must be a finite number >= 0, got inf"),
+    (dict(node_jacobian_weight=-1.0), r"node_jacobian_weight: must be a finite number >= 0, got -1.0"),
     (dict(encoder_attention_heads=3), r"encoder_attention_heads: must divide encoder_embed_dim 64, got 3"),
     (dict(decoder_layers=0), r"decoder_layers: must be an integer >= 1, got 0"),
     (dict(dropout=1.0), r"dropout: must be a probability in \[0, 1\), got 1.0"),

@@ -173,7 +173,7 @@ def test_nfe_after_forward_backward_and_generate():
 
 
 def test_kinetic_weight_adds_the_energy_to_the_training_loss_only():
-    from node_seq.nn.layers import total_kinetic_energy
+    from node_seq.nn.layers import total_regularizer
 
     labels = TARGET[:, 1:]
     plain = tiny_model(node_method="rk4", dropout=0.0)
@@ -183,13 +183,30 @@ def test_kinetic_weight_adds_the_energy_to_the_training_loss_only():
         model.train()
     base = plain(input_ids=SOURCE, attention_mask=MASK, labels=labels).loss
     total = penalised(input_ids=SOURCE, attention_mask=MASK, labels=labels).loss
-    energy = total_kinetic_energy(penalised)
+    energy = total_regularizer(penalised, "kinetic")
     assert energy is not None and energy > 0
     torch.testing.assert_close(total, base + 0.25 * energy)
     for model in (plain, penalised):
         model.eval()
     torch.testing.assert_close(penalised(input_ids=SOURCE, attention_mask=MASK, labels=labels).loss,
                                plain(input_ids=SOURCE, attention_mask=MASK, labels=labels).loss)
+
+
+def test_jacobian_weight_adds_the_jacobian_norm_to_the_training_loss():
+    from node_seq.nn.layers import total_regularizer
+
+    labels = TARGET[:, 1:]
+    plain = tiny_model(node_method="rk4", dropout=0.0)
+    penalised = tiny_model(node_method="rk4", dropout=0.0, node_jacobian_weight=0.5)
+    penalised.load_state_dict(plain.state_dict())
+    plain.train(), penalised.train()
+    base = plain(input_ids=SOURCE, attention_mask=MASK, labels=labels).loss
+    total = penalised(input_ids=SOURCE, attention_mask=MASK, labels=labels).loss
+    norm = total_regularizer(penalised, "jacobian")
+    assert norm is not None and norm > 0 and total_regularizer(penalised, "kinetic") is None
+    torch.testing.assert_close(total, base + 0.5 * norm)
+    total.backward()  # differentiable: the Hutchinson term was built with create_graph
+    assert all(p.grad is not None for p in penalised.model.encoder.layers[0].parameters())
 
 
 def test_left_and_right_padding_give_the_same_encoding():
