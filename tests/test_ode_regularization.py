@@ -1,4 +1,5 @@
-"""Kinetic-energy regularisation: the energy integral against closed forms, its gradients across modes."""
+"""Kinetic-energy and Jacobian-norm regularisation: the integrals against closed forms, their gradients
+across modes."""
 
 import math
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from node_seq.ode.regularization import solve_with_kinetic_energy
+from node_seq.ode.regularization import solve_with_regularizers
 from ode_fields import CrossAttentionField
 
 
@@ -25,9 +26,9 @@ class LinearDecay(nn.Module):
 def test_energy_of_a_linear_decay_matches_the_closed_form(method, kw):
     x0 = torch.randn(3, 5, 8, dtype=torch.float64)
     k = 1.7
-    y, energy, _ = solve_with_kinetic_energy(LinearDecay(k), x0, method=method, **kw)
+    y, integrals, _ = solve_with_regularizers(LinearDecay(k), x0, method=method, **kw)
     torch.testing.assert_close(y, x0 * math.exp(-k))
-    torch.testing.assert_close(energy, x0.pow(2).mean(-1) * k * k * (1 - math.exp(-2 * k)) / (2 * k))
+    torch.testing.assert_close(integrals["kinetic"], x0.pow(2).mean(-1) * k * k * (1 - math.exp(-2 * k)) / (2 * k))
 
 
 def test_a_constant_velocity_gives_its_square_times_the_interval_even_on_one_euler_step():
@@ -35,31 +36,39 @@ def test_a_constant_velocity_gives_its_square_times_the_interval_even_on_one_eul
         def forward(self, t, x):
             return torch.full_like(x, 3.0)
 
-    _, energy, _ = solve_with_kinetic_energy(Constant(), torch.zeros(2, 4), method="euler", t0=0.5, t1=2.0)
-    torch.testing.assert_close(energy, torch.full((2,), 9.0 * 1.5))
+    _, integrals, _ = solve_with_regularizers(Constant(), torch.zeros(2, 4), method="euler", t0=0.5, t1=2.0)
+    torch.testing.assert_close(integrals["kinetic"], torch.full((2,), 9.0 * 1.5))
+
+
+def _regularized_grads(mode, method, name):
+    """Gradients of y(t1) plus one regulariser's integral, for every tensor that reaches the solve."""
+    torch.manual_seed(0)
+    field = CrossAttentionField()
+    x0 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    raw_memory = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[1, 3:] = True
+    torch.manual_seed(1)  # the same Hutchinson noise in every mode
+    y, integrals, _ = solve_with_regularizers(field, x0, kinetic=name == "kinetic", jacobian=name == "jacobian",
+                                              inputs=(raw_memory * 1.5, mask, 0.5), method=method,
+                                              steps=8 if method == "rk4" else None, gradient=mode,
+                                              rtol=1e-9, atol=1e-10)
+    (y.sum() + 3 * integrals[name].sum()).backward()
+    return {"x0": x0.grad, "memory": raw_memory.grad, **{n: p.grad for n, p in field.named_parameters()}}
+
+
+def _assert_grads_match(got, want, rtol, atol):
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("gradient,method", [("checkpoint", "rk4"), ("adjoint", "rk4"), ("adjoint", "dopri5")])
 def test_energy_gradients_of_every_mode_match_backprop(gradient, method):
-    def grads(mode):
-        torch.manual_seed(0)
-        field = CrossAttentionField()
-        x0 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
-        raw_memory = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
-        mask = torch.zeros(2, 5, dtype=torch.bool)
-        mask[1, 3:] = True
-        y, energy, _ = solve_with_kinetic_energy(field, x0, inputs=(raw_memory * 1.5, mask, 0.5), method=method,
-                                                 steps=8 if method == "rk4" else None, gradient=mode,
-                                                 rtol=1e-9, atol=1e-10)
-        (y.sum() + 3 * energy.sum()).backward()
-        return {"x0": x0.grad, "memory": raw_memory.grad, **{n: p.grad for n, p in field.named_parameters()}}
-
-    want, got = grads("backprop"), grads(gradient)
     # checkpointing is the same discrete gradient; the continuous adjoint on a fixed grid differs by
     # the grid's discretisation error
     rtol, atol = (1e-9, 1e-10) if gradient == "checkpoint" else (1e-4, 1e-6)
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+    _assert_grads_match(_regularized_grads(gradient, method, "kinetic"), _regularized_grads("backprop", method, "kinetic"),
+                        rtol, atol)
 
 
 def test_a_layers_energy_is_averaged_over_real_positions_only():
@@ -98,8 +107,6 @@ class Rotation(nn.Module):
 
 @pytest.mark.parametrize("method,kw", [("euler", {}), ("rk4", {"steps": 3}), ("dopri5", {"rtol": 1e-8, "atol": 1e-9})])
 def test_jacobian_norm_of_a_scaled_rotation_is_exact(method, kw):
-    from node_seq.ode.regularization import solve_with_regularizers
-
     torch.manual_seed(0)
     x0 = torch.randn(2, 3, 6, dtype=torch.float64)
     _, integrals, _ = solve_with_regularizers(Rotation(6, 0.7), x0, kinetic=True, jacobian=True, method=method,
@@ -111,21 +118,6 @@ def test_jacobian_norm_of_a_scaled_rotation_is_exact(method, kw):
 
 @pytest.mark.parametrize("gradient,method", [("checkpoint", "rk4"), ("adjoint", "rk4")])
 def test_jacobian_norm_gradients_of_every_mode_match_backprop(gradient, method):
-    from node_seq.ode.regularization import solve_with_regularizers
-
-    def grads(mode):
-        torch.manual_seed(0)
-        field = CrossAttentionField()
-        x0 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
-        memory = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
-        mask = torch.zeros(2, 5, dtype=torch.bool)
-        torch.manual_seed(1)  # the same noise in both runs
-        y, integrals, _ = solve_with_regularizers(field, x0, kinetic=False, jacobian=True, inputs=(memory, mask, 0.5),
-                                                  method=method, steps=8, gradient=mode)
-        (y.sum() + 2 * integrals["jacobian"].sum()).backward()
-        return {"x0": x0.grad, "memory": memory.grad, **{n: p.grad for n, p in field.named_parameters()}}
-
-    want, got = grads("backprop"), grads(gradient)
     rtol, atol = (1e-9, 1e-10) if gradient == "checkpoint" else (1e-3, 1e-5)
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+    _assert_grads_match(_regularized_grads(gradient, method, "jacobian"),
+                        _regularized_grads("backprop", method, "jacobian"), rtol, atol)

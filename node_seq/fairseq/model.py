@@ -19,7 +19,9 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerDecoder, TransformerEncoder, TransformerModel
 from fairseq.models.transformer.transformer_legacy import base_architecture, transformer_iwslt_de_en
 
-from ..nn.layers import PLAIN_LAYER, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, is_ode_layer, reorder_cache
+from ..nn.layers import (
+    PLAIN_LAYER, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, enable_regularizers, is_ode_layer, reorder_cache,
+)
 from ..ode import OptionError
 from . import options
 from .nfe_logging import GENERATION, BackwardNFELogger, log_forward_nfe, report_nfe_after_generate
@@ -138,10 +140,8 @@ class NodeTransformerModel(TransformerModel):
         self._fallbacks_logged = 0
         self.nfe_logged_by_task = False  # --task node_translation logs NFE summed over workers
         # node_translation adds these to the loss; the layers integrate them while training
-        self.regularizer_weights = {name: weight for name, weight in (
-            ("kinetic", args.node_kinetic_weight), ("jacobian", args.node_jacobian_weight)) if weight > 0}
-        for layer in self.ode_layers():
-            layer.regularizers = tuple(self.regularizer_weights)
+        self.regularizer_weights = enable_regularizers(self, kinetic=args.node_kinetic_weight,
+                                                       jacobian=args.node_jacobian_weight)
 
     @staticmethod
     def add_args(parser):

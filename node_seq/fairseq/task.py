@@ -92,7 +92,7 @@ class NodeTranslationTask(TranslationTask):
             logger.warning("validating a batch on the fallback grid (--node-failure-policy skip): %s", error)
             with fallback_solvers(model):
                 loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-            fallbacks_before -= 1
+            fallbacks_before -= 1  # this batch's evaluation on the fallback grid counts as one
         logging_output.update(_counts(model, fallbacks_before, backward=False))
         return loss, sample_size, logging_output
 

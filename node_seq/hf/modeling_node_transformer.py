@@ -23,7 +23,7 @@ from transformers.generation.logits_process import ForcedEOSTokenLogitsProcessor
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
 from ..nn.layers import (
-    PLAIN_LAYER, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, collect_stats, node_layers, reorder_cache,
+    PLAIN_LAYER, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, collect_stats, enable_regularizers, reorder_cache,
     total_regularizer,
 )
 from ..ode import SolveStats
@@ -483,10 +483,8 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
             }
         self.generation_nfe = NodeNFE()
         self._tally: NodeNFE | None = None
-        self.regularizer_weights = {name: weight for name, weight in (
-            ("kinetic", config.node_kinetic_weight), ("jacobian", config.node_jacobian_weight)) if weight > 0}
-        for layer in node_layers(self):
-            layer.regularizers = tuple(self.regularizer_weights)
+        self.regularizer_weights = enable_regularizers(self, kinetic=config.node_kinetic_weight,
+                                                       jacobian=config.node_jacobian_weight)
         self.post_init()
         defaults = dict(FAIRSEQ_GENERATION_DEFAULTS, forced_eos_token_id=config.eos_token_id,
                         suppress_tokens=[config.pad_token_id])

@@ -261,3 +261,12 @@ def total_regularizer(module: nn.Module, name: str) -> torch.Tensor | None:
     """The sum over ODE layers of their last solve's ``name`` integral (None if none integrated it)."""
     values = [layer.last_regularizers[name] for layer in node_layers(module) if name in layer.last_regularizers]
     return torch.stack(values).sum() if values else None
+
+
+def enable_regularizers(module: nn.Module, *, kinetic: float = 0.0, jacobian: float = 0.0) -> dict[str, float]:
+    """Make every ODE layer of ``module`` integrate the regularisers with a weight > 0 while training;
+    return those weights by name, for the front end that adds them to its loss."""
+    weights = {name: weight for name, weight in (("kinetic", kinetic), ("jacobian", jacobian)) if weight > 0}
+    for layer in node_layers(module):
+        layer.regularizers = tuple(weights)
+    return weights

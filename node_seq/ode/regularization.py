@@ -72,9 +72,3 @@ def solve_with_regularizers(field: nn.Module, y0: torch.Tensor, *, kinetic: bool
     names = [name for name, wanted in (("kinetic", kinetic), ("jacobian", jacobian)) if wanted]
     return state[..., :width], {name: state[..., width + i] for i, name in enumerate(names)}, stats
 
-
-def solve_with_kinetic_energy(field: nn.Module, y0: torch.Tensor, **solve_kwargs: Any
-                              ) -> tuple[torch.Tensor, torch.Tensor, SolveStats]:
-    """:func:`solve`, also returning the kinetic energy of every position (``y0.shape[:-1]``)."""
-    y, integrals, stats = solve_with_regularizers(field, y0, kinetic=True, **solve_kwargs)
-    return y, integrals["kinetic"], stats
