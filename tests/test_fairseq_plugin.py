@@ -39,11 +39,13 @@ CONFIGS = {
     "dopri5-adjoint-seminorm": ["--node-method", "dopri5", "--node-rtol", "0.01", "--node-atol", "0.001",
                                 "--node-gradient", "adjoint", "--node-seminorm"],
     "checkpoint": ["--node-method", "rk4", "--node-gradient", "checkpoint"],
+    "checkpoint-snapshots": ["--node-method", "midpoint", "--node-steps", "5", "--node-gradient", "checkpoint",
+                             "--node-checkpoint-snapshots", "1"],
     "reversible-heun": ["--node-method", "reversible_heun", "--node-steps", "3", "--node-gradient", "reversible"],
     "reversed-euler": ["--node-method", "euler", "--node-steps", "3", "--node-gradient", "reversible"],
 }
-BACKWARD_EVALUATES = {"decoder-only-adjoint", "dopri5-adjoint-seminorm", "checkpoint", "reversible-heun",
-                      "reversed-euler"}
+BACKWARD_EVALUATES = {"decoder-only-adjoint", "dopri5-adjoint-seminorm", "checkpoint", "checkpoint-snapshots",
+                      "reversible-heun", "reversed-euler"}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -96,6 +98,8 @@ def test_resume_from_checkpoint(data, tmp_path):
     (["--node-method", "rk4", "--node-gradient", "reversible"], "--node-method: gradient 'reversible' runs only"),
     (["--node-method", "dopri5", "--node-gradient", "checkpoint"], "'checkpoint' needs a fixed-grid method"),
     (["--no-node-decoder", "--node-separated-decoder"], "--node-separated-decoder: needs --node-decoder"),
+    (["--node-method", "rk4", "--node-checkpoint-snapshots", "2"],
+     "--node-checkpoint-snapshots: applies only to gradient 'checkpoint', not 'backprop'"),
 ])
 def test_bad_options_are_rejected_while_parsing(argv, message, data, capsys):
     from fairseq import options
@@ -207,7 +211,7 @@ def test_options_are_listed_with_their_defaults():
     for option in ("--node-encoder", "--node-decoder", "--node-rtol", "--node-atol", "--node-ts",
                    "--node-augment-dims", "--node-time-dependent", "--node-separated-decoder", "--node-method",
                    "--node-steps", "--node-step-size", "--node-gradient", "--node-adjoint-rtol", "--node-seminorm",
-                   "--node-max-num-steps", "--node-failure-policy"):
+                   "--node-checkpoint-snapshots", "--node-max-num-steps", "--node-failure-policy"):
         assert option in text
     assert "relative tolerance of adaptive methods (default: 0.001)" in text
     assert "integration interval of every ODE block (default: 0,1)" in text

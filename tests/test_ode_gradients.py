@@ -44,6 +44,14 @@ def test_checkpoint_equals_backprop(method):
     _assert_all_close(_grads("checkpoint", method, steps=3), _grads("backprop", method, steps=3), 1e-10, 1e-12)
 
 
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+@pytest.mark.parametrize("steps,snapshots", [(1, 0), (6, 0), (7, 1), (13, 2), (20, 3), (9, 20)])
+def test_checkpoint_with_snapshots_equals_backprop(method, steps, snapshots):
+    """Every binomial schedule (no snapshot at all, a few, more than steps) gives backprop's gradients."""
+    got = _grads("checkpoint", method, steps=steps, checkpoint_snapshots=snapshots)
+    _assert_all_close(got, _grads("backprop", method, steps=steps), 1e-10, 1e-12)
+
+
 def test_reversible_heun_gradients_are_exact():
     reference = _grads("backprop", "reversible_heun", steps=6)
     reference.pop("t1")

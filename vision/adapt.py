@@ -41,9 +41,10 @@ def reference_solver(train: SolverConfig, *, error_ratio: float = 50.0) -> Solve
         q = ORDERS[method]
         h_ref = ((1.0 / steps) ** p / error_ratio) ** (1.0 / q)
         ref_steps = max(steps, math.ceil(1.0 / h_ref - 1e-9))
-        return dataclasses.replace(train, method=method, steps=ref_steps, step_size=None, gradient="backprop")
+        return dataclasses.replace(train, method=method, steps=ref_steps, step_size=None, gradient="backprop",
+                                   checkpoint_snapshots=None)
     return dataclasses.replace(train, method="dopri5", rtol=train.rtol / 10, atol=train.atol / 10,
-                               gradient="backprop")
+                               gradient="backprop", checkpoint_snapshots=None)
 
 
 def coarser(solver: SolverConfig, growth: float) -> SolverConfig | None:

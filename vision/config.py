@@ -27,7 +27,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "bar", "plain", "none")
 VECTOR_MODELS = ("simple_odenet", "odenet")
 SOLVER_FIELDS = ("method", "steps", "step_size", "rtol", "atol", "gradient", "adjoint_rtol", "adjoint_atol",
-                 "seminorm", "max_num_steps")
+                 "seminorm", "checkpoint_snapshots", "max_num_steps")
 
 
 def flag(name: str) -> str:
@@ -80,6 +80,8 @@ class TrainConfig:
     adjoint_rtol: float | None = _field(None, "float?", "adjoint relative tolerance")
     adjoint_atol: float | None = _field(None, "float?", "adjoint absolute tolerance")
     seminorm: bool = _field(False, "bool", "adjoint seminorm")
+    checkpoint_snapshots: int | None = _field(None, "int?", "with gradient checkpoint: states stored per solve "
+                                              "(default one per step)")
     max_num_steps: int = _field(1000, "int", "adaptive step limit")
     # optimization
     epochs: int = _field(10, "int", "training epochs")
@@ -147,7 +149,8 @@ class TrainConfig:
             steps = steps or 1
         return SolverConfig(method=self.method, steps=steps if self.method in FIXED_GRID_METHODS else None,
                             rtol=self.rtol, atol=self.atol, gradient=self.gradient, adjoint_rtol=self.adjoint_rtol,
-                            adjoint_atol=self.adjoint_atol, seminorm=self.seminorm, max_num_steps=self.max_num_steps)
+                            adjoint_atol=self.adjoint_atol, seminorm=self.seminorm,
+                            checkpoint_snapshots=self.checkpoint_snapshots, max_num_steps=self.max_num_steps)
 
     def validate(self) -> "TrainConfig":
         """Raise :class:`OptionError` for the first invalid option; return ``self`` otherwise."""
@@ -164,7 +167,8 @@ class TrainConfig:
         names = {f: flag(f) for f in SOLVER_FIELDS}
         SolverConfig(method=self.method, steps=self.steps, step_size=self.step_size, rtol=self.rtol, atol=self.atol,
                      gradient=self.gradient, adjoint_rtol=self.adjoint_rtol, adjoint_atol=self.adjoint_atol,
-                     seminorm=self.seminorm, max_num_steps=self.max_num_steps).validate(option_names=names)
+                     seminorm=self.seminorm, checkpoint_snapshots=self.checkpoint_snapshots,
+                     max_num_steps=self.max_num_steps).validate(option_names=names)
         positive("lr", self.lr)
         positive("lr_gamma", self.lr_gamma)
         in_range("momentum", self.momentum, 0.0, 1.0, upper_open=True)

@@ -63,7 +63,7 @@ def swap_solver(train: SolverConfig, method: str, factor: float) -> SolverConfig
     A model trained with an adaptive solver has no training step; its fixed-grid tests take
     ``factor`` steps over [0, 1] (at least one).
     """
-    base = dataclasses.replace(train, method=method, gradient="backprop", step_size=None)
+    base = dataclasses.replace(train, method=method, gradient="backprop", checkpoint_snapshots=None, step_size=None)
     if SolverConfig(method=method).is_fixed_grid:
         train_steps = train.steps if train.is_fixed_grid else 1
         return dataclasses.replace(base, steps=max(1, round((train_steps or 1) * factor)))

@@ -19,13 +19,14 @@ OPTION_NAMES = {
     "method": "--node-method", "steps": "--node-steps", "step_size": "--node-step-size",
     "rtol": "--node-rtol", "atol": "--node-atol", "gradient": "--node-gradient",
     "adjoint_rtol": "--node-adjoint-rtol", "adjoint_atol": "--node-adjoint-atol",
-    "seminorm": "--node-seminorm", "max_num_steps": "--node-max-num-steps", "t0": "--node-ts", "t1": "--node-ts",
+    "seminorm": "--node-seminorm", "checkpoint_snapshots": "--node-checkpoint-snapshots",
+    "max_num_steps": "--node-max-num-steps", "t0": "--node-ts", "t1": "--node-ts",
 }
 
 DEFAULTS = dict(
     node_encoder=True, node_decoder=True, node_method="dopri5", node_steps=None, node_step_size=None,
     node_rtol=1e-3, node_atol=1e-4, node_ts="0,1", node_gradient="backprop", node_adjoint_rtol=None,
-    node_adjoint_atol=None, node_seminorm=False, node_max_num_steps=1000, node_augment_dims=0,
+    node_adjoint_atol=None, node_seminorm=False, node_checkpoint_snapshots=None, node_max_num_steps=1000, node_augment_dims=0,
     node_time_dependent=False, node_separated_decoder=False, node_incremental_cache=True,
     node_failure_policy="raise", node_fallback_method="rk4", node_fallback_steps=4, node_kinetic_weight=0.0,
     node_jacobian_weight=0.0,
@@ -55,6 +56,9 @@ def add_node_args(parser: argparse.ArgumentParser) -> None:
     add("--node-adjoint-atol", type=float, default=None, help="atol of the adjoint's backward solve (default: --node-atol)")
     add("--node-seminorm", action="store_true", default=DEFAULTS["node_seminorm"],
         help="adjoint error norm without the parameter channels (fewer backward steps)")
+    add("--node-checkpoint-snapshots", type=int, default=None, metavar="S",
+        help="with --node-gradient checkpoint: store at most S states per solve (binomial schedule, memory "
+             "independent of the steps, steps recomputed a few times); default one state per step")
     add("--node-max-num-steps", type=int, default=DEFAULTS["node_max_num_steps"],
         help="adaptive steps allowed per solve before it fails")
     add("--node-augment-dims", type=int, default=DEFAULTS["node_augment_dims"], metavar="N",
@@ -97,7 +101,7 @@ def solver_config(args: argparse.Namespace) -> SolverConfig:
         method=args.node_method, steps=args.node_steps, step_size=args.node_step_size,
         rtol=args.node_rtol, atol=args.node_atol, gradient=args.node_gradient,
         adjoint_rtol=args.node_adjoint_rtol, adjoint_atol=args.node_adjoint_atol, seminorm=args.node_seminorm,
-        max_num_steps=args.node_max_num_steps, t0=t0, t1=t1,
+        checkpoint_snapshots=args.node_checkpoint_snapshots, max_num_steps=args.node_max_num_steps, t0=t0, t1=t1,
     ).validate(OPTION_NAMES)
     return config.with_uniform_grid()
 

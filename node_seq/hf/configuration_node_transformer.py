@@ -21,6 +21,7 @@ OPTION_NAMES = {
     "method": "node_method", "steps": "node_steps", "step_size": "node_step_size", "rtol": "node_rtol",
     "atol": "node_atol", "gradient": "node_gradient", "adjoint_rtol": "node_adjoint_rtol",
     "adjoint_atol": "node_adjoint_atol", "seminorm": "node_seminorm", "max_num_steps": "node_max_num_steps",
+    "checkpoint_snapshots": "node_checkpoint_snapshots",
     "t0": "node_ts", "t1": "node_ts",
 }
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
@@ -82,6 +83,7 @@ class NodeTransformerConfig(PreTrainedConfig):
     node_adjoint_rtol: float | int | None = None
     node_adjoint_atol: float | int | None = None
     node_seminorm: bool = False
+    node_checkpoint_snapshots: int | None = None  # with node_gradient "checkpoint": states stored per solve
     node_max_num_steps: int = 1000
     node_augment_dims: int = 0
     node_time_dependent: bool = False
@@ -111,7 +113,7 @@ class NodeTransformerConfig(PreTrainedConfig):
             method=self.node_method, steps=self.node_steps, step_size=self.node_step_size, rtol=self.node_rtol,
             atol=self.node_atol, gradient=self.node_gradient, adjoint_rtol=self.node_adjoint_rtol,
             adjoint_atol=self.node_adjoint_atol, seminorm=self.node_seminorm,
-            max_num_steps=self.node_max_num_steps, t0=t0, t1=t1,
+            checkpoint_snapshots=self.node_checkpoint_snapshots, max_num_steps=self.node_max_num_steps, t0=t0, t1=t1,
         ).validate(OPTION_NAMES)
 
     def check(self) -> None:

@@ -46,6 +46,7 @@ class SolverConfig:
     adjoint_rtol: float | None = None
     adjoint_atol: float | None = None
     seminorm: bool = False
+    checkpoint_snapshots: int | None = None
     max_num_steps: int = DEFAULT_MAX_NUM_STEPS
     t0: float = 0.0
     t1: float = 1.0
@@ -82,10 +83,24 @@ class SolverConfig:
         if self.gradient == "reversible" and self.method not in REVERSIBLE_METHODS:
             _fail(names, "method", f"gradient 'reversible' runs only {', '.join(REVERSIBLE_METHODS)} backwards, "
                   f"got {self.method!r}")
+        if self.checkpoint_snapshots is not None:
+            self._validate_snapshots(names)
         if self.gradient == "adjoint" and self.method == "reversible_heun":
             _fail(names, "method", "'reversible_heun' has its own exact gradient: use gradient 'reversible' "
                   "(or 'backprop'/'checkpoint'), not 'adjoint'")
         return self
+
+    def _validate_snapshots(self, names: Mapping[str, str]) -> None:
+        value = self.checkpoint_snapshots
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            _fail(names, "checkpoint_snapshots", f"must be an integer >= 0 (states stored besides the initial one), "
+                  f"got {value!r}")
+        if self.gradient != "checkpoint":
+            _fail(names, "checkpoint_snapshots", f"applies only to gradient 'checkpoint', not {self.gradient!r}; "
+                  "leave it unset")
+        if self.method == "reversible_heun":
+            _fail(names, "checkpoint_snapshots", "'reversible_heun' needs no snapshots: use gradient 'reversible', "
+                  "whose memory does not grow with the steps")
 
     def with_uniform_grid(self) -> "SolverConfig":
         """The same config with ``step_size`` turned into ``steps`` (see :func:`steps_for_step_size`)."""

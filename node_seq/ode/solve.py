@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .adaptive import integrate_torchdiffeq
+from .binomial import integrate_binomial
 from .config import DEFAULT_MAX_NUM_STEPS, SolverConfig, steps_for_step_size
 from .errors import MaxStepsExceeded, NonFiniteState, StepSizeUnderflow
 from .fixed_grid import integrate
@@ -32,6 +33,7 @@ def solve(
     adjoint_rtol: float | None = None,
     adjoint_atol: float | None = None,
     seminorm: bool = False,
+    checkpoint_snapshots: int | None = None,
     max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
     norm: Callable[[torch.Tensor], torch.Tensor] | None = None,
     check_finite: bool = True,
@@ -52,13 +54,16 @@ def solve(
         steps, step_size: the grid of a fixed-grid method (default one step). A ``step_size``
             that does not divide the interval is rounded down so the grid stays uniform.
         rtol, atol: tolerances of adaptive methods.
-        gradient: ``backprop`` (autograd through every step), ``checkpoint`` (recompute each
-            step in the backward pass; fixed grids), ``adjoint`` (continuous adjoint through
+        gradient: ``backprop`` (autograd through every step), ``checkpoint`` (recompute steps in
+            the backward pass; fixed grids), ``adjoint`` (continuous adjoint through
             torchdiffeq), ``reversible`` (memory-free: rebuild states backwards; fixed grids; exact
             for ``reversible_heun``, approximate for ``euler``/``heun``).
         adjoint_rtol, adjoint_atol: tolerances of the adjoint's backward solve (default: forward).
         seminorm: measure the adjoint's error without the parameter-gradient channels
             (Kidger et al., 2021): fewer backward steps, same gradients to tolerance.
+        checkpoint_snapshots: with ``gradient="checkpoint"``, the number of states stored besides
+            ``y0`` (binomial schedule: memory independent of the steps, each step recomputed a few
+            times). Unset: one stored state per step, each step recomputed once.
         max_num_steps: adaptive steps (accepted + rejected) allowed before
             :class:`~node_seq.ode.MaxStepsExceeded` is raised; no solve can run forever.
         norm: error norm of adaptive methods (e.g. one that ignores padding).
@@ -80,7 +85,7 @@ def solve(
     config = SolverConfig(
         method=method, steps=steps, step_size=step_size, rtol=rtol, atol=atol, gradient=gradient,
         adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, seminorm=seminorm,
-        max_num_steps=max_num_steps, t0=t0_value, t1=t1_value,
+        checkpoint_snapshots=checkpoint_snapshots, max_num_steps=max_num_steps, t0=t0_value, t1=t1_value,
     ).validate()
     if not isinstance(y0, torch.Tensor) or not y0.is_floating_point():
         raise TypeError(f"y0 must be a floating-point tensor, got {type(y0).__name__}")
@@ -110,6 +115,9 @@ def solve(
                              "'checkpoint' or 'adjoint' for time gradients")
         y1 = integrate_reversible(field, y0, t0=t0_value, t1=t1_value, steps=grid_steps, method=method,
                                   params=_trainable(func))
+    elif mode == "checkpoint" and checkpoint_snapshots is not None:
+        y1 = integrate_binomial(field, y0, t0=t0, t1=t1, steps=grid_steps, method=method,
+                                snapshots=checkpoint_snapshots, params=_trainable(func))
     elif fixed and mode in ("backprop", "checkpoint") and method != "reversible_heun":
         y1 = integrate(field, y0, t0=t0, t1=t1, steps=grid_steps, method=method,
                        use_checkpoint=mode == "checkpoint")

@@ -24,6 +24,7 @@ from node_seq.ode import OptionError
     (dict(node_separated_decoder=True, node_decoder=False), r"node_separated_decoder: needs node_decoder=True"),
     (dict(node_kinetic_weight=-0.5), r"node_kinetic_weight: must be a finite number >= 0, got -0.5"),
     (dict(node_kinetic_weight=float("inf")), r"node_kinetic_weight: must be a finite number >= 0, got inf"),
+    (dict(node_checkpoint_snapshots=3), r"node_checkpoint_snapshots: applies only to gradient 'checkpoint'"),
     (dict(node_jacobian_weight=-1.0), r"node_jacobian_weight: must be a finite number >= 0, got -1.0"),
     (dict(encoder_attention_heads=3), r"encoder_attention_heads: must divide encoder_embed_dim 64, got 3"),
     (dict(decoder_layers=0), r"decoder_layers: must be an integer >= 1, got 0"),
@@ -54,6 +55,10 @@ def test_json_round_trip_and_auto_config(tmp_path):
     config = NodeTransformerConfig(node_method="heun", node_step_size=0.25, node_ts=(0.0, 2.0), node_augment_dims=4,
                                    node_gradient="adjoint", node_adjoint_rtol=1e-5, node_seminorm=True)
     config.save_pretrained(tmp_path)
+    snapshots = NodeTransformerConfig(node_method="rk4", node_steps=8, node_gradient="checkpoint",
+                                      node_checkpoint_snapshots=2)
+    snapshots.save_pretrained(tmp_path / "snapshots")
+    assert AutoConfig.from_pretrained(tmp_path / "snapshots").solver_config().checkpoint_snapshots == 2
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert type(loaded) is NodeTransformerConfig
     assert loaded.solver_config() == config.solver_config()

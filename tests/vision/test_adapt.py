@@ -11,6 +11,8 @@ def test_reference_is_more_accurate():
     assert reference_solver(SolverConfig(method="euler", steps=2)).steps == 10  # sqrt(50 * 2)
     assert reference_solver(SolverConfig(method="euler", steps=64)).steps == 64  # already fine: same step
     assert reference_solver(SolverConfig(method="midpoint", steps=2)).method == "rk4"
+    snapshots = SolverConfig(method="euler", steps=8, gradient="checkpoint", checkpoint_snapshots=2)
+    assert reference_solver(snapshots).validate().checkpoint_snapshots is None  # evaluates, never trains
     ref = reference_solver(SolverConfig(method="dopri5", rtol=1e-3, atol=1e-4))
     assert (ref.method, ref.rtol, ref.atol) == ("dopri5", pytest.approx(1e-4), pytest.approx(1e-5))
 

@@ -28,6 +28,12 @@ def test_adaptive_test_solvers_scale_tolerances():
     assert fixed.steps == 8
 
 
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_swapped_solvers_drop_the_training_only_snapshot_budget(method):
+    train = SolverConfig(method="euler", steps=8, gradient="checkpoint", checkpoint_snapshots=2).validate()
+    assert swap_solver(train, method, 2).validate().checkpoint_snapshots is None
+
+
 @pytest.fixture(scope="module")
 def spheres_model():
     torch.manual_seed(0)

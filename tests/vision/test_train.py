@@ -44,6 +44,7 @@ def train(tmp_path, values, *extra, out="run"):
     (["--gradient", "checkpoint", "--method", "dopri5"], "--gradient: 'checkpoint' needs a fixed-grid method"),
     (["--gradient", "magic"], "--gradient: unknown gradient mode 'magic'; choose one of backprop, checkpoint"),
     (["--steps", "0"], "--steps: must be an integer >= 1"),
+    (["--checkpoint-snapshots", "2"], "--checkpoint-snapshots: applies only to gradient 'checkpoint', not 'backprop'"),
     (["--refine-epochs", "2"], "--refine-epochs: only continuousnet"),
     (["--test-factor-list", "0,1"], "--test-factor-list: factors must be numbers > 0"),
     (["--test-solver-list", "euler,rk7"], "--test-solver-list: unknown value 'rk7'"),
