@@ -2,7 +2,9 @@
 
 The vector field is a Transformer encoder layer (``EncoderField``); the solver is euler, which
 every gradient mode accepts. Bar: at 64 steps, ``checkpoint``, ``adjoint`` and ``reversible`` stay
-within 1.25x of their own 2-step peak while ``backprop`` grows with the steps.
+within 1.25x of their own 2-step peak while ``backprop`` grows with the steps. ``checkpoint:S`` is
+``checkpoint`` with ``checkpoint_snapshots=S`` (binomial schedule); plain ``checkpoint`` stores one
+state per step.
 
 Peak memory on a GPU is ``torch.cuda.max_memory_allocated`` above what was allocated before the
 pass; on the CPU it is the peak of live tensor storage created during the pass, counted by
@@ -24,11 +26,14 @@ from vision.memory import LiveTensorBytes, plot
 
 from .common import add_common_args, command_line, machine, markdown_table, write_outputs
 
-GRADIENTS = ("backprop", "checkpoint", "adjoint", "reversible")
+GRADIENTS = ("backprop", "checkpoint", "checkpoint:4", "adjoint", "reversible")
 
 
 def peak_of_step(field: torch.nn.Module, y0: torch.Tensor, *, method: str, steps: int, gradient: str) -> dict:
     """Peak bytes, seconds and NFE of one ``solve`` + ``.backward()`` of a scalar loss."""
+    gradient, _, snapshots = gradient.partition(":")
+    options = dict(method=method, steps=steps, gradient=gradient,
+                   checkpoint_snapshots=int(snapshots) if snapshots else None)
     for p in field.parameters():
         p.grad = None
     y0.grad = None
@@ -37,13 +42,13 @@ def peak_of_step(field: torch.nn.Module, y0: torch.Tensor, *, method: str, steps
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        y1, stats = solve(field, y0, inputs=(None,), method=method, steps=steps, gradient=gradient)
+        y1, stats = solve(field, y0, inputs=(None,), **options)
         y1.square().mean().backward()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
         with LiveTensorBytes() as tracker:
-            y1, stats = solve(field, y0, inputs=(None,), method=method, steps=steps, gradient=gradient)
+            y1, stats = solve(field, y0, inputs=(None,), **options)
             y1.square().mean().backward()
         peak = tracker.peak
     return {"peak_bytes": int(peak), "seconds": time.perf_counter() - start, "nfe_forward": stats.nfe_forward,
