@@ -101,3 +101,27 @@ def test_adjoint_on_a_fixed_grid_defaults_to_one_step():
     y1, stats = solve(Decay(), y0, method="rk4", gradient="adjoint")
     y1.sum().backward()
     assert (stats.nfe_forward, stats.num_steps) == (4, 1)
+
+
+def test_stage_times_first_built_under_inference_mode_still_serve_training():
+    """The grid's times are cached across solves; the cache must not hand out inference tensors."""
+    class TimeScaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+
+        def forward(self, t, y):
+            return y * (self.w * t)  # t is saved for w's gradient
+
+    field = TimeScaled()
+    with torch.inference_mode():
+        solve(field, torch.ones(3, dtype=torch.float64), method="midpoint", steps=3, t1=0.7)
+    y1, _ = solve(field, torch.ones(3, dtype=torch.float64), method="midpoint", steps=3, t1=0.7)
+    y1.sum().backward()
+    assert field.w.grad is not None and float(field.w.grad) > 0
+
+
+def test_finite_states_whose_sum_overflows_are_not_reported_as_non_finite():
+    big = torch.full((8,), 3e38)  # finite in float32, but their sum is not
+    y1, _ = solve(lambda t, y: torch.zeros_like(y), big, method="euler")
+    assert torch.equal(y1, big)

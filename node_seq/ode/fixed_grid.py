@@ -7,6 +7,7 @@ stage combination is a single fused ``add``/``add_`` chain over the stages it ne
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import torch
@@ -60,22 +61,36 @@ def stage_times(t0, t1, steps: int, c: Sequence[float], like: torch.Tensor) -> t
     """All stage times of the solve, ``times[step][stage]``, built as one tensor in one go.
 
     Returned as nested tuples of 0-d views: indexing a tuple costs nothing, indexing a tensor
-    costs a few microseconds per stage, which shows on small fields.
+    costs a few microseconds per stage, which shows on small fields. Plain-number intervals (the
+    usual case) are cached per grid, dtype and device, so repeated solves skip building them.
     """
-    return tuple(row.unbind(0) for row in _stage_time_tensor(t0, t1, steps, c, like).unbind(0))
-
-
-def _stage_time_tensor(t0, t1, steps: int, c: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
     if isinstance(t0, torch.Tensor) or isinstance(t1, torch.Tensor):
-        t0 = torch.as_tensor(t0, dtype=dtype, device=like.device)
-        t1 = torch.as_tensor(t1, dtype=dtype, device=like.device)
-        frac = (torch.arange(steps, dtype=dtype, device=like.device)[:, None]
-                + torch.tensor(c, dtype=dtype, device=like.device)[None, :]) / steps
+        return _as_tuples(_stage_time_tensor(t0, t1, steps, c, dtype, like.device))
+    return _cached_stage_times(float(t0), float(t1), steps, tuple(c), dtype, like.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_stage_times(t0: float, t1: float, steps: int, c: tuple[float, ...], dtype: torch.dtype,
+                        device: torch.device) -> tuple[tuple[torch.Tensor, ...], ...]:
+    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, whichever mode asks first
+        return _as_tuples(_stage_time_tensor(t0, t1, steps, c, dtype, device))
+
+
+def _as_tuples(times: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], ...]:
+    return tuple(row.unbind(0) for row in times.unbind(0))
+
+
+def _stage_time_tensor(t0, t1, steps: int, c: Sequence[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if isinstance(t0, torch.Tensor) or isinstance(t1, torch.Tensor):
+        t0 = torch.as_tensor(t0, dtype=dtype, device=device)
+        t1 = torch.as_tensor(t1, dtype=dtype, device=device)
+        frac = (torch.arange(steps, dtype=dtype, device=device)[:, None]
+                + torch.tensor(c, dtype=dtype, device=device)[None, :]) / steps
         return t0 + (t1 - t0) * frac
     h = (t1 - t0) / steps
     grid = [[t0 + (i + cj) * h for cj in c] for i in range(steps)]
-    return torch.tensor(grid, dtype=dtype, device=like.device)
+    return torch.tensor(grid, dtype=dtype, device=device)
 
 
 def rk_step(field: CountingField, tableau: Tableau, step: int, times: Sequence[Sequence[torch.Tensor]],

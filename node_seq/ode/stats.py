@@ -124,8 +124,11 @@ class CountingField:
         return originals, leaves
 
     def call_at_stage(self, stage: Stage, y: torch.Tensor) -> torch.Tensor:
-        with stage_scope(stage):
+        token = _CURRENT_STAGE.set(stage)  # what stage_scope does, without a generator per evaluation
+        try:
             return self(stage.t, y)
+        finally:
+            _CURRENT_STAGE.reset(token)
 
     # torchdiffeq looks these up on the function it is given.
     def callback_accept_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
