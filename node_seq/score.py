@@ -55,8 +55,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("generate_log")
     parser.add_argument("references")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--hypotheses-out", metavar="FILE",
+                        help="also write the detokenized hypotheses, one per line in reference order (for "
+                             "sacrebleu's own tools, e.g. --paired-bs between two systems)")
     args = parser.parse_args(argv)
     result = score(args.generate_log, args.references)
+    if args.hypotheses_out:
+        hypotheses = read_hypotheses(args.generate_log)
+        Path(args.hypotheses_out).write_text("".join(hypotheses[i] + "\n" for i in sorted(hypotheses)),
+                                             encoding="utf-8")
     if args.json:
         print(json.dumps(result))
         return

@@ -5,6 +5,7 @@ import gzip
 import pytest
 
 from node_seq.data.numbers import number_to_words, write_task
+from node_seq.score import main as score_main
 from node_seq.score import score
 from node_seq.tokenizer import detokenize, encode_lines, train_tokenizer
 
@@ -73,6 +74,8 @@ def test_score_counts_exact_matches_and_refuses_partial_logs(tmp_path):
                    "INFO:x:NODE NFE: 12.5 function evaluations per sentence (...)\n")
     result = score(log, refs)
     assert result["sentences"] == 2 and result["exact_match"] == 50.0 and result["nfe_per_sentence"] == 12.5
+    score_main([str(log), str(refs), "--hypotheses-out", str(tmp_path / "hyp.txt")])
+    assert (tmp_path / "hyp.txt").read_text() == "one too\nthree\n"  # reference order, not log order
     log.write_text("D-0\t-0.2\tone two\n")
     with pytest.raises(ValueError, match="1 hypotheses for 2 references.*--required-batch-size-multiple 1"):
         score(log, refs)
