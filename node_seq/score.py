@@ -29,8 +29,9 @@ def read_hypotheses(generate_log: str | Path) -> dict[int, str]:
     return hypotheses
 
 
-def score(generate_log: str | Path, references: str | Path) -> dict:
-    hypotheses = read_hypotheses(generate_log)
+def score(generate_log: str | Path, references: str | Path, hypotheses: dict[int, str] | None = None) -> dict:
+    """BLEU, exact match and NFE of a generate log (``hypotheses``: its ``D-`` lines, if already read)."""
+    hypotheses = read_hypotheses(generate_log) if hypotheses is None else hypotheses
     refs = Path(references).read_text(encoding="utf-8").splitlines()
     missing = [i for i in hypotheses if i >= len(refs)]
     if missing:
@@ -59,9 +60,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="also write the detokenized hypotheses, one per line in reference order (for "
                              "sacrebleu's own tools, e.g. --paired-bs between two systems)")
     args = parser.parse_args(argv)
-    result = score(args.generate_log, args.references)
+    hypotheses = read_hypotheses(args.generate_log)
+    result = score(args.generate_log, args.references, hypotheses)
     if args.hypotheses_out:
-        hypotheses = read_hypotheses(args.generate_log)
         Path(args.hypotheses_out).write_text("".join(hypotheses[i] + "\n" for i in sorted(hypotheses)),
                                              encoding="utf-8")
     if args.json:
