@@ -2,10 +2,15 @@
 
 from setuptools import find_packages, setup
 
-HF = ["transformers>=5,<6", "datasets>=4", "tokenizers>=0.21", "safetensors>=0.4", "accelerate>=1.1"]
-FAIRSEQ = ["fairseq-fixed==0.12.3.1", "sacrebleu>=2.4"]
-VISION = ["torchvision==0.29.1", "scikit-learn>=1.3", "matplotlib>=3.7", "pyyaml>=6", "tqdm>=4"]
-DEV = ["pytest>=8", "hypothesis>=6"]
+# Ranges for `pip install node-seq[...]` into an environment of one's own. Lower bounds: the oldest
+# versions tested (the exact set the project is tested with is constraints.txt); upper bounds: the next
+# major release, or the first release known to break (transformers < 5.24 passes the decoder cache as
+# `past_key_values`, which this model no longer reads).
+HF = ["transformers>=5.24,<6", "datasets>=5.2,<6", "tokenizers>=0.23.1,<0.24", "safetensors>=0.8,<1",
+      "accelerate>=1.15,<2"]
+FAIRSEQ = ["fairseq-fixed==0.12.3.1", "sacrebleu>=2.6,<3"]
+VISION = ["torchvision>=0.29,<1", "scikit-learn>=1.9,<2", "matplotlib>=3.11,<4", "pyyaml>=6,<7", "tqdm>=4.70,<5"]
+DEV = ["pytest>=9,<10", "hypothesis>=6.170,<7"]
 
 setup(
     name="node-seq",
@@ -15,7 +20,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["node_seq", "node_seq.*", "vision", "vision.*"]),
-    install_requires=["torch>=2.6", "torchdiffeq==0.2.5", "numpy"],
+    install_requires=["torch>=2.14,<3", "torchdiffeq==0.2.5", "numpy>=2.4,<3"],
     extras_require={
         "fairseq": FAIRSEQ,
         "hf": HF,
