@@ -63,6 +63,8 @@ class FairseqNodeDecoderLayer(NodeDecoderLayer):
                 self.set_incremental_state(incremental_state, "node_cache", cache)
             if not self.use_cache:
                 cache.setdefault("recompute", True)
+            # fairseq's masks cover only the new token here, and its decoding never pads a prefix
+            self_attn_mask = self_attn_padding_mask = None
         enc = None if encoder_out is None else encoder_out.transpose(0, 1)
         if cache is not None and cache.get("recompute"):
             out = self._forward_recompute_prefix(x.transpose(0, 1), enc, encoder_padding_mask, cache)

@@ -46,7 +46,7 @@ class NodeTransformerConfig(PreTrainedConfig):
     """
 
     model_type = "node_transformer"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
     attribute_map = {
         "hidden_size": "decoder_embed_dim",
         "num_attention_heads": "decoder_attention_heads",
@@ -105,6 +105,11 @@ class NodeTransformerConfig(PreTrainedConfig):
             self.use_cache = not self.node_decoder or self.solver_config().is_fixed_grid
         super().__post_init__(**kwargs)
         self.check()
+
+    def save_pretrained(self, *args, **kwargs):
+        """Refuse to write a config that would not load back (a field may have changed since ``__init__``)."""
+        self.check()
+        return super().save_pretrained(*args, **kwargs)
 
     def solver_config(self) -> SolverConfig:
         """The solver of every ODE block, validated (errors name this config's fields)."""

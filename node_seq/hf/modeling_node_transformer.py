@@ -20,11 +20,13 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.generation.logits_process import ForcedEOSTokenLogitsProcessor, LogitsProcessor
+from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+from transformers.utils.deprecation import deprecate_kwarg
 
 from ..nn.layers import (
-    PLAIN_LAYER, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, collect_stats, enable_regularizers, reorder_cache,
-    total_regularizer,
+    PLAIN_LAYER, SELF_INITIALIZING, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, collect_stats, crop_cache,
+    enable_regularizers, reorder_cache, total_regularizer,
 )
 from ..ode import SolveStats
 from .configuration_node_transformer import NodeTransformerConfig
@@ -32,6 +34,9 @@ from .configuration_node_transformer import NodeTransformerConfig
 
 # --------------------------------------------------------------------------------------------------
 # helpers
+
+NO_ATTENTION_WEIGHTS = ("output_attentions: a NODE layer integrates attention over a solve, so there are no "
+                        "attention weights to return")
 
 
 def make_positions(keep: torch.Tensor, padding_idx: int) -> torch.Tensor:
@@ -43,16 +48,19 @@ def make_positions(keep: torch.Tensor, padding_idx: int) -> torch.Tensor:
 class SinusoidalPositions(nn.Module):
     """fairseq's ``SinusoidalPositionalEmbedding`` table (sin half, then cos half; zero row at padding).
 
-    Holds no parameters or buffers: the table is rebuilt on demand, so checkpoints carry nothing
-    for it and a model built on the meta device needs no special initialisation.
+    The table is a non-persistent buffer: checkpoints carry nothing for it, ``_init_weights``
+    rebuilds it (a model built on the meta device gets it back), and a lookup never depends on
+    the values of ``positions`` (so the model compiles and exports without data-dependent guards).
     """
 
-    def __init__(self, dim: int, padding_idx: int):
+    def __init__(self, dim: int, padding_idx: int, max_positions: int):
         super().__init__()
-        self.dim, self.padding_idx = dim, padding_idx
-        self._table: torch.Tensor | None = None
+        self.dim, self.padding_idx, self.max_positions = dim, padding_idx, max_positions
+        self.register_buffer("weight", self.compute_table(), persistent=False)
 
-    def table(self, num_positions: int) -> torch.Tensor:
+    def compute_table(self) -> torch.Tensor:
+        """Rows ``0 .. padding_idx + max_positions``: every position fairseq can number."""
+        num_positions = self.padding_idx + 1 + self.max_positions
         half = self.dim // 2
         freq = torch.exp(torch.arange(half, dtype=torch.float) * -(math.log(10000) / (half - 1)))
         angles = torch.arange(num_positions, dtype=torch.float).unsqueeze(1) * freq.unsqueeze(0)
@@ -64,10 +72,7 @@ class SinusoidalPositions(nn.Module):
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """``positions`` (batch, length) -> (batch, length, dim), float32 like fairseq's."""
-        needed = int(positions.max()) + 1
-        if self._table is None or self._table.shape[0] < needed or self._table.device != positions.device:
-            self._table = self.table(max(needed, 256 + self.padding_idx)).to(positions.device)
-        return self._table[positions]
+        return nn.functional.embedding(positions, self.weight)
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -118,8 +123,15 @@ class NodeCacheLayer(CacheLayerMixin):
 
     On a fixed grid it holds keys/values per position *and per solver evaluation* (plus the
     projected encoder output); for an adaptive solver it holds the layer's input prefix, which the
-    layer re-solves. Either way it is exact, and beam search reorders every tensor in it.
+    layer re-solves. Either way it is exact, beam search reorders every tensor in it, and
+    :meth:`crop` (assisted decoding's rollback) keeps the first positions exactly: a position's
+    states at every stage depend only on the positions before it.
+
+    It is not a key/value cache in transformers' layout (no ``keys``/``values`` per layer): code
+    that reads those directly does not apply to it.
     """
+
+    is_croppable = True
 
     def __init__(self):
         super().__init__()
@@ -154,6 +166,15 @@ class NodeCacheLayer(CacheLayerMixin):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         reorder_cache(self.state, beam_idx)
 
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last ``-tokens_to_remove`` positions (transformers' convention: a negative count)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes a negative number of positions to remove, got {tokens_to_remove}")
+        if tokens_to_remove == 0 or self.length == 0:
+            return
+        self.length = max(self.length + tokens_to_remove, 0)
+        crop_cache(self.state, self.length)
+
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         reorder_cache(self.state, indices)
 
@@ -174,30 +195,84 @@ def _tensors(state: dict):
 
 
 class NodeCache(Cache):
-    """``past_key_values`` of a NODE-Transformer decoder: one :class:`NodeCacheLayer` per layer."""
+    """The ``cache`` of a NODE-Transformer decoder: one :class:`NodeCacheLayer` per layer, and which
+    cached positions are real (decoder inputs may be padded; padding is never attended to)."""
 
     def __init__(self, num_layers: int):
         super().__init__(layers=[NodeCacheLayer() for _ in range(num_layers)])
+        self.keep: torch.Tensor | None = None  # (batch, cached positions), False at padding
 
-    def advance(self, new_tokens: int) -> None:
+    def advance(self, keep: torch.Tensor) -> None:
+        """Record the positions just cached (``keep``: (batch, new), False at padding)."""
+        self.keep = keep if self.keep is None else torch.cat([self.keep, keep], dim=1)
         for layer in self.layers:
-            layer.length += new_tokens
+            layer.length += keep.shape[1]
             layer.is_initialized = True
+
+    def real_positions(self, batch: int, device: torch.device) -> torch.Tensor:
+        """How many non-padding positions each row has cached: (batch,)."""
+        if self.keep is None:
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        return self.keep.sum(dim=1)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        if self.keep is not None:
+            self.keep = self.keep.index_select(0, beam_idx.to(self.keep.device))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.keep is not None:
+            self.keep = self.keep[indices]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        if self.keep is not None:
+            self.keep = self.keep.repeat_interleave(repeats, dim=0)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        if self.keep is not None:
+            self.keep = self.keep[:, : self.get_seq_length()]
 
 
 # --------------------------------------------------------------------------------------------------
 # encoder and decoder stacks
 
 
+def _check_length(length: int, config: NodeTransformerConfig, what: str) -> None:
+    if length > config.max_position_embeddings:
+        raise ValueError(f"{what} has {length} positions, more than max_position_embeddings="
+                         f"{config.max_position_embeddings}")
+
+
+def _keep_mask(mask: torch.Tensor | None, ids: torch.Tensor | None, embeds: torch.Tensor | None,
+               padding_idx: int) -> torch.Tensor:
+    """Real (True) and padding (False) positions: from the attention mask, else the ids, else all real."""
+    if mask is not None:
+        return mask.to(torch.bool)
+    if ids is not None:
+        return ids.ne(padding_idx)
+    return torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+
+
+def _one_of(ids: torch.Tensor | None, embeds: torch.Tensor | None, ids_name: str, embeds_name: str) -> None:
+    if (ids is None) == (embeds is None):
+        raise ValueError(f"pass exactly one of {ids_name} and {embeds_name}")
+
+
 class NodeTransformerEncoder(nn.Module):
+    """Embeddings, the encoder layers and a final LayerNorm (no branch on tensor values)."""
+
     main_input_name = "input_ids"
 
     def __init__(self, config: NodeTransformerConfig, embed_tokens: nn.Embedding):
         super().__init__()
+        self.config = config
         dim, self.padding_idx = config.encoder_embed_dim, config.pad_token_id
         self.embed_tokens = embed_tokens
         self.embed_scale = math.sqrt(dim) if config.scale_embedding else 1.0
-        self.embed_positions = SinusoidalPositions(dim, self.padding_idx)
+        self.embed_positions = SinusoidalPositions(dim, self.padding_idx, config.max_position_embeddings)
         self.dropout = nn.Dropout(config.dropout)
         ode = config.node_encoder
         solver = config.solver_config() if ode else PLAIN_LAYER
@@ -210,39 +285,42 @@ class NodeTransformerEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, output_attentions: bool | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs):
+                output_hidden_states: bool | None = None, return_dict: bool | None = None) -> BaseModelOutput:
+        """``inputs_embeds`` are what ``get_input_embeddings()`` returns for the ids (scaled here)."""
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
         if output_attentions:
-            raise NotImplementedError("NODE layers integrate attention over a solve: there are no attention weights")
-        if attention_mask is not None:
-            padding_mask = ~attention_mask.to(torch.bool)
-        elif input_ids is not None:
-            padding_mask = input_ids.eq(self.padding_idx)
-        else:
-            padding_mask = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+            raise NotImplementedError(NO_ATTENTION_WEIGHTS)
+        _one_of(input_ids, inputs_embeds, "input_ids", "inputs_embeds")
+        keep = _keep_mask(attention_mask, input_ids, inputs_embeds, self.padding_idx)
+        _check_length(keep.shape[1], config, "the source")
+        padding_mask = ~keep
         tokens = inputs_embeds if inputs_embeds is not None else self.embed_tokens(input_ids)
-        x = self.embed_scale * tokens + self.embed_positions(make_positions(~padding_mask, self.padding_idx))
-        x = self.dropout(x)  # (batch, source, embed)
-        has_pads = bool(padding_mask.any())
-        if has_pads:
-            x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+        x = self.embed_scale * tokens + self.embed_positions(make_positions(keep, self.padding_idx))
+        x = self.dropout(x) * keep.unsqueeze(-1).type_as(x)  # (batch, source, embed), zero at padding
         states = [x] if output_hidden_states else None
         for layer in self.layers:
-            x = layer(x, padding_mask if has_pads else None)
+            x = layer(x, padding_mask)
             if states is not None:
                 states.append(x)
         x = self.layer_norm(x)
         self.last_stats = collect_stats(self)
         out = BaseModelOutput(last_hidden_state=x, hidden_states=tuple(states) if states is not None else None)
-        return out if return_dict is not False else out.to_tuple()
+        return out if return_dict else out.to_tuple()
 
 
 class NodeTransformerDecoder(nn.Module):
+    """Embeddings, the decoder layers (per-stage cache while generating) and a final LayerNorm."""
+
     def __init__(self, config: NodeTransformerConfig, embed_tokens: nn.Embedding):
         super().__init__()
+        self.config = config
         dim, self.padding_idx = config.decoder_embed_dim, config.pad_token_id
         self.embed_tokens = embed_tokens
         self.embed_scale = math.sqrt(dim) if config.scale_embedding else 1.0
-        self.embed_positions = SinusoidalPositions(dim, self.padding_idx)
+        self.embed_positions = SinusoidalPositions(dim, self.padding_idx, config.max_position_embeddings)
         self.dropout = nn.Dropout(config.dropout)
         ode = config.node_decoder
         solver = config.solver_config() if ode else PLAIN_LAYER
@@ -255,40 +333,33 @@ class NodeTransformerDecoder(nn.Module):
         self.layer_norm = nn.LayerNorm(dim)
         self.last_stats = SolveStats()
 
-    def forward(self, input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                encoder_padding_mask: torch.Tensor | None = None, padding_mask: torch.Tensor | None = None,
-                cache: NodeCache | None = None, output_hidden_states: bool = False):
-        """``input_ids`` (batch, new); with ``cache`` only the positions after the cached ones.
-
-        A cached layer attends from its new positions to everything cached, with no causal mask
-        among the new ones, so several new positions are fed one at a time.
-        """
-        if cache is not None and input_ids.shape[1] > 1:
-            steps = [self._forward(input_ids[:, i:i + 1], encoder_hidden_states, encoder_padding_mask, None, cache,
-                                   output_hidden_states) for i in range(input_ids.shape[1])]
-            self.last_stats = sum((stats for _, _, stats in steps), SolveStats())
-            states = None
-            if output_hidden_states:
-                states = tuple(torch.cat(layer, dim=1) for layer in zip(*(s for _, s, _ in steps)))
-            return torch.cat([h for h, _, _ in steps], dim=1), states
-        hidden, states, self.last_stats = self._forward(input_ids, encoder_hidden_states, encoder_padding_mask,
-                                                        padding_mask, cache, output_hidden_states)
-        return hidden, states
-
-    def _forward(self, input_ids, encoder_hidden_states, encoder_padding_mask, padding_mask, cache,
-                 output_hidden_states):
-        if cache is not None:
-            past = cache.get_seq_length()
-            steps = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
-            positions = (self.padding_idx + past + steps).expand(input_ids.shape[0], -1)
-            self_mask = self_padding = None
-        else:
-            keep = ~padding_mask.to(torch.bool) if padding_mask is not None else input_ids.ne(self.padding_idx)
+    def forward(self, input_ids: torch.Tensor | None, encoder_hidden_states: torch.Tensor,
+                encoder_padding_mask: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                cache: NodeCache | None = None, inputs_embeds: torch.Tensor | None = None,
+                output_hidden_states: bool = False) -> tuple[torch.Tensor, tuple | None]:
+        """``input_ids`` (batch, new) or ``inputs_embeds`` (batch, new, embed); with ``cache`` only
+        the positions after the cached ones (several at once attend causally among themselves)."""
+        _one_of(input_ids, inputs_embeds, "decoder_input_ids", "decoder_inputs_embeds")
+        tokens = inputs_embeds if inputs_embeds is not None else self.embed_tokens(input_ids)
+        batch, new = tokens.shape[:2]
+        past = cache.get_seq_length() if cache is not None else 0
+        _check_length(past + new, self.config, "the target")
+        if attention_mask is not None and attention_mask.shape[1] == past + new:
+            attention_mask = attention_mask[:, past:]  # generate's mask covers the cached positions too
+        if attention_mask is not None and attention_mask.shape[1] != new:
+            raise ValueError(f"decoder_attention_mask has {attention_mask.shape[1]} positions; expected {new} "
+                             f"(the new ones) or {past + new} (cached and new)")
+        keep = _keep_mask(attention_mask, input_ids, inputs_embeds, self.padding_idx)  # (batch, new)
+        self_mask = torch.ones(new, past + new, dtype=torch.bool, device=tokens.device).triu_(past + 1)
+        if cache is None:
             positions = make_positions(keep, self.padding_idx)
-            length = input_ids.shape[1]
-            self_mask = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).triu_(1)
-            self_padding = ~keep if bool((~keep).any()) else None
-        x = self.embed_scale * self.embed_tokens(input_ids) + self.embed_positions(positions)
+            self_padding = ~keep
+        else:  # numbered as if the whole prefix were passed at once
+            positions = (cache.real_positions(batch, tokens.device)[:, None] + keep.long().cumsum(dim=1)) * keep
+            positions = positions + self.padding_idx
+            self_padding = ~torch.cat([cache.keep, keep], dim=1) if cache.keep is not None else ~keep
+            self_mask = self_mask if new > 1 else None
+        x = self.embed_scale * tokens + self.embed_positions(positions)
         x = self.dropout(x)  # (batch, target, embed)
         states = [x] if output_hidden_states else None
         for index, layer in enumerate(self.layers):
@@ -298,8 +369,9 @@ class NodeTransformerDecoder(nn.Module):
             if states is not None:
                 states.append(x)
         if cache is not None:
-            cache.advance(input_ids.shape[1])
-        return self.layer_norm(x), (tuple(states) if states is not None else None), collect_stats(self)
+            cache.advance(keep)
+        self.last_stats = collect_stats(self)
+        return self.layer_norm(x), (tuple(states) if states is not None else None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -316,17 +388,25 @@ class NodeTransformerPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """fairseq's initialisation; node_seq layers keep the one they give themselves.
+        """fairseq's initialisation of every parameter and buffer (each module reached once).
 
-        (``post_init`` would otherwise overwrite every Linear with N(0, 0.02), including the
-        identity start of augmented layers.)
+        node_seq's layers initialise themselves (``reset_parameters``, the very code their
+        constructors run), so a model built on the meta device and materialised with
+        ``to_empty`` + ``init_weights`` equals a freshly built one in distribution and in every
+        deterministic value (LayerNorms, identity projections, zero rows, position tables). Only
+        guarded ``init`` calls are used, so weights loaded by ``from_pretrained`` are left alone.
         """
         if isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=module.embedding_dim ** -0.5)
-            if module.padding_idx is not None:
-                module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.Linear) and module is getattr(self, "lm_head", None):
-            nn.init.normal_(module.weight, mean=0.0, std=module.in_features ** -0.5)
+            init.normal_(module.weight, mean=0.0, std=module.embedding_dim ** -0.5)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif module is getattr(self, "lm_head", None):
+            if module.weight is not self.get_decoder().embed_tokens.weight:  # tied: the embedding's own init
+                init.normal_(module.weight, mean=0.0, std=module.in_features ** -0.5)
+        elif isinstance(module, SinusoidalPositions):
+            init.copy_(module.weight, module.compute_table())
+        elif isinstance(module, (nn.LayerNorm, *SELF_INITIALIZING)):
+            module.reset_parameters()
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -362,6 +442,7 @@ class NodeTransformerModel(NodeTransformerPreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
 
     def __init__(self, config: NodeTransformerConfig):
+        config.check()  # also catches fields changed after the config was made
         super().__init__(config)
         encoder_embed = nn.Embedding(config.vocab_size, config.encoder_embed_dim, config.pad_token_id)
         if config.share_all_embeddings:
@@ -382,24 +463,32 @@ class NodeTransformerModel(NodeTransformerPreTrainedModel):
         if self.config.share_all_embeddings:
             self.decoder.embed_tokens = value
 
-    def get_encoder(self, modality: str | None = None) -> NodeTransformerEncoder:
-        return self.encoder
-
     def get_decoder(self) -> NodeTransformerDecoder:
         return self.decoder
 
+    @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
-                encoder_outputs: BaseModelOutput | tuple | None = None, past_key_values: Cache | None = None,
-                inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
-                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, **kwargs) -> Seq2SeqModelOutput:
+                encoder_outputs: BaseModelOutput | tuple | None = None, cache: Cache | None = None,
+                inputs_embeds: torch.Tensor | None = None, decoder_inputs_embeds: torch.Tensor | None = None,
+                use_cache: bool | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None) -> Seq2SeqModelOutput:
+        """Encode (unless ``encoder_outputs`` are given) and decode.
+
+        Unset flags come from the config (``use_cache``, ``output_hidden_states``,
+        ``output_attentions``, ``return_dict``). A cache is kept outside training when
+        ``use_cache`` (a :class:`NodeCache`: decoding continues after its positions).
+        """
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        use_cache = (config.use_cache if use_cache is None else use_cache) and not self.training
         if output_attentions:
-            raise NotImplementedError("NODE layers integrate attention over a solve: there are no attention weights")
-        if decoder_input_ids is None:
-            raise ValueError("decoder_input_ids is required (or labels, with NodeTransformerForConditionalGeneration)")
-        # A cache is kept when asked for (generate asks when config.use_cache) or continued when given.
-        use_cache = bool(use_cache or (use_cache is None and past_key_values is not None)) and not self.training
+            raise NotImplementedError(NO_ATTENTION_WEIGHTS)
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            raise ValueError("decoder_input_ids or decoder_inputs_embeds is required "
+                             "(or labels, with NodeTransformerForConditionalGeneration)")
         encoder_stats = SolveStats()
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids, attention_mask, inputs_embeds,
@@ -410,47 +499,69 @@ class NodeTransformerModel(NodeTransformerPreTrainedModel):
         if attention_mask is not None:
             encoder_padding_mask = ~attention_mask.to(torch.bool)
         elif input_ids is not None:
-            encoder_padding_mask = input_ids.eq(self.config.pad_token_id)
+            encoder_padding_mask = input_ids.eq(config.pad_token_id)
         else:
             encoder_padding_mask = None
-        cache = self._node_cache(past_key_values) if use_cache else None
+        node_cache = self._node_cache(cache) if use_cache else None
         hidden, decoder_states = self.decoder(decoder_input_ids, encoder_outputs.last_hidden_state,
-                                              encoder_padding_mask, decoder_attention_mask, cache,
-                                              output_hidden_states=bool(output_hidden_states))
+                                              encoder_padding_mask, decoder_attention_mask, node_cache,
+                                              inputs_embeds=decoder_inputs_embeds,
+                                              output_hidden_states=output_hidden_states)
         self.last_nfe = NodeNFE(encoder=encoder_stats, decoder=self.decoder.last_stats, decoder_passes=1)
         out = Seq2SeqModelOutput(
-            last_hidden_state=hidden, past_key_values=cache, decoder_hidden_states=decoder_states,
+            last_hidden_state=hidden, cache=node_cache, decoder_hidden_states=decoder_states,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,
         )
-        return out if return_dict is not False else out.to_tuple()
+        return out if return_dict else out.to_tuple()
 
-    def _node_cache(self, past_key_values: Cache | None) -> NodeCache:
-        if isinstance(past_key_values, NodeCache):
-            return past_key_values
-        if past_key_values is None or past_key_values.get_seq_length() == 0:
+    def _node_cache(self, cache: Cache | None) -> NodeCache:
+        if isinstance(cache, NodeCache):
+            return cache
+        if cache is None or cache.get_seq_length() == 0:
             return NodeCache(self.config.decoder_layers)
         raise TypeError(f"a NODE-Transformer decoder caches per solver stage and needs a NodeCache, "
-                        f"got a filled {type(past_key_values).__name__}")
+                        f"got a filled {type(cache).__name__}")
+
+
+class EOSScoreBeforeRules(LogitsProcessor):
+    """Runs first: keeps ``</s>``'s score at the last allowed position before any rule changes it."""
+
+    def __init__(self, max_length: int, eos: torch.Tensor):
+        self.max_length, self.eos = max_length, eos
+        self.scores: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[-1] == self.max_length - 1:
+            self.scores = scores[:, self.eos.to(scores.device)].clone()
+        return scores
 
 
 class EOSAtMaxLength(LogitsProcessor):
     """At the last allowed position only ``</s>`` remains, with its own score (fairseq's rule).
 
     transformers' ``ForcedEOSTokenLogitsProcessor`` gives the forced ``</s>`` a log-probability of
-    0 instead, which changes how beam search ranks hypotheses that reach the length limit.
+    0 instead, which changes how beam search ranks hypotheses that reach the length limit. If
+    another rule banned ``</s>`` at that position (``min_length``, ``min_new_tokens``,
+    ``bad_words_ids``), the length limit wins, as in fairseq: ``</s>`` gets the score it had
+    before the rules (recorded by :attr:`before_rules`, which must run first), so no row is left
+    without an admissible token.
     """
 
     def __init__(self, max_length: int, eos_token_id: int | list[int] | torch.Tensor):
         self.max_length = max_length
         self.eos = torch.as_tensor(eos_token_id).view(-1)
+        self.before_rules = EOSScoreBeforeRules(max_length, self.eos)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[-1] != self.max_length - 1:
             return scores
         eos = self.eos.to(scores.device)
+        eos_scores = scores[:, eos]
+        if self.before_rules.scores is not None:
+            eos_scores = torch.where(torch.isneginf(eos_scores), self.before_rules.scores, eos_scores)
         forced = torch.full_like(scores, -math.inf)
-        forced[:, eos] = scores[:, eos]
+        forced[:, eos] = eos_scores
         return forced
 
 
@@ -505,15 +616,19 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
-    def get_encoder(self, modality: str | None = None) -> NodeTransformerEncoder:
-        return self.model.encoder
-
     def get_decoder(self) -> NodeTransformerDecoder:
         return self.model.decoder
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the model makes its own NodeCache on the first decoding step
+        return False  # keys/values are cached per solver stage: a NodeCache, made below
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
+        """A fresh :class:`NodeCache` before the first step (assisted decoding needs one from the start)."""
+        if model_kwargs.get("cache") is None and generation_config.use_cache:
+            model_kwargs["cache"] = NodeCache(self.config.decoder_layers)
+            return
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
@@ -528,20 +643,26 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
         """Backward NFE of the last backward pass through the last forward pass's solves."""
         return collect_stats(self).nfe_backward
 
+    @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
-                encoder_outputs: BaseModelOutput | tuple | None = None, past_key_values: Cache | None = None,
-                inputs_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                use_cache: bool | None = None, output_attentions: bool | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                **kwargs) -> Seq2SeqLMOutput:
+                encoder_outputs: BaseModelOutput | tuple | None = None, cache: Cache | None = None,
+                inputs_embeds: torch.Tensor | None = None, decoder_inputs_embeds: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, use_cache: bool | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None) -> Seq2SeqLMOutput:
+        """:meth:`NodeTransformerModel.forward`, then logits, and with ``labels`` the loss.
+
+        The loss is the mean cross-entropy over tokens whose label is not -100, plus each
+        regulariser's weight times its value while training (``node_kinetic_weight``, ...).
+        """
         if labels is not None:
             use_cache = False
-            if decoder_input_ids is None:
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
         outputs = self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs,
-                             past_key_values, inputs_embeds, use_cache, output_attentions, output_hidden_states,
-                             return_dict=True)
+                             cache, inputs_embeds, decoder_inputs_embeds, use_cache, output_attentions,
+                             output_hidden_states, return_dict=True)
         logits = self.lm_head(outputs.last_hidden_state)  # (batch, target, vocab)
         loss = None
         if labels is not None:
@@ -554,12 +675,13 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
         if self._tally is not None:
             self._tally = self._tally + NodeNFE(decoder=self.model.last_nfe.decoder, decoder_passes=1)
         out = Seq2SeqLMOutput(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+            loss=loss, logits=logits, cache=outputs.cache,
             decoder_hidden_states=outputs.decoder_hidden_states,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
         )
-        return out if return_dict is not False else out.to_tuple()
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return out if return_dict else out.to_tuple()
 
     # -- generation
     @torch.no_grad()
@@ -598,6 +720,8 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
         for index, processor in enumerate(processors):
             if isinstance(processor, ForcedEOSTokenLogitsProcessor):
                 processors[index] = EOSAtMaxLength(processor.max_length, processor.eos_token_id)
+                processors.insert(0, processors[index].before_rules)
+                break
         return processors
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dropout import FrozenDropout
+from .linear import XavierLinear
 
 
 class MultiheadAttention(nn.Module):
@@ -24,15 +25,13 @@ class MultiheadAttention(nn.Module):
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
-        self.k_proj = nn.Linear(kdim or embed_dim, embed_dim)
-        self.v_proj = nn.Linear(vdim or embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        # fairseq's init: q/k/v as one joint projection (gain 1/sqrt(2), nn.Linear's bias), out_proj plain
+        qkv = dict(gain=2 ** -0.5, zero_bias=False)
+        self.k_proj = XavierLinear(kdim or embed_dim, embed_dim, **qkv)
+        self.v_proj = XavierLinear(vdim or embed_dim, embed_dim, **qkv)
+        self.q_proj = XavierLinear(embed_dim, embed_dim, **qkv)
+        self.out_proj = XavierLinear(embed_dim, embed_dim)
         self.dropout = FrozenDropout(dropout)
-        for proj in (self.k_proj, self.v_proj, self.q_proj):
-            nn.init.xavier_uniform_(proj.weight, gain=2 ** -0.5)  # fairseq's init for joint qkv
-        nn.init.xavier_uniform_(self.out_proj.weight)
-        nn.init.zeros_(self.out_proj.bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape  # (batch, length, embed) -> (batch, heads, length, head_dim)

@@ -14,6 +14,7 @@ from torch import nn
 from ..ode import current_stage
 from .attention import MultiheadAttention
 from .dropout import FrozenDropout
+from .linear import XavierLinear
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
 
@@ -24,13 +25,10 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, *, activation: str, activation_dropout: float):
         super().__init__()
         self.final_layer_norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = XavierLinear(dim, hidden)
+        self.fc2 = XavierLinear(hidden, dim)
         self.activation = ACTIVATIONS[activation]
         self.activation_dropout = FrozenDropout(activation_dropout)
-        for fc in (self.fc1, self.fc2):
-            nn.init.xavier_uniform_(fc.weight)
-            nn.init.zeros_(fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.activation_dropout(self.activation(self.fc1(self.final_layer_norm(x)))))
@@ -42,6 +40,9 @@ class TimeEmbedding(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)  # t is invisible until training says otherwise
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x + t.to(x.dtype) * self.weight
@@ -106,7 +107,8 @@ class DecoderField(nn.Module):
             k, v = self.self_attn.project_kv(h, h)
             if cache is not None:
                 k, v = extend_cache(cache, evaluation_key(), k, v)
-                self_bias = cached_causal_bias(h.shape[1], k.shape[2], h.dtype, h.device)
+                if self_bias is None:  # no masks given: attend to everything cached, causally among the new
+                    self_bias = cached_causal_bias(h.shape[1], k.shape[2], h.dtype, h.device)
             update = self.self_dropout(self.self_attn.attend(h, k, v, self_bias))
             x_in = x_in + update
         c = self.cross_dropout(self.encoder_attn.attend(self.encoder_attn_layer_norm(x_in), encoder_k, encoder_v,

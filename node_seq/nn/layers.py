@@ -17,7 +17,8 @@ from ..ode import ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_s
 from ..ode.regularization import solve_with_regularizers
 from .attention import MultiheadAttention, attention_bias
 from .dropout import FrozenDropout, reset_frozen_dropout
-from .fields import DecoderField, EncoderField, cached_causal_bias, extend_cache
+from .fields import DecoderField, EncoderField, TimeEmbedding, cached_causal_bias, extend_cache
+from .linear import ChannelDrop, XavierLinear
 
 
 #: The solver of a plain (non-ODE) layer: one unit Euler step is exactly a pre-norm layer.
@@ -89,10 +90,7 @@ class _NodeLayer(nn.Module):
         if augment_dims:
             # Back to the model width; starts as "drop the extra channels" so an augmented layer
             # begins as its plain counterpart.
-            self.project = nn.Linear(self.width, spec.embed_dim, bias=False)
-            with torch.no_grad():
-                self.project.weight.zero_()
-                self.project.weight[:, : spec.embed_dim].copy_(torch.eye(spec.embed_dim))
+            self.project = ChannelDrop(self.width, spec.embed_dim)
         self.last_stats = SolveStats(method=solver.method)
         self.failure = FailurePolicy()
         self.fallbacks = 0  # solves redone on the fallback grid since the layer was built
@@ -187,22 +185,25 @@ class NodeDecoderLayer(_NodeLayer):
         """``x``: (batch, length, embed) target states; ``encoder_out``: (batch, source, enc_embed).
 
         Without ``cache`` the layer sees the whole target prefix and needs ``self_attn_mask``
-        (causal). With ``cache`` it sees only new positions and no mask.
+        (causal). With ``cache`` it sees only the new positions; the masks then cover every key,
+        cached and new (``self_attn_mask``: (new, all), ``self_attn_padding_mask``: (batch, all)),
+        and without them the new positions attend to everything cached and causally among
+        themselves (fairseq's incremental decoding passes none).
         """
         if cache is not None and not self.caches_per_stage:
-            return self._forward_recompute_prefix(x, encoder_out, encoder_padding_mask, cache)
+            return self._forward_recompute_prefix(x, encoder_out, encoder_padding_mask, cache, self_attn_padding_mask)
         x = self.augment(x)
         enc_k, enc_v = self._encoder_kv(encoder_out, cache)
         enc_bias = attention_bias(key_padding_mask=encoder_padding_mask, dtype=x.dtype)
-        self_bias = None if cache is not None else attention_bias(
-            key_padding_mask=self_attn_padding_mask, attn_mask=self_attn_mask, dtype=x.dtype)
+        self_bias = attention_bias(key_padding_mask=self_attn_padding_mask, attn_mask=self_attn_mask, dtype=x.dtype)
         if self.separated:
             h = self.self_attn_layer_norm(x)
             k, v = self.self_attn.project_kv(h, h)
             bias = self_bias
             if cache is not None:
                 k, v = extend_cache(cache, "separated_self_attn", k, v)
-                bias = cached_causal_bias(h.shape[1], k.shape[2], h.dtype, h.device)
+                if bias is None:
+                    bias = cached_causal_bias(h.shape[1], k.shape[2], h.dtype, h.device)
             x = x + self.self_dropout(self.self_attn.attend(h, k, v, bias))
         keep = None if self_attn_padding_mask is None or cache is not None else ~self_attn_padding_mask.to(torch.bool)
         field_cache = cache.setdefault("stages", {}) if cache is not None else None
@@ -218,13 +219,15 @@ class NodeDecoderLayer(_NodeLayer):
             cache["encoder_kv"] = kv
         return kv
 
-    def _forward_recompute_prefix(self, x, encoder_out, encoder_padding_mask, cache):
+    def _forward_recompute_prefix(self, x, encoder_out, encoder_padding_mask, cache, self_attn_padding_mask=None):
+        """``self_attn_padding_mask``, if given, covers the whole prefix (cached and new positions)."""
         prefix = torch.cat([cache["prefix"], x], dim=1) if "prefix" in cache else x
         cache["prefix"] = prefix
         length = prefix.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu_(1)
         # NodeDecoderLayer.forward, not self.forward: front ends override forward's conventions.
-        out = NodeDecoderLayer.forward(self, prefix, encoder_out, encoder_padding_mask, self_attn_mask=causal)
+        out = NodeDecoderLayer.forward(self, prefix, encoder_out, encoder_padding_mask, self_attn_mask=causal,
+                                       self_attn_padding_mask=self_attn_padding_mask)
         return out[:, -x.shape[1]:]
 
 
@@ -237,6 +240,23 @@ def reorder_cache(cache: dict, new_order: torch.Tensor) -> dict:
             cache[key] = tuple(v.index_select(0, new_order) for v in value)
         elif isinstance(value, torch.Tensor):
             cache[key] = value.index_select(0, new_order)
+    return cache
+
+
+def crop_cache(cache: dict, length: int) -> dict:
+    """Keep the first ``length`` target positions of every cached tensor, in place.
+
+    Exact: a decoder position's keys/values at every solver evaluation (and an adaptive layer's
+    input prefix) depend only on the positions before it. The encoder projection is kept whole.
+    """
+    for key, value in cache.items():
+        if key == "stages":
+            for stage, (k, v) in value.items():
+                value[stage] = (k[:, :, :length], v[:, :, :length])
+        elif key == "separated_self_attn":
+            cache[key] = (value[0][:, :, :length], value[1][:, :, :length])
+        elif key == "prefix":
+            cache[key] = value[:, :length]
     return cache
 
 
@@ -270,3 +290,8 @@ def enable_regularizers(module: nn.Module, *, kinetic: float = 0.0, jacobian: fl
     for layer in node_layers(module):
         layer.regularizers = tuple(weights)
     return weights
+
+
+#: The node_seq modules that own parameters and initialise them in ``reset_parameters`` (which
+#: their constructors run); a front end that re-initialises a model (HF's ``_init_weights``) calls it.
+SELF_INITIALIZING = (XavierLinear, ChannelDrop, TimeEmbedding)

@@ -106,7 +106,7 @@ def test_cached_decoding_equals_uncached(variant):
     for beams in (1, 3):
         runs = {cache: model.generate(SOURCE, attention_mask=MASK, num_beams=beams, max_new_tokens=7, use_cache=cache,
                                       output_scores=True, return_dict_in_generate=True) for cache in (True, False)}
-        assert isinstance(runs[True].past_key_values, NodeCache) and runs[False].past_key_values is None
+        assert isinstance(runs[True].cache, NodeCache) and runs[False].cache is None
         assert torch.equal(runs[True].sequences, runs[False].sequences)
         for cached, full in zip(runs[True].scores, runs[False].scores):
             finite = torch.isfinite(full)
@@ -123,9 +123,9 @@ def test_step_by_step_logits_with_a_cache_equal_the_full_pass(variant):
         encoder = model.get_encoder()(SOURCE, MASK)
         cache, steps = None, []
         for position in range(TARGET.shape[1]):
-            out = model(attention_mask=MASK, encoder_outputs=encoder, past_key_values=cache, use_cache=True,
+            out = model(attention_mask=MASK, encoder_outputs=encoder, cache=cache, use_cache=True,
                         decoder_input_ids=TARGET[:, position:position + 1])
-            cache = out.past_key_values
+            cache = out.cache
             steps.append(out.logits)
         chunked = model(attention_mask=MASK, encoder_outputs=encoder, decoder_input_ids=TARGET, use_cache=True).logits
     assert cache.get_seq_length() == TARGET.shape[1]
@@ -139,7 +139,7 @@ def test_adaptive_decoder_turns_the_cache_off_and_matches_full_passes():
     source, mask = SOURCE[:1], MASK[:1]
     out = model.generate(source, attention_mask=mask, num_beams=1, max_new_tokens=6, return_dict_in_generate=True,
                          output_scores=True)
-    assert out.past_key_values is None
+    assert out.cache is None
     tokens = torch.tensor([[2]])  # greedy by hand: a full forward pass for every prefix
     with torch.no_grad():
         for step in range(out.sequences.shape[1] - 1):

@@ -1,0 +1,43 @@
+"""Linear layers that carry their own initialisation, so re-initialising a model reproduces it.
+
+A leaf module's ``reset_parameters`` is the one place its init is written: the constructor runs
+it, and so does a front end that materialises a model built on the meta device (HF's
+``_init_weights`` reaches every module that owns parameters, not their parents). Only
+``nn.init`` calls are used, which transformers guards so that loaded weights are left alone.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class XavierLinear(nn.Linear):
+    """fairseq's init: Xavier-uniform weights scaled by ``gain``; a zero bias, or ``nn.Linear``'s own."""
+
+    def __init__(self, in_features: int, out_features: int, *, gain: float = 1.0, zero_bias: bool = True,
+                 bias: bool = True):
+        self.gain, self.zero_bias = gain, zero_bias
+        super().__init__(in_features, out_features, bias=bias)
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.weight, gain=self.gain)
+        if self.bias is not None:
+            if self.zero_bias:
+                nn.init.zeros_(self.bias)
+            else:
+                bound = self.in_features ** -0.5
+                nn.init.uniform_(self.bias, -bound, bound)
+
+
+class ChannelDrop(nn.Linear):
+    """``[I | 0]`` without bias: keeps the first ``out_features`` channels and drops the rest.
+
+    An augmented NODE layer projects back to the model width with it, so it begins as the plain
+    layer it augments.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def reset_parameters(self) -> None:
+        nn.init.eye_(self.weight)
