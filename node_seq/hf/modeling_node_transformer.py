@@ -698,7 +698,7 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
         if "max_length" not in kwargs and "max_new_tokens" not in kwargs:
             a = max_len_a if max_len_a is not None else getattr(config, "max_len_a", None)
             b = max_len_b if max_len_b is not None else getattr(config, "max_len_b", None)
-            source = inputs if inputs is not None else kwargs.get("input_ids")
+            source = next((x for x in (inputs, kwargs.get("input_ids"), kwargs.get("inputs_embeds")) if x is not None), None)
             if (a is not None or b is not None) and source is not None:
                 limit = min(int((a or 0.0) * source.shape[1] + (b or 0)), self.config.max_position_embeddings - 1)
                 kwargs["max_length"] = limit + 2  # decoder start + tokens + </s>

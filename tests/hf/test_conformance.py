@@ -45,6 +45,27 @@ def test_a_forced_eos_at_max_length_beats_rules_that_ban_it(rule, search):
     assert torch.isfinite(out.scores[0][:, EOS]).all()
 
 
+GENERATE_MODES = {
+    "greedy": dict(num_beams=1),
+    "beam": dict(num_beams=3, num_return_sequences=2),
+    "sampling": dict(num_beams=1, do_sample=True, top_p=0.9, temperature=0.8, num_return_sequences=2),
+    "beam sampling": dict(num_beams=2, do_sample=True, top_k=10),
+}
+
+
+@pytest.mark.parametrize("mode", GENERATE_MODES)
+def test_every_generate_mode_gives_the_same_tokens_with_and_without_the_cache(mode):
+    model = tiny_model(node_method="rk4", node_steps=2)
+    runs = []
+    for use_cache in (True, False):
+        torch.manual_seed(3)
+        runs.append(model.generate(SOURCE, attention_mask=MASK, max_new_tokens=6, use_cache=use_cache,
+                                   **GENERATE_MODES[mode]))
+    copies = GENERATE_MODES[mode].get("num_return_sequences", 1)
+    assert runs[0].shape[0] == SOURCE.shape[0] * copies and runs[0].shape[1] > 2
+    assert torch.equal(runs[0], runs[1])
+
+
 def test_the_forced_eos_keeps_the_score_it_had_before_the_rules():
     model = tiny_model(node_method="rk4")
     out = model.generate(SOURCE, attention_mask=MASK, max_new_tokens=1, num_beams=1, output_scores=True,
@@ -169,8 +190,9 @@ def test_inputs_embeds_and_decoder_inputs_embeds_equal_the_ids():
         by_embeds = model(inputs_embeds=embed(SOURCE), attention_mask=MASK,
                           decoder_inputs_embeds=decoder_embed(TARGET)).logits
     assert torch.allclose(by_embeds, by_ids, atol=1e-6)
-    generated = model.generate(inputs_embeds=embed(SOURCE), attention_mask=MASK, num_beams=2, max_new_tokens=5)
-    assert torch.equal(generated, model.generate(SOURCE, attention_mask=MASK, num_beams=2, max_new_tokens=5))
+    generated = model.generate(inputs_embeds=embed(SOURCE), attention_mask=MASK, num_beams=2, max_len_b=5)
+    assert torch.equal(generated, model.generate(SOURCE, attention_mask=MASK, num_beams=2, max_len_b=5))
+    assert generated.shape[1] <= 1 + 5 + 1  # fairseq's length rule reads the width of the embeddings too
 
 
 def test_ids_and_embeddings_together_are_refused():
