@@ -13,12 +13,14 @@ so the HF tokenizer takes the text that preprocessing took and needs none of the
   codes' merges; decoding as ``--post-process subword_nmt``.
 
 A model entry that is not a dictionary word gets an id past the dictionary and a dictionary id to
-read as (``<unk>`` unless ``aliases`` says otherwise). What cannot be rebuilt exactly raises
-:class:`VocabularyError` when the tokenizer is built:
+read as (``<unk>`` unless ``aliases`` says otherwise). sentencepiece writes a run of characters it
+does not cover as it is, and fairseq looked that run up; the unigram model reads it as one
+``<unk>`` whose token is the run, and ``uncovered`` gives the runs the dictionary holds their ids.
+What cannot be rebuilt exactly raises :class:`VocabularyError` when the tokenizer is built:
 
 * sentencepiece: models other than ``unigram``, ``byte_fallback``, ``treat_whitespace_as_suffix``,
-  user-defined or byte pieces, and dictionary words that are no piece of the model (sentencepiece
-  writes text it cannot cover as it is, and fairseq looked those up; the unigram model cannot);
+  user-defined or byte pieces, pieces holding whitespace, and dictionary words that this model
+  cannot have written (neither a piece nor made only of characters it does not cover);
 * subword-nmt: codes without the ``#version: 0.2`` header (older codes end words with a symbol of
   their own), and codes or dictionaries whose symbols collide with the special words.
 
@@ -54,12 +56,14 @@ class FairseqVocabulary:
     """A backend tokenizer whose ids below ``dictionary_size`` are the fairseq dictionary's.
 
     Ids past the dictionary are model entries fairseq never saw; each reads as ``<unk>`` or, when
-    listed in ``aliases``, as the dictionary id given there.
+    listed in ``aliases``, as the dictionary id given there. An ``<unk>`` whose token is a key of
+    ``uncovered`` (text the subword model does not cover, which fairseq looked up) reads as its id.
     """
 
     tokenizer: Tokenizer
     dictionary_size: int
     aliases: dict[int, int] = dataclasses.field(default_factory=dict)
+    uncovered: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,19 +143,22 @@ def sentencepiece(model: SentencePieceModel, symbols: list[str], where: str = "d
     """sentencepiece's unigram segmentation, each piece then looked up in the dictionary.
 
     The unigram model scores every piece as sentencepiece does (the unknown-character penalty
-    included); dictionary words that are no piece (the specials, fairseq's ``madeupword`` padding)
+    included) and fuses a run of characters it does not cover into one ``<unk>``, as sentencepiece
+    does. Dictionary words that are no piece (fairseq's ``madeupword`` padding, uncovered runs)
     stay in the vocabulary for their ids, spelt with a space that normalised text never holds, so
-    the model never picks them, except the four specials, which must keep their spelling.
+    the model never picks them; the four specials must keep their spelling.
     """
     _check_specials(symbols, where)
     _check_sentencepiece(model, where)
     scores = {piece.text: piece.score for piece in model.pieces if piece.type == NORMAL}
+    covered = {text for text in scores if len(text) == 1}
     strays = [word for word in symbols[len(SPECIALS):] if word not in scores and not word.startswith(PADDING_WORD)]
-    if strays:
+    impossible = [word for word in strays if covered.intersection(word)]
+    if impossible:
         raise VocabularyError(
-            f"{where}: {len(strays)} words are no piece of the sentencepiece model (e.g. "
-            f"{', '.join(map(repr, strays[:5]))}): sentencepiece writes text it cannot cover as it is, fairseq looked "
-            "those words up, and a unigram tokenizer cannot; is this the model the data was encoded with?")
+            f"{where}: {len(impossible)} words are no piece of the sentencepiece model and hold characters it covers "
+            f"(e.g. {', '.join(map(repr, impossible[:5]))}), so it cannot have written them; is this the model the "
+            "data was encoded with?")
     vocab = [(word, 0.0) for word in SPECIALS]
     vocab += [(word, scores[word]) if word in scores else (word + " ", 0.0) for word in symbols[len(SPECIALS):]]
     known = set(symbols)
@@ -166,7 +173,8 @@ def sentencepiece(model: SentencePieceModel, symbols: list[str], where: str = "d
         decoders.Replace(" ", ""), decoders.Replace("\u2581", " "), decoders.Fuse(),
         decoders.Replace(Regex(rf"\A{edges}|{edges}\z"), ""),
     ])
-    return FairseqVocabulary(_specials_added(tokenizer), len(symbols))
+    uncovered = {word: symbols.index(word) for word in strays}
+    return FairseqVocabulary(_specials_added(tokenizer), len(symbols), uncovered=uncovered)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,7 +38,9 @@ class NodeTransformerTokenizerFast(PreTrainedTokenizerFast):
     """``PreTrainedTokenizerFast`` giving fairseq dictionary ids, with an optional target-side backend.
 
     Ids at or past a side's dictionary size are model entries fairseq never saw; they come out as
-    that side's alias (``dictionary_aliases``/``target_dictionary_aliases``), else ``<unk>``.
+    that side's alias (``dictionary_aliases``/``target_dictionary_aliases``), else ``<unk>``. An
+    ``<unk>`` whose token is in ``uncovered_words``/``target_uncovered_words`` (text sentencepiece
+    does not cover, which fairseq looked up) comes out as that word's id.
     """
 
     # No __init__ of its own: transformers would then rebuild the backend from vocab and merges alone,
@@ -60,18 +62,26 @@ class NodeTransformerTokenizerFast(PreTrainedTokenizerFast):
     def _side(self) -> str:
         return "target" if getattr(self, "_on_target", False) and self.target_backend is not None else "source"
 
-    def _dictionary_map(self) -> tuple[int | None, dict[int, int]]:
+    def _dictionary_map(self) -> tuple[int | None, dict[int, int], dict[str, int]]:
         prefix = "target_" if self._side() == "target" else ""
         size = self.init_kwargs.get(f"{prefix}dictionary_size")
         aliases = self.init_kwargs.get(f"{prefix}dictionary_aliases") or {}
-        return size, {int(index): word for index, word in aliases.items()}  # JSON keys are strings
+        uncovered = self.init_kwargs.get(f"{prefix}uncovered_words") or {}
+        return size, {int(index): word for index, word in aliases.items()}, uncovered  # JSON keys are strings
 
-    def _to_dictionary(self, ids: list[int]) -> list[int]:
-        size, aliases = self._dictionary_map()
+    def _to_dictionary(self, ids: list[int], tokens: list[str] | None = None) -> list[int]:
+        size, aliases, uncovered = self._dictionary_map()
         if size is None:
             return ids
         unk = self._tokenizer.token_to_id(str(self.unk_token))
-        return [i if i < size else aliases.get(i, unk) for i in ids]
+        out = []
+        for position, index in enumerate(ids):
+            if index >= size:
+                index = aliases.get(index, unk)
+            elif index == unk and uncovered and tokens is not None:
+                index = uncovered.get(tokens[position], unk)
+            out.append(index)
+        return out
 
     def _use(self, target: bool) -> None:
         if self.target_backend is None:
@@ -104,14 +114,18 @@ class NodeTransformerTokenizerFast(PreTrainedTokenizerFast):
 
     def _convert_encoding(self, encoding, *args, **kwargs):
         encoded, encodings = super()._convert_encoding(encoding, *args, **kwargs)
-        encoded["input_ids"] = [self._to_dictionary(ids) for ids in encoded["input_ids"]]
+        encoded["input_ids"] = [self._to_dictionary(ids, each.tokens)
+                                for ids, each in zip(encoded["input_ids"], encodings)]
         return encoded, encodings
 
     def _convert_token_to_id_with_added_voc(self, token: str) -> int:
-        return self._to_dictionary([super()._convert_token_to_id_with_added_voc(token)])[0]
+        return self._to_dictionary([super()._convert_token_to_id_with_added_voc(token)], [token])[0]
 
     def _encode_without_added_tokens(self, text: str) -> list[int]:
-        return self._to_dictionary(super()._encode_without_added_tokens(text))
+        if not self._dictionary_map()[2]:
+            return self._to_dictionary(super()._encode_without_added_tokens(text))
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)  # split_special_tokens: no added tokens
+        return self._to_dictionary(encoding.ids, encoding.tokens)
 
     @property
     def vocab_size(self) -> int:
@@ -205,6 +219,7 @@ def build_fairseq_tokenizer(source: FairseqVocabulary, target: FairseqVocabulary
     extra = {f"{prefix}dictionary_size": side.dictionary_size for prefix, side in sides.items()}
     extra.update({f"{prefix}dictionary_aliases": {str(k): v for k, v in side.aliases.items()}
                   for prefix, side in sides.items() if side.aliases})
+    extra.update({f"{prefix}uncovered_words": side.uncovered for prefix, side in sides.items() if side.uncovered})
     tokenizer = NodeTransformerTokenizerFast(
         tokenizer_object=source.tokenizer, bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
         model_max_length=model_max_length, padding_side="right", split_special_tokens=True,
