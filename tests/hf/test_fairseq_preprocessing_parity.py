@@ -24,7 +24,8 @@ from hf_helpers import fairseq_side
 
 RUNS = ["plain_run", "spm_run", "bpe_run"]
 # Lines the training data never had: unknown words and characters, odd spacing, nothing at all.
-ODD = {"src": ["4 zebra 1", "  7  0   3 ", "", "12 3 Ω"], "tgt": ["four zillion", "  ninety  nine ", "", "sevenΩ x"]}
+ODD = {"src": ["4 zebra 1", "  7  0   3 ", "", "12 3 Ω"],
+       "tgt": ["four zillion", "  ninety  nine ", "", "sevenΩ x", "zero zz zΩ"]}
 # Whitespace other than spaces inside a line: subword-nmt splits words at spaces only (a known difference).
 OTHER_WHITESPACE = {"src": ["7\t\t0\u00a03"], "tgt": ["ninety\tnine\u3000hundred"]}
 
@@ -48,6 +49,9 @@ def test_ids_equal_fairseq_encode_line_of_the_preprocessed_text(run_name, reques
             assert encode(tokenizer, line, side) == expected, (side, line, run.preprocess(line))
             unknown += expected.count(dictionary.unk())
         assert unknown > 0
+    if run_name == "spm_run":  # text sentencepiece did not cover, which fairseq looked up, was exercised
+        assert tokenizer.init_kwargs["uncovered_words"] == {"z": task.target_dictionary.index("z")}
+        assert encode(tokenizer, "zero", "tgt")[1] == task.target_dictionary.index("z") != task.target_dictionary.unk()
     # and the very ids fairseq-preprocess wrote for the test split
     dataset = task.dataset("test")
     raw = {side: (run.raw / f"test.{side}").read_text().splitlines() for side in dictionaries}
