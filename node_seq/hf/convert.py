@@ -126,21 +126,22 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
 # dictionaries and tokenizer
 
 
-def _language_pair(args: argparse.Namespace, data_bin: Path) -> tuple[str, str]:
+def language_pair(args: argparse.Namespace, data_bin: Path) -> tuple[str, str]:
     """The checkpoint's languages, else the one pair the data folder's file names show (as fairseq infers it)."""
     if args.source_lang and args.target_lang:
         return args.source_lang, args.target_lang
-    pairs = {tuple(name.split(".")[1].split("-")) for name in (p.name for p in data_bin.glob("train.*-*.*.idx"))}
+    pairs = {tuple(name.split(".")[1].split("-")) for name in (p.name for p in data_bin.glob("*.*-*.*.idx"))}
     if len(pairs) != 1:
-        raise ConversionError(f"{data_bin}: cannot tell the source and target languages (the checkpoint names none "
-                              f"and the data holds the pairs {sorted(pairs)})")
+        raise ConversionError(f"--data-bin: cannot tell the source and target languages of {data_bin} (the "
+                              f"checkpoint names none, the data files show {sorted(pairs)}); give --source-lang "
+                              "and --target-lang")
     return next(iter(pairs))
 
 
-def read_dictionaries(args: argparse.Namespace, data_bin: Path) -> tuple[Path, list[str], Path, list[str]]:
+def read_dictionaries(languages: tuple[str, str], data_bin: Path) -> tuple[Path, list[str], Path, list[str]]:
     """``(source path, source words, target path, target words)`` of the data folder."""
     found = []
-    for lang in _language_pair(args, data_bin):
+    for lang in languages:
         path = data_bin / f"dict.{lang}.txt"
         if not path.exists():
             raise ConversionError(f"--data-bin: {path} is missing (fairseq-preprocess writes dict.{lang}.txt)")
@@ -180,8 +181,9 @@ def build_converted_tokenizer(source: tuple[Path, list[str]], target: tuple[Path
     own = Path(tokenizer_json) if tokenizer_json else data_bin / "tokenizer.json"
     use_own = not (spm_model or bpe_codes) and own.is_file()
     if use_own and source_words != target_words:
-        raise ConversionError(f"--tokenizer: {own} needs one joined dictionary, but {source_path} and {target_path} "
-                              "differ; leave --tokenizer out to convert from the dictionaries")
+        option, fix = ("--tokenizer", "leave --tokenizer out") if tokenizer_json else ("--data-bin", f"move {own} away")
+        raise ConversionError(f"{option}: {own} needs one joined dictionary, but {source_path} and {target_path} "
+                              f"differ; {fix} to convert from the dictionaries, or give --spm-model or --bpe-codes")
     try:
         if use_own:
             return build_tokenizer(own, dictionary=source_words, model_max_length=model_max_length)
@@ -205,17 +207,21 @@ def build_converted_tokenizer(source: tuple[Path, list[str]], target: tuple[Path
 
 
 def convert(checkpoint: str | Path, data_bin: str | Path, out: str | Path, *, tokenizer_json: str | Path | None = None,
-            spm_model: str | Path | None = None, bpe_codes: str | Path | None = None):
+            spm_model: str | Path | None = None, bpe_codes: str | Path | None = None,
+            languages: tuple[str, str] | None = None):
     """Write ``out/`` (config.json, model.safetensors, generation_config.json, tokenizer files).
 
-    Everything is checked before anything is written. Returns the converted model and tokenizer.
+    ``languages`` (source, target) name the dictionaries when the checkpoint does not (fairseq-train
+    without ``-s``/``-t`` infers them from the data files, and so does this). Everything is checked
+    before anything is written. Returns the converted model and tokenizer.
     """
     from .modeling_node_transformer import NodeTransformerForConditionalGeneration
 
     data_bin, out = Path(data_bin), Path(out)
     check_tokenizer_options(spm_model=spm_model, bpe_codes=bpe_codes, tokenizer_json=tokenizer_json)
     args, state_dict = load_fairseq_checkpoint(checkpoint)
-    source_path, source_words, target_path, target_words = read_dictionaries(args, data_bin)
+    source_path, source_words, target_path, target_words = read_dictionaries(
+        languages or language_pair(args, data_bin), data_bin)
     _check_sizes(state_dict, (source_path, source_words), (target_path, target_words))
     tokenizer = build_converted_tokenizer((source_path, source_words), (target_path, target_words), data_bin,
                                           spm_model=spm_model, bpe_codes=bpe_codes, tokenizer_json=tokenizer_json,
@@ -242,13 +248,18 @@ def main(argv: list[str] | None = None) -> None:
     tokenizers.add_argument("--spm-model", default=None, help="the sentencepiece model the data was encoded with")
     tokenizers.add_argument("--bpe-codes", default=None, help="the subword-nmt codes the data was split with")
     tokenizers.add_argument("--tokenizer", default=None, help="node-seq's tokenizer.json (node_seq.prepare)")
+    parser.add_argument("--source-lang", default=None, help="source language (default: the checkpoint's, else the "
+                        "data files')")
+    parser.add_argument("--target-lang", default=None, help="target language (as --source-lang)")
     args = parser.parse_args(argv)
+    if (args.source_lang is None) != (args.target_lang is None):
+        parser.error("--source-lang and --target-lang: give both or neither")
     for name in ("checkpoint", "data_bin"):
         if not Path(getattr(args, name)).exists():
             parser.error(f"--{name.replace('_', '-')}: not found: {getattr(args, name)}")
     try:
         convert(args.checkpoint, args.data_bin, args.out, tokenizer_json=args.tokenizer, spm_model=args.spm_model,
-                bpe_codes=args.bpe_codes)
+                bpe_codes=args.bpe_codes, languages=(args.source_lang, args.target_lang) if args.source_lang else None)
     except ConversionError as error:
         parser.error(str(error))
     print(f"wrote {args.out}")

@@ -162,9 +162,31 @@ def test_codes_and_models_that_cannot_be_reproduced_are_refused(plain_run, bpe_r
     assert not (tmp_path / "out").exists()
 
 
+def test_languages_come_from_the_data_files_or_the_options(plain_run, tmp_path):
+    data = tmp_path / "bin"
+    data.mkdir()
+    for lang in ("src", "tgt"):  # the dictionaries alone: no data files to read the language pair from
+        (data / f"dict.{lang}.txt").write_text((plain_run.bin / f"dict.{lang}.txt").read_text())
+    with pytest.raises(ConversionError, match="--data-bin: cannot tell the source and target languages .* give "
+                                              "--source-lang and --target-lang"):
+        convert(plain_run.checkpoint, data, tmp_path / "out")
+    convert(plain_run.checkpoint, data, tmp_path / "out", languages=("src", "tgt"))
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["decoder_vocab_size"] == len(
+        (data / "dict.tgt.txt").read_text().splitlines()) + 4
+    # node-seq's own tokenizer.json found in such a folder is refused too: it needs one joined dictionary
+    (data / "tokenizer.json").write_text((plain_run.hf / "tokenizer.json").read_text())
+    with pytest.raises(ConversionError, match=r"--data-bin: .*tokenizer.json needs one joined dictionary.* move"):
+        convert(plain_run.checkpoint, data, tmp_path / "again", languages=("src", "tgt"))
+    assert not (tmp_path / "again").exists()
+
+
 def test_the_script_reports_bad_options_by_name(bpe_run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(bpe_run.checkpoint), "--data-bin", str(bpe_run.bin), "--out", str(tmp_path / "o"),
               "--spm-model", str(tmp_path / "nope.model")])
     assert f"--spm-model: not found: {tmp_path / 'nope.model'}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(bpe_run.checkpoint), "--data-bin", str(bpe_run.bin), "--out", str(tmp_path / "o"),
+              "--source-lang", "src"])
+    assert "--source-lang and --target-lang: give both or neither" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
