@@ -90,6 +90,7 @@ class NodeTransformerTokenizerFast(PreTrainedTokenizerFast):
             self._source_backend = self._tokenizer
         self._on_target = target
         self._tokenizer = self.target_backend if target else self._source_backend
+        self._tokenizer.encode_special_tokens = self.split_special_tokens  # a runtime flag: not in the JSON
 
     def _switch_to_target_mode(self) -> None:
         self._use(target=True)
@@ -129,7 +130,7 @@ class NodeTransformerTokenizerFast(PreTrainedTokenizerFast):
 
     @property
     def vocab_size(self) -> int:
-        """The model's vocabulary: the fairseq dictionary (pieces past it are only spellings of ``<unk>``)."""
+        """The model's (source) vocabulary: the fairseq dictionary (entries past it only spell its words)."""
         return self.dictionary_size if self.dictionary_size is not None else super().vocab_size
 
     def _save_pretrained(self, save_directory, file_names, legacy_format=None, filename_prefix=None):
