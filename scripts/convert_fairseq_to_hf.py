@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Convert a fairseq ``node_transformer`` checkpoint into an HF folder (see node_seq/hf/convert.py).
 
-    python scripts/convert_fairseq_to_hf.py --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR
+    python scripts/convert_fairseq_to_hf.py --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR \\
+        [--spm-model SPM.model | --bpe-codes CODES | --tokenizer tokenizer.json]
 """
 
 from node_seq.hf.convert import main

@@ -40,6 +40,10 @@ class NodeTransformerConfig(PreTrainedConfig):
     ``node_transformer_tiny``; fairseq's dictionary layout gives the special token ids
     (``<s>=0 <pad>=1 </s>=2 <unk>=3``), and decoding starts from ``</s>`` as in fairseq.
 
+    ``vocab_size`` is the source vocabulary (encoder embeddings, what ``resize_token_embeddings``
+    resizes) and ``decoder_vocab_size`` the target one (decoder embeddings and ``lm_head``), as in
+    Marian; left out (configs saved before it existed) it is ``vocab_size``, one vocabulary.
+
     ``use_cache`` defaults to ``True`` unless the decoder is an adaptive ODE: the per-stage cache
     needs a fixed grid (an adaptive decoder given a cache re-solves its prefix, which is exact but
     saves nothing).
@@ -54,6 +58,7 @@ class NodeTransformerConfig(PreTrainedConfig):
     }
 
     vocab_size: int = 128
+    decoder_vocab_size: int | None = None  # None: the same as vocab_size
     encoder_embed_dim: int = 64
     encoder_ffn_dim: int = 128
     encoder_layers: int = 2
@@ -101,6 +106,8 @@ class NodeTransformerConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self.node_ts = list(parse_time_points(self.node_ts, "node_ts"))
+        if self.decoder_vocab_size is None:
+            self.decoder_vocab_size = self.vocab_size
         if self.use_cache is None:
             self.use_cache = not self.node_decoder or self.solver_config().is_fixed_grid
         super().__post_init__(**kwargs)
@@ -124,7 +131,7 @@ class NodeTransformerConfig(PreTrainedConfig):
     def check(self) -> None:
         """Raise :class:`~node_seq.ode.OptionError` for the first invalid field."""
         self.solver_config()
-        for field in ("vocab_size", "encoder_embed_dim", "encoder_ffn_dim", "encoder_layers",
+        for field in ("vocab_size", "decoder_vocab_size", "encoder_embed_dim", "encoder_ffn_dim", "encoder_layers",
                       "encoder_attention_heads", "decoder_embed_dim", "decoder_ffn_dim", "decoder_layers",
                       "decoder_attention_heads", "max_position_embeddings"):
             value = getattr(self, field)
@@ -157,13 +164,18 @@ class NodeTransformerConfig(PreTrainedConfig):
         if self.share_all_embeddings:
             if not self.tie_word_embeddings:
                 _fail("share_all_embeddings", "shares the output projection too: it needs tie_word_embeddings=True")
+            if self.vocab_size != self.decoder_vocab_size:
+                _fail("share_all_embeddings", f"needs one vocabulary, got vocab_size {self.vocab_size} and "
+                      f"decoder_vocab_size {self.decoder_vocab_size}; use share_all_embeddings=False")
             if self.encoder_embed_dim != self.decoder_embed_dim:
                 _fail("share_all_embeddings", f"needs encoder_embed_dim == decoder_embed_dim, got "
                       f"{self.encoder_embed_dim} and {self.decoder_embed_dim}")
+        smallest = min(self.vocab_size, self.decoder_vocab_size)  # special ids mean the same on both sides
         for field in ("bos_token_id", "pad_token_id", "eos_token_id", "unk_token_id", "decoder_start_token_id"):
             value = getattr(self, field)
-            if value is not None and not 0 <= value < self.vocab_size:
-                _fail(field, f"must be a token id in [0, vocab_size={self.vocab_size}), got {value!r}")
+            if value is not None and not 0 <= value < smallest:
+                size = "vocab_size" if smallest == self.vocab_size else "decoder_vocab_size"
+                _fail(field, f"must be a token id in [0, {size}={smallest}), got {value!r}")
         if self.pad_token_id is None:
             _fail("pad_token_id", "is required (padding positions are masked and excluded from positions)")
 

@@ -1,23 +1,38 @@
 """fairseq ``node_transformer`` checkpoint -> HF model folder (config, safetensors, fast tokenizer).
 
 The layers' parameters keep their names; only the embeddings, final norms and output projection
-are renamed. The tokenizer is the experiment's ``tokenizer.json`` with its ids remapped to the
-fairseq dictionary's, so ``AutoTokenizer`` gives exactly the ids ``fairseq-preprocess`` wrote:
-dictionary order, ``</s>`` appended to every sentence, and ``<unk>`` for any piece the dictionary
-lacks (a piece the BPE knows but that never ended a word in the training data).
+are renamed. The tokenizer gives exactly the ids ``fairseq-preprocess`` wrote (dictionary order,
+``</s>`` appended, ``<unk>`` for a word the dictionary lacks) from the text the data was made of,
+and decodes outputs as ``fairseq-generate --post-process`` prints them. It is built from
 
-    python scripts/convert_fairseq_to_hf.py --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR
+* ``--spm-model M.model``: the sentencepiece model the text was encoded with (``spm_encode``);
+* ``--bpe-codes CODES``: the subword-nmt codes it was split with (``apply_bpe.py``, ``@@ `` marks);
+* ``--tokenizer``, or ``tokenizer.json`` in the data folder: node-seq's own BPE (``node_seq.prepare``),
+  renumbered to the dictionary (this route needs one joined dictionary);
+* else the dictionaries alone: the text is taken as fairseq-preprocess read it (pre-tokenised
+  words, or pieces already split), and outputs are words joined by spaces.
+
+Source and target dictionaries (``dict.SRC.txt``, ``dict.TGT.txt``, languages from the checkpoint)
+may differ: the config then has a ``decoder_vocab_size`` of its own and the tokenizer a target
+side. The routes that cannot be reproduced exactly are refused before anything is written
+(:mod:`.fairseq_vocabulary` lists them).
+
+    python scripts/convert_fairseq_to_hf.py --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR \\
+        [--spm-model SPM.model | --bpe-codes CODES | --tokenizer tokenizer.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import torch
 
+from . import fairseq_vocabulary
 from .configuration_node_transformer import NodeTransformerConfig
-from .tokenization_node_transformer import build_tokenizer, read_fairseq_dictionary
+from .sentencepiece_model import read_sentencepiece_model
+from .tokenization_node_transformer import build_fairseq_tokenizer, build_tokenizer, read_fairseq_dictionary
 
 #: fairseq options whose non-default values the HF model does not implement.
 _UNSUPPORTED = {
@@ -41,15 +56,21 @@ def load_fairseq_checkpoint(path: str | Path) -> tuple[argparse.Namespace, dict[
     import node_seq.fairseq  # noqa: F401  (allow-lists argparse.Namespace, the one extra class stored)
 
     state = torch.load(path, map_location="cpu", weights_only=True)
-    args = (state.get("cfg") or {}).get("model") if isinstance(state.get("cfg"), dict) else None
+    cfg = state.get("cfg") if isinstance(state.get("cfg"), dict) else {}
+    args = cfg.get("model")
     args = args if isinstance(args, argparse.Namespace) else state.get("args")
     if not isinstance(args, argparse.Namespace) or getattr(args, "arch", "").split("_")[:2] != ["node", "transformer"]:
         raise ConversionError(f"{path}: not a fairseq node_transformer checkpoint (arch "
                               f"{getattr(args, 'arch', None)!r})")
+    task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
+    for side in ("source_lang", "target_lang"):  # the task resolves languages left out of the command line
+        if getattr(args, side, None) is None:
+            setattr(args, side, task.get(side))
     return args, state["model"]
 
 
-def config_from_fairseq(args: argparse.Namespace, vocab_size: int) -> NodeTransformerConfig:
+def config_from_fairseq(args: argparse.Namespace, vocab_size: int,
+                        decoder_vocab_size: int | None = None) -> NodeTransformerConfig:
     """The HF config of a fairseq model, with its solver resolved exactly as fairseq resolves it."""
     from node_seq.fairseq import options
 
@@ -62,7 +83,7 @@ def config_from_fairseq(args: argparse.Namespace, vocab_size: int) -> NodeTransf
             raise ConversionError(f"--{side.replace('_', '-')} must equal --decoder-embed-dim")
     solver = options.solver_config(args)  # step sizes become whole steps here, as in fairseq
     return NodeTransformerConfig(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size, decoder_vocab_size=decoder_vocab_size,
         encoder_embed_dim=args.encoder_embed_dim, encoder_ffn_dim=args.encoder_ffn_embed_dim,
         encoder_layers=args.encoder_layers, encoder_attention_heads=args.encoder_attention_heads,
         decoder_embed_dim=args.decoder_embed_dim, decoder_ffn_dim=args.decoder_ffn_embed_dim,
@@ -102,47 +123,115 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
 
 
 # ----------------------------------------------------------------------------------------------
+# dictionaries and tokenizer
+
+
+def language_pair(args: argparse.Namespace, data_bin: Path) -> tuple[str, str]:
+    """The checkpoint's languages, else the one pair the data folder's file names show (as fairseq infers it)."""
+    if args.source_lang and args.target_lang:
+        return args.source_lang, args.target_lang
+    pairs = {tuple(name.split(".")[1].split("-")) for name in (p.name for p in data_bin.glob("*.*-*.*.idx"))}
+    if len(pairs) != 1:
+        raise ConversionError(f"--data-bin: cannot tell the source and target languages of {data_bin} (the "
+                              f"checkpoint names none, the data files show {sorted(pairs)}); give --source-lang "
+                              "and --target-lang")
+    return next(iter(pairs))
+
+
+def read_dictionaries(languages: tuple[str, str], data_bin: Path) -> tuple[Path, list[str], Path, list[str]]:
+    """``(source path, source words, target path, target words)`` of the data folder."""
+    found = []
+    for lang in languages:
+        path = data_bin / f"dict.{lang}.txt"
+        if not path.exists():
+            raise ConversionError(f"--data-bin: {path} is missing (fairseq-preprocess writes dict.{lang}.txt)")
+        try:
+            found += [path, read_fairseq_dictionary(path)]
+        except ValueError as error:
+            raise ConversionError(f"--data-bin: {error}") from None
+    return tuple(found)
+
+
+def _check_sizes(state_dict: dict[str, torch.Tensor], source: tuple[Path, list[str]],
+                 target: tuple[Path, list[str]]) -> None:
+    for side, key, (path, words) in (("encoder", "encoder.embed_tokens.weight", source),
+                                     ("decoder", "decoder.embed_tokens.weight", target)):
+        rows = state_dict[key].shape[0]
+        if rows != len(words):
+            raise ConversionError(f"--data-bin: {path} has {len(words)} words but the checkpoint's {side} has {rows} "
+                                  "embeddings: not the dictionary this model was trained with")
+
+
+def check_tokenizer_options(*, spm_model=None, bpe_codes=None, tokenizer_json=None) -> None:
+    """Refuse conflicting or missing tokenizer files (the message names the option)."""
+    given = [f"--{name}" for name, value in (("spm-model", spm_model), ("bpe-codes", bpe_codes),
+                                             ("tokenizer", tokenizer_json)) if value]
+    if len(given) > 1:
+        raise ConversionError(f"{' and '.join(given)}: give at most one of --spm-model, --bpe-codes, --tokenizer")
+    for name, value in (("spm-model", spm_model), ("bpe-codes", bpe_codes), ("tokenizer", tokenizer_json)):
+        if value and not Path(value).is_file():
+            raise ConversionError(f"--{name}: not found: {value}")
+
+
+def build_converted_tokenizer(source: tuple[Path, list[str]], target: tuple[Path, list[str]], data_bin: Path, *,
+                              spm_model=None, bpe_codes=None, tokenizer_json=None, model_max_length: int = 1024):
+    """The tokenizer of the first route that applies (see the module docstring)."""
+    check_tokenizer_options(spm_model=spm_model, bpe_codes=bpe_codes, tokenizer_json=tokenizer_json)
+    (source_path, source_words), (target_path, target_words) = source, target
+    own = Path(tokenizer_json) if tokenizer_json else data_bin / "tokenizer.json"
+    use_own = not (spm_model or bpe_codes) and own.is_file()
+    if use_own and source_words != target_words:
+        option, fix = ("--tokenizer", "leave --tokenizer out") if tokenizer_json else ("--data-bin", f"move {own} away")
+        raise ConversionError(f"{option}: {own} needs one joined dictionary, but {source_path} and {target_path} "
+                              f"differ; {fix} to convert from the dictionaries, or give --spm-model or --bpe-codes")
+    try:
+        if use_own:
+            return build_tokenizer(own, dictionary=source_words, model_max_length=model_max_length)
+        if spm_model:
+            build = functools.partial(fairseq_vocabulary.sentencepiece, read_sentencepiece_model(spm_model))
+            where = f"--spm-model {spm_model} with {{}}"
+        elif bpe_codes:
+            build = functools.partial(fairseq_vocabulary.subword_nmt, fairseq_vocabulary.read_bpe_codes(bpe_codes))
+            where = f"--bpe-codes {bpe_codes} with {{}}"
+        else:
+            build, where = fairseq_vocabulary.word_level, "--data-bin {}"
+        source_side = build(source_words, where.format(source_path))
+        target_side = None if target_words == source_words else build(target_words, where.format(target_path))
+        return build_fairseq_tokenizer(source_side, target_side, model_max_length=model_max_length)
+    except ValueError as error:  # VocabularyError, or a file that is no sentencepiece model or BPE codes
+        raise ConversionError(str(error)) from None
+
+
+# ----------------------------------------------------------------------------------------------
 # everything
 
 
-def _dictionary(data_bin: Path) -> Path:
-    dicts = sorted(data_bin.glob("dict.*.txt"))
-    if not dicts:
-        raise ConversionError(f"{data_bin}: no fairseq dictionary (dict.*.txt)")
-    texts = {d.read_text(encoding="utf-8") for d in dicts}
-    if len(texts) > 1:
-        raise ConversionError(f"{data_bin}: source and target dictionaries differ; the HF model needs one joined "
-                              "dictionary (fairseq-preprocess --joined-dictionary)")
-    return dicts[0]
-
-
-def convert(checkpoint: str | Path, data_bin: str | Path, out: str | Path, *, tokenizer_json: str | Path | None = None):
+def convert(checkpoint: str | Path, data_bin: str | Path, out: str | Path, *, tokenizer_json: str | Path | None = None,
+            spm_model: str | Path | None = None, bpe_codes: str | Path | None = None,
+            languages: tuple[str, str] | None = None):
     """Write ``out/`` (config.json, model.safetensors, generation_config.json, tokenizer files).
 
-    Returns the converted model and tokenizer.
+    ``languages`` (source, target) name the dictionaries when the checkpoint does not (fairseq-train
+    without ``-s``/``-t`` infers them from the data files, and so does this). Everything is checked
+    before anything is written. Returns the converted model and tokenizer.
     """
     from .modeling_node_transformer import NodeTransformerForConditionalGeneration
 
     data_bin, out = Path(data_bin), Path(out)
-    tokenizer_json = Path(tokenizer_json) if tokenizer_json else data_bin / "tokenizer.json"
-    if not tokenizer_json.exists():
-        raise ConversionError(f"{tokenizer_json}: missing (node_seq.prepare copies tokenizer.json into the bin folder)")
-    dictionary = _dictionary(data_bin)
+    check_tokenizer_options(spm_model=spm_model, bpe_codes=bpe_codes, tokenizer_json=tokenizer_json)
     args, state_dict = load_fairseq_checkpoint(checkpoint)
-    vocab_size, symbols = state_dict["encoder.embed_tokens.weight"].shape[0], read_fairseq_dictionary(dictionary)
-    if vocab_size != len(symbols):
-        raise ConversionError(f"{checkpoint} has {vocab_size} embeddings but {dictionary} has {len(symbols)} "
-                              "symbols: not the model's data")
-    config = config_from_fairseq(args, vocab_size)
+    source_path, source_words, target_path, target_words = read_dictionaries(
+        languages or language_pair(args, data_bin), data_bin)
+    _check_sizes(state_dict, (source_path, source_words), (target_path, target_words))
+    tokenizer = build_converted_tokenizer((source_path, source_words), (target_path, target_words), data_bin,
+                                          spm_model=spm_model, bpe_codes=bpe_codes, tokenizer_json=tokenizer_json,
+                                          model_max_length=args.max_source_positions)
+    config = config_from_fairseq(args, len(source_words), len(target_words))
     model = NodeTransformerForConditionalGeneration(config)
     result = model.load_state_dict(convert_state_dict(state_dict), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ConversionError(f"weights do not fit: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
     model.eval()
-    try:
-        tokenizer = build_tokenizer(tokenizer_json, dictionary=symbols, model_max_length=args.max_source_positions)
-    except ValueError as error:
-        raise ConversionError(str(error)) from None
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -152,15 +241,25 @@ def convert(checkpoint: str | Path, data_bin: str | Path, out: str | Path, *, to
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Convert a fairseq node_transformer checkpoint to an HF model folder.")
     parser.add_argument("--checkpoint", required=True, help="fairseq checkpoint (e.g. CK/checkpoint_best.pt)")
-    parser.add_argument("--data-bin", required=True, help="the fairseq data folder (dict.*.txt, tokenizer.json)")
+    parser.add_argument("--data-bin", required=True, help="the fairseq data folder (dict.SRC.txt, dict.TGT.txt)")
     parser.add_argument("--out", required=True, help="output folder for from_pretrained")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer.json (default: DATA_BIN/tokenizer.json)")
+    tokenizers = parser.add_argument_group("tokenizer (at most one; default: DATA_BIN/tokenizer.json if there, "
+                                           "else the dictionaries alone, for pre-tokenised text)")
+    tokenizers.add_argument("--spm-model", default=None, help="the sentencepiece model the data was encoded with")
+    tokenizers.add_argument("--bpe-codes", default=None, help="the subword-nmt codes the data was split with")
+    tokenizers.add_argument("--tokenizer", default=None, help="node-seq's tokenizer.json (node_seq.prepare)")
+    parser.add_argument("--source-lang", default=None, help="source language (default: the checkpoint's, else the "
+                        "data files')")
+    parser.add_argument("--target-lang", default=None, help="target language (as --source-lang)")
     args = parser.parse_args(argv)
+    if (args.source_lang is None) != (args.target_lang is None):
+        parser.error("--source-lang and --target-lang: give both or neither")
     for name in ("checkpoint", "data_bin"):
         if not Path(getattr(args, name)).exists():
             parser.error(f"--{name.replace('_', '-')}: not found: {getattr(args, name)}")
     try:
-        convert(args.checkpoint, args.data_bin, args.out, tokenizer_json=args.tokenizer)
+        convert(args.checkpoint, args.data_bin, args.out, tokenizer_json=args.tokenizer, spm_model=args.spm_model,
+                bpe_codes=args.bpe_codes, languages=(args.source_lang, args.target_lang) if args.source_lang else None)
     except ConversionError as error:
         parser.error(str(error))
     print(f"wrote {args.out}")

@@ -449,7 +449,7 @@ class NodeTransformerModel(NodeTransformerPreTrainedModel):
             decoder_embed = encoder_embed
             self._tied_weights_keys = {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight"}
         else:
-            decoder_embed = nn.Embedding(config.vocab_size, config.decoder_embed_dim, config.pad_token_id)
+            decoder_embed = nn.Embedding(config.decoder_vocab_size, config.decoder_embed_dim, config.pad_token_id)
         self.encoder = NodeTransformerEncoder(config, encoder_embed)
         self.decoder = NodeTransformerDecoder(config, decoder_embed)
         self.last_nfe = NodeNFE()
@@ -586,7 +586,7 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
     def __init__(self, config: NodeTransformerConfig):
         super().__init__(config)
         self.model = NodeTransformerModel(config)
-        self.lm_head = nn.Linear(config.decoder_embed_dim, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.decoder_embed_dim, config.decoder_vocab_size, bias=False)
         if config.share_all_embeddings:
             self._tied_weights_keys = {
                 "lm_head.weight": "model.encoder.embed_tokens.weight",
@@ -618,6 +618,16 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
 
     def get_decoder(self) -> NodeTransformerDecoder:
         return self.model.decoder
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs) -> nn.Embedding:
+        """Resize the one vocabulary; refused with two (transformers would resize ``lm_head`` to the source's)."""
+        if self.config.decoder_vocab_size != self.config.vocab_size:
+            raise NotImplementedError("resize_token_embeddings: the source and target vocabularies differ "
+                                      f"(vocab_size {self.config.vocab_size}, decoder_vocab_size "
+                                      f"{self.config.decoder_vocab_size}); resize only a model with one vocabulary")
+        embeddings = super().resize_token_embeddings(new_num_tokens, *args, **kwargs)
+        self.config.decoder_vocab_size = self.config.vocab_size
+        return embeddings
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

@@ -1,6 +1,6 @@
 """The HF fast tokenizer of node-seq: the experiment's BPE (``node_seq.tokenizer``), ``</s>`` appended.
 
-Two numberings:
+Three numberings:
 
 * the BPE's own ids (a model trained the HF way, ``scripts/train_hf.py``);
 * a fairseq dictionary's ids (a converted fairseq model). fairseq reads the BPE's pieces as strings
@@ -8,52 +8,140 @@ Two numberings:
   never ended a word of the training data, single letters included) becomes ``<unk>``. The BPE of
   ``tokenizers`` keys its merges by token id, so those pieces cannot all share the ``<unk>`` id
   inside it; they keep ids of their own past the dictionary (``>= dictionary_size``) and
-  :class:`NodeTransformerTokenizerFast` maps those to ``<unk>`` on the way out.
+  :class:`NodeTransformerTokenizerFast` maps those to ``<unk>`` on the way out;
+* a converted fairseq model's own preprocessing (:mod:`.fairseq_vocabulary`): pre-tokenised
+  words, sentencepiece or subword-nmt over its dictionaries, built by :func:`build_fairseq_tokenizer`.
+
+A model with separate source and target dictionaries has two backends: ``tokenizer.json`` for
+sources and ``target_tokenizer.json`` for targets. Targets (``text_target=``, labels) are encoded
+with the second, and ``decode`` reads model outputs with it too (``use_source_tokenizer=True``
+reads source ids), the way Marian's tokenizer treats its two vocabularies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
 from ..tokenizer import SPECIALS
+from .fairseq_vocabulary import FairseqVocabulary
+
+TARGET_TOKENIZER_FILE = "target_tokenizer.json"
 
 
 class NodeTransformerTokenizerFast(PreTrainedTokenizerFast):
-    """``PreTrainedTokenizerFast`` whose ids at or past ``dictionary_size`` come out as ``<unk>``."""
+    """``PreTrainedTokenizerFast`` giving fairseq dictionary ids, with an optional target-side backend.
+
+    Ids at or past a side's dictionary size are model entries fairseq never saw; they come out as
+    that side's alias (``dictionary_aliases``/``target_dictionary_aliases``), else ``<unk>``. An
+    ``<unk>`` whose token is in ``uncovered_words``/``target_uncovered_words`` (text sentencepiece
+    does not cover, which fairseq looked up) comes out as that word's id.
+    """
 
     # No __init__ of its own: transformers would then rebuild the backend from vocab and merges alone,
     # losing the normalizer, pre-tokenizer and decoder of tokenizer.json.
+    vocab_files_names = {**PreTrainedTokenizerFast.vocab_files_names, "target_tokenizer_file": TARGET_TOKENIZER_FILE}
 
     @property
     def dictionary_size(self) -> int | None:
         """Size of the fairseq dictionary (the ``dictionary_size`` argument, kept in tokenizer_config.json)."""
         return self.init_kwargs.get("dictionary_size")
 
-    def _to_dictionary(self, ids: list[int]) -> list[int]:
-        if self.dictionary_size is None:
+    @property
+    def target_backend(self) -> Tokenizer | None:
+        """The backend of targets when the target dictionary is not the source's (``target_tokenizer.json``)."""
+        if getattr(self, "_target_backend", None) is None and self.init_kwargs.get("target_tokenizer_file"):
+            self._target_backend = Tokenizer.from_file(self.init_kwargs["target_tokenizer_file"])
+        return getattr(self, "_target_backend", None)
+
+    def _side(self) -> str:
+        return "target" if getattr(self, "_on_target", False) and self.target_backend is not None else "source"
+
+    def _dictionary_map(self) -> tuple[int | None, dict[int, int], dict[str, int]]:
+        prefix = "target_" if self._side() == "target" else ""
+        size = self.init_kwargs.get(f"{prefix}dictionary_size")
+        aliases = self.init_kwargs.get(f"{prefix}dictionary_aliases") or {}
+        uncovered = self.init_kwargs.get(f"{prefix}uncovered_words") or {}
+        return size, {int(index): word for index, word in aliases.items()}, uncovered  # JSON keys are strings
+
+    def _to_dictionary(self, ids: list[int], tokens: list[str] | None = None) -> list[int]:
+        size, aliases, uncovered = self._dictionary_map()
+        if size is None:
             return ids
-        unk, size = self._tokenizer.token_to_id(str(self.unk_token)), self.dictionary_size
-        return [i if i < size else unk for i in ids]
+        unk = self._tokenizer.token_to_id(str(self.unk_token))
+        out = []
+        for position, index in enumerate(ids):
+            if index >= size:
+                index = aliases.get(index, unk)
+            elif index == unk and uncovered and tokens is not None:
+                index = uncovered.get(tokens[position], unk)
+            out.append(index)
+        return out
+
+    def _use(self, target: bool) -> None:
+        if self.target_backend is None:
+            return
+        if not hasattr(self, "_source_backend"):
+            self._source_backend = self._tokenizer
+        self._on_target = target
+        self._tokenizer = self.target_backend if target else self._source_backend
+        self._tokenizer.encode_special_tokens = self.split_special_tokens  # a runtime flag: not in the JSON
+
+    def _switch_to_target_mode(self) -> None:
+        self._use(target=True)
+
+    def _switch_to_input_mode(self) -> None:
+        self._use(target=False)
+
+    @contextlib.contextmanager
+    def _reading(self, target: bool):
+        before = self._side() == "target"
+        self._use(target)
+        try:
+            yield
+        finally:
+            self._use(before)
+
+    def _decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None,
+                use_source_tokenizer: bool = False, **kwargs) -> str:
+        """Model outputs are target ids: read with the target backend unless ``use_source_tokenizer``."""
+        with self._reading(target=not use_source_tokenizer):
+            return super()._decode(token_ids, skip_special_tokens, clean_up_tokenization_spaces, **kwargs)
 
     def _convert_encoding(self, encoding, *args, **kwargs):
         encoded, encodings = super()._convert_encoding(encoding, *args, **kwargs)
-        encoded["input_ids"] = [self._to_dictionary(ids) for ids in encoded["input_ids"]]
+        encoded["input_ids"] = [self._to_dictionary(ids, each.tokens)
+                                for ids, each in zip(encoded["input_ids"], encodings)]
         return encoded, encodings
 
     def _convert_token_to_id_with_added_voc(self, token: str) -> int:
-        return self._to_dictionary([super()._convert_token_to_id_with_added_voc(token)])[0]
+        return self._to_dictionary([super()._convert_token_to_id_with_added_voc(token)], [token])[0]
 
     def _encode_without_added_tokens(self, text: str) -> list[int]:
-        return self._to_dictionary(super()._encode_without_added_tokens(text))
+        if not self._dictionary_map()[2]:
+            return self._to_dictionary(super()._encode_without_added_tokens(text))
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)  # split_special_tokens: no added tokens
+        return self._to_dictionary(encoding.ids, encoding.tokens)
 
     @property
     def vocab_size(self) -> int:
-        """The model's vocabulary: the fairseq dictionary (pieces past it are only spellings of ``<unk>``)."""
+        """The model's (source) vocabulary: the fairseq dictionary (entries past it only spell its words)."""
         return self.dictionary_size if self.dictionary_size is not None else super().vocab_size
+
+    def _save_pretrained(self, save_directory, file_names, legacy_format=None, filename_prefix=None):
+        with self._reading(target=False):
+            file_names = super()._save_pretrained(save_directory, file_names, legacy_format, filename_prefix)
+        if self.target_backend is not None:
+            path = os.path.join(str(save_directory), (filename_prefix + "-" if filename_prefix else "")
+                                + TARGET_TOKENIZER_FILE)
+            self.target_backend.save(path)
+            file_names = file_names + (path,)
+        return file_names
 
 
 def read_fairseq_dictionary(path: str | Path) -> list[str]:
@@ -72,14 +160,10 @@ def read_fairseq_dictionary(path: str | Path) -> list[str]:
     return symbols
 
 
-def _eos_appended(tok: dict, eos: int) -> None:
-    tok["post_processor"] = {  # fairseq appends </s> to every source and target sentence
-        "type": "TemplateProcessing",
-        "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
-        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}},
-                 {"Sequence": {"id": "B", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
-        "special_tokens": {"</s>": {"id": "</s>", "ids": [eos], "tokens": ["</s>"]}},
-    }
+def eos_appended(eos: int) -> processors.TemplateProcessing:
+    """fairseq appends ``</s>`` to every source and target sentence."""
+    return processors.TemplateProcessing(single="$A:0 </s>:0", pair="$A:0 </s>:0 $B:0 </s>:0",
+                                         special_tokens=[("</s>", eos)])
 
 
 def renumbered(tokenizer_json: dict, symbols: list[str]) -> dict:
@@ -116,13 +200,35 @@ def build_tokenizer(tokenizer_json: str | Path | dict, *, dictionary: str | Path
     specials = {t["content"]: t["id"] for t in tok["added_tokens"]}
     if [specials.get(s) for s in SPECIALS] != list(range(len(SPECIALS))):
         raise ValueError(f"the tokenizer's special tokens must be {SPECIALS} with ids 0-3 (node_seq.tokenizer's)")
-    tok = json.loads(json.dumps(tok))
-    _eos_appended(tok, specials["</s>"])
+    backend = Tokenizer.from_str(json.dumps(tok))
+    backend.post_processor = eos_appended(specials["</s>"])
     return NodeTransformerTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(tok)), dictionary_size=size, bos_token="<s>",
+        tokenizer_object=backend, dictionary_size=size, bos_token="<s>",
         pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=model_max_length,
         padding_side="right",
     )
 
 
-__all__ = ["NodeTransformerTokenizerFast", "build_tokenizer", "read_fairseq_dictionary"]
+def build_fairseq_tokenizer(source: FairseqVocabulary, target: FairseqVocabulary | None = None, *,
+                            model_max_length: int = 1024) -> NodeTransformerTokenizerFast:
+    """A fast tokenizer over fairseq dictionaries (see :mod:`.fairseq_vocabulary`); ``target`` when it differs."""
+    eos = SPECIALS.index("</s>")
+    for side in (source, target):
+        if side is not None:
+            side.tokenizer.post_processor = eos_appended(eos)
+    sides = {"": source} if target is None else {"": source, "target_": target}
+    extra = {f"{prefix}dictionary_size": side.dictionary_size for prefix, side in sides.items()}
+    extra.update({f"{prefix}dictionary_aliases": {str(k): v for k, v in side.aliases.items()}
+                  for prefix, side in sides.items() if side.aliases})
+    extra.update({f"{prefix}uncovered_words": side.uncovered for prefix, side in sides.items() if side.uncovered})
+    tokenizer = NodeTransformerTokenizerFast(
+        tokenizer_object=source.tokenizer, bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        model_max_length=model_max_length, padding_side="right", split_special_tokens=True,
+        clean_up_tokenization_spaces=False, **extra,
+    )
+    if target is not None:
+        tokenizer._target_backend = target.tokenizer
+    return tokenizer
+
+
+__all__ = ["NodeTransformerTokenizerFast", "build_fairseq_tokenizer", "build_tokenizer", "read_fairseq_dictionary"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_helpers import FairseqRun, fairseq_train
+from hf_helpers import FairseqRun, fairseq_preprocess, fairseq_train
 
 
 @contextlib.contextmanager
@@ -27,22 +27,29 @@ def _one_thread():
         yield
 
 
-@pytest.fixture(scope="session")
-def fairseq_data(tmp_path_factory) -> tuple[Path, Path]:
-    """Numbers below 1000, digits -> words: short enough that a tiny model learns it in seconds."""
+def write_numbers(raw: Path) -> Path:
+    """Numbers below 1000, digits -> words, as pre-tokenised ``raw/{train,valid,test}.{src,tgt}``."""
     import random
 
     from node_seq.data.numbers import number_to_words
-    from node_seq.prepare import prepare
 
-    root = tmp_path_factory.mktemp("numbers")
     numbers = list(range(1000))
     random.Random(1).shuffle(numbers)
     splits = {"test": numbers[:48], "valid": numbers[48:64], "train": numbers[64:]}
-    (root / "raw").mkdir()
+    raw.mkdir(parents=True)
     for split, chosen in splits.items():
-        (root / "raw" / f"{split}.src").write_text("".join(" ".join(str(n)) + "\n" for n in chosen))
-        (root / "raw" / f"{split}.tgt").write_text("".join(number_to_words(n) + "\n" for n in chosen))
+        (raw / f"{split}.src").write_text("".join(" ".join(str(n)) + "\n" for n in chosen))
+        (raw / f"{split}.tgt").write_text("".join(number_to_words(n) + "\n" for n in chosen))
+    return raw
+
+
+@pytest.fixture(scope="session")
+def fairseq_data(tmp_path_factory) -> tuple[Path, Path]:
+    """Numbers below 1000, digits -> words: short enough that a tiny model learns it in seconds."""
+    from node_seq.prepare import prepare
+
+    root = tmp_path_factory.mktemp("numbers")
+    write_numbers(root / "raw")
     with one_thread():
         bin_dir = prepare(root / "raw", root / "data", src="src", tgt="tgt",
                           splits={"train": "train", "valid": "valid", "test": "test"}, vocab_size=128)
@@ -73,3 +80,77 @@ def variant_run(tmp_path_factory, fairseq_data) -> FairseqRun:
     return _run(tmp_path_factory, fairseq_data, "variant", [
         "--node-method", "euler", "--node-steps", "2", "--node-separated-decoder", "--node-augment-dims", "4",
         "--node-time-dependent", "--share-decoder-input-output-embed", "--max-update", "3"])
+
+
+# ----------------------------------------------------------------------------------------------
+# models trained on the user's own preprocessing (plain fairseq-preprocess, no tokenizer.json)
+
+
+@pytest.fixture(scope="session")
+def user_text(tmp_path_factory) -> Path:
+    """The user's raw text: the numbers task, already split into words."""
+    return write_numbers(tmp_path_factory.mktemp("user_text") / "raw")
+
+
+def _user_run(tmp_path_factory, raw: Path, name: str, preprocess, post_process: str | None, *, joined: bool,
+              extra: list[str], **convert_options) -> FairseqRun:
+    """The user's pipeline: preprocess each line, fairseq-preprocess, fairseq-train, then convert."""
+    from node_seq.hf.convert import convert
+
+    root = tmp_path_factory.mktemp(name)
+    (root / "text").mkdir()
+    for path in raw.iterdir():
+        lines = path.read_text().splitlines()
+        (root / "text" / path.name).write_text("".join(preprocess(line) + "\n" for line in lines))
+    with one_thread():
+        bin_dir = fairseq_preprocess(root / "text", root / "bin", joined=joined)
+        checkpoint = fairseq_train(bin_dir, root / "checkpoints", ["--max-update", "40", *extra])
+        convert(checkpoint, bin_dir, root / "hf", **convert_options)
+    return FairseqRun(raw=raw, bin=bin_dir, checkpoint=checkpoint, hf=root / "hf", preprocess=preprocess,
+                      post_process=post_process)
+
+
+@pytest.fixture(scope="session")
+def plain_run(tmp_path_factory, user_text) -> FairseqRun:
+    """Pre-tokenised text, separate source and target dictionaries and embeddings, converted from them alone."""
+    return _user_run(tmp_path_factory, user_text, "plain", str, None, joined=False,
+                     extra=["--node-method", "rk4", "--node-steps", "1"])
+
+
+@pytest.fixture(scope="session")
+def spm_run(tmp_path_factory, user_text) -> FairseqRun:
+    """A joint sentencepiece model (spm_encode), a joined dictionary and shared embeddings; --spm-model.
+
+    At the default character coverage the one "z" of the training text (in "zero") is not covered:
+    spm_encode writes it as it is and fairseq-preprocess adds it to the dictionary.
+    """
+    import sentencepiece
+
+    model = tmp_path_factory.mktemp("spm") / "spm"
+    sentencepiece.SentencePieceTrainer.train(input=[str(user_text / "train.src"), str(user_text / "train.tgt")],
+                                             model_prefix=str(model), vocab_size=48, num_threads=1, minloglevel=2)
+    processor = sentencepiece.SentencePieceProcessor(model_file=f"{model}.model")
+    return _user_run(tmp_path_factory, user_text, "spm_run",
+                     lambda line: " ".join(processor.encode(line, out_type=str)), "sentencepiece", joined=True,
+                     extra=["--node-method", "euler", "--node-steps", "2", "--share-all-embeddings"],
+                     spm_model=f"{model}.model")
+
+
+@pytest.fixture(scope="session")
+def bpe_run(tmp_path_factory, user_text) -> FairseqRun:
+    """subword-nmt codes (apply_bpe, @@ marks), separate dictionaries, tied decoder; --bpe-codes."""
+    import io
+
+    from subword_nmt.apply_bpe import BPE
+    from subword_nmt.learn_bpe import learn_bpe
+
+    codes = tmp_path_factory.mktemp("bpe") / "codes"
+    text = "".join((user_text / f"train.{lang}").read_text() for lang in ("src", "tgt"))
+    with codes.open("w", encoding="utf-8") as out:
+        learn_bpe(io.StringIO(text), out, 30, min_frequency=2)
+    with codes.open(encoding="utf-8") as lines:
+        bpe = BPE(lines)
+    return _user_run(tmp_path_factory, user_text, "bpe_run", bpe.process_line, "subword_nmt",
+                     joined=False, extra=["--node-method", "midpoint", "--node-steps", "1",
+                                          "--share-decoder-input-output-embed"],
+                     bpe_codes=codes)

@@ -1,10 +1,11 @@
-"""Helpers of the HF tests: tiny models, in-process fairseq training, loading the scripts."""
+"""Helpers of the HF tests: tiny models, in-process fairseq preprocessing and training, loading the scripts."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -44,6 +45,29 @@ class FairseqRun:
     bin: Path
     checkpoint: Path
     hf: Path
+    preprocess: Callable[[str], str] = str  # the user's raw line -> the line fairseq-preprocess read
+    post_process: str | None = "sentencepiece"  # fairseq-generate --post-process
+
+
+def fairseq_preprocess(prefix: Path, dest: Path, *, joined: bool) -> Path:
+    """fairseq-preprocess ``prefix/{train,valid,test}.{src,tgt}`` into ``dest`` (its ``main``, in this process)."""
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    argv = ["--source-lang", "src", "--target-lang", "tgt", "--destdir", str(dest), "--workers", "1",
+            *(f"--{split}pref={prefix / split}" for split in ("train", "valid", "test"))]
+    preprocess.main(options.get_preprocessing_parser().parse_args(argv + (["--joined-dictionary"] if joined else [])))
+    return dest
+
+
+def fairseq_side(run: FairseqRun):
+    """fairseq's model of ``run`` and its translation task, with the test split loaded."""
+    from fairseq import checkpoint_utils
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(run.checkpoint)],
+                                                                      arg_overrides={"data": str(run.bin)})
+    task.load_dataset("test")
+    return models[0].eval(), task
 
 
 def fairseq_train(bin_dir: Path, save_dir: Path, extra: list[str]) -> Path:

@@ -1,5 +1,7 @@
 """NodeTransformerConfig: every field checked at construction, errors name the field and the choices."""
 
+import json
+
 import pytest
 from transformers import AutoConfig
 
@@ -34,6 +36,10 @@ from node_seq.ode import OptionError
     (dict(share_all_embeddings=True, decoder_embed_dim=32, decoder_attention_heads=4),
      r"share_all_embeddings: needs encoder_embed_dim == decoder_embed_dim"),
     (dict(pad_token_id=500), r"pad_token_id: must be a token id in \[0, vocab_size=128\), got 500"),
+    (dict(decoder_vocab_size=0, share_all_embeddings=False), r"decoder_vocab_size: must be an integer >= 1, got 0"),
+    (dict(decoder_vocab_size=64), r"share_all_embeddings: needs one vocabulary, got vocab_size 128 and "
+                                  r"decoder_vocab_size 64; use share_all_embeddings=False"),
+    (dict(decoder_vocab_size=2, share_all_embeddings=False), r"eos_token_id: .*\[0, decoder_vocab_size=2\), got 2"),
 ])
 def test_invalid_fields_raise_naming_the_field(fields, message):
     with pytest.raises(OptionError, match=message):
@@ -71,3 +77,16 @@ def test_a_hand_edited_config_json_is_validated_on_load(tmp_path):
     path.write_text(path.read_text().replace('"rk4"', '"rk45"'))
     with pytest.raises(OptionError, match="node_method: unknown method 'rk45'"):
         AutoConfig.from_pretrained(tmp_path)
+
+
+def test_a_target_vocabulary_of_its_own_and_configs_saved_without_one(tmp_path):
+    config = NodeTransformerConfig(vocab_size=40, decoder_vocab_size=56, share_all_embeddings=False)
+    config.save_pretrained(tmp_path / "two")
+    assert (AutoConfig.from_pretrained(tmp_path / "two").decoder_vocab_size, config.vocab_size) == (56, 40)
+    NodeTransformerConfig(vocab_size=40).save_pretrained(tmp_path / "old")
+    path = tmp_path / "old" / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["decoder_vocab_size"]  # a config.json written before the field existed
+    path.write_text(json.dumps(saved))
+    assert AutoConfig.from_pretrained(tmp_path / "old").decoder_vocab_size == 40
+    assert config.get_text_config(decoder=True).vocab_size == 56  # what generation reads of the decoder

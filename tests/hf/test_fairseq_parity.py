@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from contextlib import redirect_stdout
 
 import pytest
@@ -19,18 +20,9 @@ import node_seq.fairseq  # noqa: F401  (registers the fairseq model; allow-lists
 from node_seq.hf.convert import ConversionError, convert, load_fairseq_checkpoint
 from node_seq.tokenizer import encode_lines, load_tokenizer
 
-from hf_helpers import load_script
+from hf_helpers import fairseq_side, load_script
 
 RUNS = ["trained_run", "variant_run"]
-
-
-def fairseq_side(run):
-    from fairseq import checkpoint_utils
-
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(run.checkpoint)],
-                                                                      arg_overrides={"data": str(run.bin)})
-    task.load_dataset("test")
-    return models[0].eval(), task
 
 
 def hf_side(run):
@@ -143,11 +135,10 @@ def test_conversion_reads_checkpoints_safely_and_writes_a_complete_folder(traine
     config = json.loads((trained_run.hf / "config.json").read_text())
     assert (config["node_method"], config["node_steps"], config["share_all_embeddings"]) == ("rk4", 1, True)
 
-    other = tmp_path / "bin"
-    other.mkdir()
-    for path in trained_run.bin.iterdir():
-        if path.name.startswith("dict.") or path.name == "tokenizer.json":
-            (other / path.name).write_text(path.read_text())
+    # Differing source and target dictionaries convert (test_fairseq_preprocessing_parity.py); one that is
+    # not the checkpoint's is refused, naming the option, before anything is written.
+    other = shutil.copytree(trained_run.bin, tmp_path / "bin")
     (other / "dict.tgt.txt").write_text((other / "dict.tgt.txt").read_text() + "extra 1\n")
-    with pytest.raises(ConversionError, match="source and target dictionaries differ"):
+    with pytest.raises(ConversionError, match=r"--data-bin: .*dict.tgt.txt has \d+ words but the checkpoint's decoder"):
         convert(trained_run.checkpoint, other, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -51,6 +51,25 @@ def test_save_load_round_trip(tmp_path, share_all):
     assert type(base) is NodeTransformerModel
 
 
+def test_separate_vocabularies_size_the_decoder_and_output_and_survive_save_load(tmp_path):
+    model = tiny_model(node_method="rk4", share_all_embeddings=False, decoder_vocab_size=24)
+    assert model.get_input_embeddings().num_embeddings == 40
+    assert model.get_decoder().embed_tokens.num_embeddings == model.lm_head.out_features == 24
+    assert model.lm_head.weight is model.get_decoder().embed_tokens.weight  # tie_word_embeddings: the target side
+    assert logits(model).shape[-1] == 24
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(logits(loaded), logits(model))
+    with pytest.raises(NotImplementedError, match="resize_token_embeddings: the source and target vocabularies differ"):
+        model.resize_token_embeddings(48)
+
+
+def test_resizing_one_vocabulary_keeps_both_sizes_in_step():
+    model = tiny_model(node_method="rk4")
+    model.resize_token_embeddings(48)
+    assert (model.config.vocab_size, model.config.decoder_vocab_size, model.lm_head.out_features) == (48, 48, 48)
+
+
 def test_post_init_keeps_the_layers_own_initialisation():
     model = NodeTransformerForConditionalGeneration(NodeTransformerConfig(**TINY, node_method="rk4",
                                                                           node_augment_dims=2))
