@@ -10,7 +10,8 @@ HF = ["transformers>=5.24,<6", "datasets>=5.2,<6", "tokenizers>=0.23.1,<0.24", "
       "accelerate>=1.15,<2"]
 FAIRSEQ = ["fairseq-fixed==0.12.3.1", "sacrebleu>=2.6,<3"]
 VISION = ["torchvision>=0.29,<1", "scikit-learn>=1.9,<2", "matplotlib>=3.11,<4", "pyyaml>=6,<7", "tqdm>=4.70,<5"]
-DEV = ["pytest>=9,<10", "hypothesis>=6.170,<7"]
+# The conversion tests build their own sentencepiece model and subword-nmt codes with the real tools.
+DEV = ["pytest>=9,<10", "hypothesis>=6.170,<7", "sentencepiece>=0.2.3,<0.3", "subword-nmt>=0.3.8,<0.4"]
 
 setup(
     name="node-seq",

@@ -94,8 +94,7 @@ def test_generation_and_its_text_equal_fairseq_generate(run_name, request):
         hypotheses = generator.generate([fairseq_model], sample)
     sources = (run.raw / "test.src").read_text().splitlines()
     batch = tokenizer([sources[i] for i in sample["id"].tolist()], return_tensors="pt", padding=True)
-    # Without the decoding cache: it does not depend on the vocabularies, and test_fairseq_parity.py checks it.
-    generated = model.generate(**batch, num_beams=4, max_len_b=12, use_cache=False)
+    generated = model.generate(**batch, num_beams=4, max_len_b=12)
     dictionary, lengths = task.target_dictionary, set()
     for row in range(len(hypotheses)):
         expected = hypotheses[row][0]["tokens"]
