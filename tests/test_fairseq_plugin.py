@@ -142,6 +142,13 @@ def test_gradient_reaches_the_encoder_when_only_the_decoder_is_an_ode(data):
     assert all(g is not None and g.abs().sum() > 0 for g in encoder_grads)
 
 
+def test_one_euler_step_layers_are_ode_layers_and_plain_ones_are_not(data):
+    _, model = _build(data, ["--node-method", "euler", "--node-steps", "1", "--no-node-decoder"])
+    assert len(model.ode_layers()) == len(model.encoder.layers)  # the encoder's, not the plain decoder's
+    model(torch.tensor([[5, 6, 7, 2]]), torch.tensor([4]), torch.tensor([[2, 8, 9]]))
+    assert [layer.last_stats.nfe_forward for layer in model.ode_layers()] == [1] * len(model.encoder.layers)
+
+
 @pytest.mark.parametrize("argv", [["--node-method", "rk4", "--node-steps", "2"],
                                   ["--node-method", "dopri5", "--node-rtol", "1e-4"],
                                   ["--node-method", "rk4", "--no-node-incremental-cache"]])

@@ -229,3 +229,17 @@ def test_failure_policy_fallback_redoes_the_solve_on_a_fixed_grid():
     reference = NodeEncoderLayer(SPEC, SolverConfig(method="midpoint", steps=3))
     reference.load_state_dict(layer.state_dict())
     torch.testing.assert_close(out, reference(x, padding))
+
+
+def test_an_ode_layer_of_one_euler_step_stays_an_ode_layer():
+    """Same numbers as the plain layer, but it is integrated: NFE counted, regularisers honoured."""
+    from node_seq.nn import is_ode_layer
+
+    ode = NodeEncoderLayer(SPEC, SolverConfig(method="euler", steps=1)).eval()
+    plain = NodeEncoderLayer(SPEC, None).eval()
+    plain.load_state_dict(ode.state_dict())
+    x, padding = padded_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(ode(x, padding), plain(x, padding))
+    assert is_ode_layer(ode) and not is_ode_layer(plain)
+    assert ode.last_stats.nfe_forward == 1 and plain.last_stats.nfe_forward == 0

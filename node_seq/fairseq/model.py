@@ -20,7 +20,7 @@ from fairseq.models.transformer import TransformerDecoder, TransformerEncoder, T
 from fairseq.models.transformer.transformer_legacy import base_architecture, transformer_iwslt_de_en
 
 from ..nn.layers import (
-    PLAIN_LAYER, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, enable_regularizers, is_ode_layer, reorder_cache,
+    LayerSpec, NodeDecoderLayer, NodeEncoderLayer, enable_regularizers, is_ode_layer, reorder_cache,
 )
 from ..ode import OptionError
 from . import options
@@ -87,7 +87,7 @@ class FairseqNodeDecoderLayer(NodeDecoderLayer):
 class NodeTransformerEncoder(TransformerEncoder):
     def build_encoder_layer(self, cfg):
         args = self.args
-        solver = options.solver_config(args) if args.node_encoder else PLAIN_LAYER
+        solver = options.solver_config(args) if args.node_encoder else None  # None: plain layers
         ode = args.node_encoder
         return FairseqNodeEncoderLayer(layer_spec(args, "encoder"), solver,
                                        augment_dims=args.node_augment_dims if ode else 0,
@@ -109,7 +109,7 @@ class NodeTransformerDecoder(TransformerDecoder):
         args = self.args
         ode = args.node_decoder
         layer = FairseqNodeDecoderLayer(
-            layer_spec(args, "decoder"), options.solver_config(args) if ode else PLAIN_LAYER,
+            layer_spec(args, "decoder"), options.solver_config(args) if ode else None,
             encoder_dim=args.encoder_embed_dim, augment_dims=args.node_augment_dims if ode else 0,
             time_dependent=args.node_time_dependent and ode, separated=args.node_separated_decoder and ode)
         layer.use_cache = bool(args.node_incremental_cache) or not ode

@@ -25,7 +25,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2
 from transformers.utils.deprecation import deprecate_kwarg
 
 from ..nn.layers import (
-    PLAIN_LAYER, SELF_INITIALIZING, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, collect_stats, crop_cache,
+    SELF_INITIALIZING, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, collect_stats, crop_cache,
     enable_regularizers, reorder_cache, total_regularizer,
 )
 from ..ode import SolveStats
@@ -275,7 +275,7 @@ class NodeTransformerEncoder(nn.Module):
         self.embed_positions = SinusoidalPositions(dim, self.padding_idx, config.max_position_embeddings)
         self.dropout = nn.Dropout(config.dropout)
         ode = config.node_encoder
-        solver = config.solver_config() if ode else PLAIN_LAYER
+        solver = config.solver_config() if ode else None  # None: plain layers
         self.layers = nn.ModuleList(
             NodeEncoderLayer(layer_spec(config, "encoder"), solver, augment_dims=config.node_augment_dims if ode else 0,
                              time_dependent=config.node_time_dependent and ode)
@@ -323,7 +323,7 @@ class NodeTransformerDecoder(nn.Module):
         self.embed_positions = SinusoidalPositions(dim, self.padding_idx, config.max_position_embeddings)
         self.dropout = nn.Dropout(config.dropout)
         ode = config.node_decoder
-        solver = config.solver_config() if ode else PLAIN_LAYER
+        solver = config.solver_config() if ode else None  # None: plain layers
         self.layers = nn.ModuleList(
             NodeDecoderLayer(layer_spec(config, "decoder"), solver, encoder_dim=config.encoder_embed_dim,
                              augment_dims=config.node_augment_dims if ode else 0,

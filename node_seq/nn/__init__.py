@@ -3,7 +3,6 @@
 from .attention import MultiheadAttention as MultiheadAttention, attention_bias as attention_bias
 from .dropout import FrozenDropout as FrozenDropout
 from .layers import (
-    PLAIN_LAYER as PLAIN_LAYER,
     is_ode_layer as is_ode_layer,
     LayerSpec as LayerSpec,
     NodeDecoderLayer as NodeDecoderLayer,

@@ -21,8 +21,6 @@ from .fields import DecoderField, EncoderField, TimeEmbedding, cached_causal_bia
 from .linear import ChannelDrop, XavierLinear
 
 
-#: The solver of a plain (non-ODE) layer: one unit Euler step is exactly a pre-norm layer.
-PLAIN_LAYER = SolverConfig(method="euler", steps=1)
 #: What a layer does when its solve fails (max steps, step-size underflow, non-finite state):
 #: ``raise`` an error naming the layer, ``fallback``: redo that solve on a fixed grid, or ``skip``:
 #: raise as ``raise`` does, for a training loop that skips the batch (fairseq's ``node_translation``).
@@ -80,9 +78,15 @@ def _mean_over(values: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
 
 
 class _NodeLayer(nn.Module):
-    """What encoder and decoder layers share: augmentation, the solve, dropout resets, stats."""
+    """What encoder and decoder layers share: augmentation, the solve, dropout resets, stats.
 
-    def __init__(self, spec: LayerSpec, solver: SolverConfig, *, augment_dims: int):
+    ``solver=None`` makes a plain pre-norm layer (``x + f(x)``, one unit Euler step without a
+    solver's bookkeeping). Whether a layer is an ODE is said this way only, never read off the
+    solver's settings: an ODE layer of one Euler step (ResNet-as-ODE) still counts its NFE and
+    integrates its regularisers.
+    """
+
+    def __init__(self, spec: LayerSpec, solver: SolverConfig | None, *, augment_dims: int):
         super().__init__()
         self.solver = solver
         self.augment_dims = augment_dims
@@ -91,7 +95,7 @@ class _NodeLayer(nn.Module):
             # Back to the model width; starts as "drop the extra channels" so an augmented layer
             # begins as its plain counterpart.
             self.project = ChannelDrop(self.width, spec.embed_dim)
-        self.last_stats = SolveStats(method=solver.method)
+        self.last_stats = SolveStats(method=solver.method if solver is not None else "")
         self.failure = FailurePolicy()
         self.fallbacks = 0  # solves redone on the fallback grid since the layer was built
         self.layer_name = type(self).__name__  # front ends set the module path, e.g. "decoder.layers.2"
@@ -108,7 +112,7 @@ class _NodeLayer(nn.Module):
 
     def integrate(self, field: nn.Module, x: torch.Tensor, inputs: tuple, keep: torch.Tensor | None) -> torch.Tensor:
         reset_frozen_dropout(field)
-        if self.solver == PLAIN_LAYER:  # a plain layer: one unit Euler step, without a solver's bookkeeping
+        if self.solver is None:  # a plain layer: one unit Euler step, without a solver's bookkeeping
             t = x.new_zeros(())
             with stage_scope(Stage(0, 0, 1, t)):
                 return x + field(t, x, *inputs)
@@ -136,7 +140,8 @@ class _NodeLayer(nn.Module):
 class NodeEncoderLayer(_NodeLayer):
     """``x -> x(t1)`` where ``dx/dt = self_attn + ffn`` (a pre-norm encoder layer's branch)."""
 
-    def __init__(self, spec: LayerSpec, solver: SolverConfig, *, augment_dims: int = 0, time_dependent: bool = False):
+    def __init__(self, spec: LayerSpec, solver: SolverConfig | None, *, augment_dims: int = 0,
+                 time_dependent: bool = False):
         super().__init__(spec, solver, augment_dims=augment_dims)
         self.field = EncoderField(self.width, spec.num_heads, spec.ffn_dim, dropout=spec.dropout,
                                   attention_dropout=spec.attention_dropout,
@@ -162,7 +167,7 @@ class NodeDecoderLayer(_NodeLayer):
       prefix and re-solves it for every new token (cost grows with the length: O(T^2) overall).
     """
 
-    def __init__(self, spec: LayerSpec, solver: SolverConfig, *, encoder_dim: int | None = None,
+    def __init__(self, spec: LayerSpec, solver: SolverConfig | None, *, encoder_dim: int | None = None,
                  augment_dims: int = 0, time_dependent: bool = False, separated: bool = False):
         super().__init__(spec, solver, augment_dims=augment_dims)
         self.separated = separated
@@ -177,7 +182,7 @@ class NodeDecoderLayer(_NodeLayer):
 
     @property
     def caches_per_stage(self) -> bool:
-        return self.solver.is_fixed_grid
+        return self.solver is None or self.solver.is_fixed_grid
 
     def forward(self, x: torch.Tensor, encoder_out: torch.Tensor, encoder_padding_mask: torch.Tensor | None = None,
                 self_attn_mask: torch.Tensor | None = None, self_attn_padding_mask: torch.Tensor | None = None,
@@ -262,7 +267,7 @@ def crop_cache(cache: dict, length: int) -> dict:
 
 def is_ode_layer(module: nn.Module) -> bool:
     """A layer that integrates an ODE (not a plain layer built from the same modules)."""
-    return isinstance(module, _NodeLayer) and module.solver != PLAIN_LAYER
+    return isinstance(module, _NodeLayer) and module.solver is not None
 
 
 def node_layers(module: nn.Module) -> list[_NodeLayer]:

@@ -256,3 +256,17 @@ def test_generation_follows_fairseq_length_rules():
     forced = rule(torch.zeros(2, 3, dtype=torch.long), scores.clone())
     assert torch.equal(forced[:, 2], scores[:, 2]) and torch.all(torch.isinf(forced[:, [0, 1, 3]]))
     assert torch.equal(rule(torch.zeros(2, 2, dtype=torch.long), scores.clone()), scores)
+
+
+def test_one_euler_step_models_count_nfe_and_add_their_kinetic_energy():
+    """The ResNet-as-ODE setting (OT-Transformer's recipe): one Euler step is still an ODE."""
+    labels = TARGET[:, 1:]
+    plain = tiny_model(node_method="euler", node_steps=1, dropout=0.0)
+    penalised = tiny_model(node_method="euler", node_steps=1, dropout=0.0, node_kinetic_weight=1.0)
+    penalised.load_state_dict(plain.state_dict())
+    plain.train(), penalised.train()
+    base = plain(input_ids=SOURCE, attention_mask=MASK, labels=labels).loss
+    total = penalised(input_ids=SOURCE, attention_mask=MASK, labels=labels).loss
+    assert total > base
+    assert plain.last_nfe.encoder.nfe_forward == TINY["encoder_layers"]
+    assert plain.last_nfe.decoder.nfe_forward == TINY["decoder_layers"]
