@@ -39,10 +39,24 @@ NO_ATTENTION_WEIGHTS = ("output_attentions: a NODE layer integrates attention ov
                         "attention weights to return")
 
 
-def make_positions(keep: torch.Tensor, padding_idx: int) -> torch.Tensor:
-    """fairseq's positions: ``padding_idx + 1, + 2, ...`` over kept tokens, ``padding_idx`` at padding."""
+def make_positions(keep: torch.Tensor, padding_idx: int, before: torch.Tensor | int = 0) -> torch.Tensor:
+    """fairseq's positions: ``padding_idx + 1, + 2, ...`` over kept tokens, ``padding_idx`` at padding.
+
+    ``before`` (batch,): real positions that precede these ones (already in a decoding cache).
+    """
     keep = keep.long()
-    return torch.cumsum(keep, dim=1) * keep + padding_idx
+    before = before[:, None] if isinstance(before, torch.Tensor) else before
+    return (torch.cumsum(keep, dim=1) + before) * keep + padding_idx
+
+
+def resolve_output_flags(config: NodeTransformerConfig, output_attentions: bool | None,
+                         output_hidden_states: bool | None, return_dict: bool | None) -> tuple[bool, bool]:
+    """``(output_hidden_states, return_dict)``, each from the config unless the call set it; attention
+    weights, which do not exist, are refused."""
+    if config.output_attentions if output_attentions is None else output_attentions:
+        raise NotImplementedError(NO_ATTENTION_WEIGHTS)
+    return (config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            config.return_dict if return_dict is None else return_dict)
 
 
 class SinusoidalPositions(nn.Module):
@@ -203,7 +217,7 @@ class NodeCache(Cache):
         self.keep: torch.Tensor | None = None  # (batch, cached positions), False at padding
 
     def advance(self, keep: torch.Tensor) -> None:
-        """Record the positions just cached (``keep``: (batch, new), False at padding)."""
+        """Record the positions being cached (``keep``: (batch, new), False at padding)."""
         self.keep = keep if self.keep is None else torch.cat([self.keep, keep], dim=1)
         for layer in self.layers:
             layer.length += keep.shape[1]
@@ -288,11 +302,8 @@ class NodeTransformerEncoder(nn.Module):
                 output_hidden_states: bool | None = None, return_dict: bool | None = None) -> BaseModelOutput:
         """``inputs_embeds`` are what ``get_input_embeddings()`` returns for the ids (scaled here)."""
         config = self.config
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = config.return_dict if return_dict is None else return_dict
-        if output_attentions:
-            raise NotImplementedError(NO_ATTENTION_WEIGHTS)
+        output_hidden_states, return_dict = resolve_output_flags(config, output_attentions, output_hidden_states,
+                                                                 return_dict)
         _one_of(input_ids, inputs_embeds, "input_ids", "inputs_embeds")
         keep = _keep_mask(attention_mask, input_ids, inputs_embeds, self.padding_idx)
         _check_length(keep.shape[1], config, "the source")
@@ -350,15 +361,17 @@ class NodeTransformerDecoder(nn.Module):
             raise ValueError(f"decoder_attention_mask has {attention_mask.shape[1]} positions; expected {new} "
                              f"(the new ones) or {past + new} (cached and new)")
         keep = _keep_mask(attention_mask, input_ids, inputs_embeds, self.padding_idx)  # (batch, new)
-        self_mask = torch.ones(new, past + new, dtype=torch.bool, device=tokens.device).triu_(past + 1)
+        # causal over cached and new keys; one new position may see every key
+        self_mask = None
+        if cache is None or new > 1:
+            self_mask = torch.ones(new, past + new, dtype=torch.bool, device=tokens.device).triu_(past + 1)
         if cache is None:
             positions = make_positions(keep, self.padding_idx)
             self_padding = ~keep
-        else:  # numbered as if the whole prefix were passed at once
-            positions = (cache.real_positions(batch, tokens.device)[:, None] + keep.long().cumsum(dim=1)) * keep
-            positions = positions + self.padding_idx
-            self_padding = ~torch.cat([cache.keep, keep], dim=1) if cache.keep is not None else ~keep
-            self_mask = self_mask if new > 1 else None
+        else:  # numbered and masked as if the whole prefix were passed at once
+            positions = make_positions(keep, self.padding_idx, before=cache.real_positions(batch, tokens.device))
+            cache.advance(keep)  # the layers extend their states below
+            self_padding = ~cache.keep
         x = self.embed_scale * tokens + self.embed_positions(positions)
         x = self.dropout(x)  # (batch, target, embed)
         states = [x] if output_hidden_states else None
@@ -368,8 +381,6 @@ class NodeTransformerDecoder(nn.Module):
                       cache=cache.layers[index].state if cache is not None else None)
             if states is not None:
                 states.append(x)
-        if cache is not None:
-            cache.advance(keep)
         self.last_stats = collect_stats(self)
         return self.layer_norm(x), (tuple(states) if states is not None else None)
 
@@ -480,12 +491,9 @@ class NodeTransformerModel(NodeTransformerPreTrainedModel):
         ``use_cache`` (a :class:`NodeCache`: decoding continues after its positions).
         """
         config = self.config
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = config.return_dict if return_dict is None else return_dict
+        output_hidden_states, return_dict = resolve_output_flags(config, output_attentions, output_hidden_states,
+                                                                 return_dict)
         use_cache = (config.use_cache if use_cache is None else use_cache) and not self.training
-        if output_attentions:
-            raise NotImplementedError(NO_ATTENTION_WEIGHTS)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError("decoder_input_ids or decoder_inputs_embeds is required "
                              "(or labels, with NodeTransformerForConditionalGeneration)")
