@@ -19,6 +19,9 @@ import json
 import sys
 from pathlib import Path
 
+from node_seq.nn.options import HF, TRAIN_HF, NodeOptions, add_arguments
+from node_seq.ode import OptionError
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,19 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--layers", type=int, default=2)
     add("--heads", type=int, default=4)
     add("--dropout", type=float, default=0.1)
-    add("--node-method", default="rk4")
-    add("--node-steps", type=int, default=None)
-    add("--node-step-size", type=float, default=None)
-    add("--node-rtol", type=float, default=1e-3)
-    add("--node-atol", type=float, default=1e-4)
-    add("--node-gradient", default="backprop")
-    add("--node-augment-dims", type=int, default=0)
-    add("--node-time-dependent", action="store_true")
-    add("--node-separated-decoder", action="store_true")
-    add("--node-kinetic-weight", type=float, default=0.0, help="loss + W x kinetic energy of the ODE blocks")
-    add("--node-jacobian-weight", type=float, default=0.0, help="loss + W x Jacobian Frobenius norm of the ODE blocks")
-    add("--no-node-encoder", dest="node_encoder", action="store_false")
-    add("--no-node-decoder", dest="node_decoder", action="store_false")
+    add_arguments(parser.add_argument_group("NODE options (node_seq.nn.options)"), TRAIN_HF)
     # training
     add("--epochs", type=float, default=3.0)
     add("--max-steps", type=int, default=-1, help="stop after this many updates (overrides --epochs)")
@@ -67,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not Path(args.data).is_dir():
         parser.error(f"--data: not a directory: {args.data}")
+    try:
+        args.node_options = NodeOptions.from_front_end(args, TRAIN_HF)
+    except OptionError as error:
+        parser.error(str(error))
     return args
 
 
@@ -104,12 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         vocab_size=len(tokenizer), encoder_embed_dim=args.embed_dim, decoder_embed_dim=args.embed_dim,
         encoder_ffn_dim=args.ffn_dim, decoder_ffn_dim=args.ffn_dim, encoder_layers=args.layers,
         decoder_layers=args.layers, encoder_attention_heads=args.heads, decoder_attention_heads=args.heads,
-        dropout=args.dropout, node_encoder=args.node_encoder, node_decoder=args.node_decoder,
-        node_method=args.node_method, node_steps=args.node_steps, node_step_size=args.node_step_size,
-        node_rtol=args.node_rtol, node_atol=args.node_atol, node_gradient=args.node_gradient,
-        node_augment_dims=args.node_augment_dims, node_time_dependent=args.node_time_dependent,
-        node_separated_decoder=args.node_separated_decoder, node_kinetic_weight=args.node_kinetic_weight,
-        node_jacobian_weight=args.node_jacobian_weight,
+        dropout=args.dropout, **args.node_options.to_front_end(HF),
     )
     model = NodeTransformerForConditionalGeneration(config)
     has_valid = "valid" in encoded

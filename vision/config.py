@@ -16,7 +16,8 @@ import math
 import os
 from typing import Any
 
-from node_seq.ode import FIXED_GRID_METHODS, METHODS, OptionError, SolverConfig
+from node_seq.nn.options import VISION, NodeOptions, options_of
+from node_seq.ode import METHODS, OptionError, SolverConfig
 
 from .data import DATASETS
 from .models import create_model, list_models
@@ -26,8 +27,6 @@ LR_SCHEDULES = ("constant", "multistep", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "bar", "plain", "none")
 VECTOR_MODELS = ("simple_odenet", "odenet")
-SOLVER_FIELDS = ("method", "steps", "step_size", "rtol", "atol", "gradient", "adjoint_rtol", "adjoint_atol",
-                 "seminorm", "checkpoint_snapshots", "max_num_steps")
 
 
 def flag(name: str) -> str:
@@ -43,8 +42,17 @@ def _field(default: Any, kind: str, help: str) -> Any:
     return dataclasses.field(default=default, metadata=meta)
 
 
+def _solver_options() -> type:
+    """The solver keys (``method``, ``steps``, ...), generated from node-seq's one description of
+    the NODE options (:class:`~node_seq.nn.options.NodeOptions`): same defaults, same checks."""
+    kinds = {bool: "bool", int: "int", float: "float", str: "str"}
+    return dataclasses.make_dataclass("SolverOptions", [
+        (option.name, option.type, _field(option.default, kinds[option.base_type] + "?" * option.optional, option.help))
+        for option in options_of(VISION)])
+
+
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(_solver_options()):
     # run
     output_dir: str | None = _field(None, "str?", "folder for config.yaml, metrics.json and checkpoints")
     seed: int = _field(0, "int", "seed of initialization, shuffling and augmentation")
@@ -70,19 +78,6 @@ class TrainConfig:
     model_args: dict = _field({}, "dict", "model keyword options, e.g. {width: 16, norm: bn-ln}")
     init_from: str | None = _field(None, "str?", "checkpoint to start from; a tied continuousnet is untied "
                                                  "to model_args.pieces")
-    # solver (node_seq.ode.SolverConfig)
-    method: str = _field("euler", "str", "ODE solver")
-    steps: int | None = _field(None, "int?", "fixed-grid steps over [0, 1] (default 1)")
-    step_size: float | None = _field(None, "float?", "fixed-grid step (rounded down to divide [0, 1])")
-    rtol: float = _field(1e-3, "float", "relative tolerance (adaptive solvers)")
-    atol: float = _field(1e-4, "float", "absolute tolerance (adaptive solvers)")
-    gradient: str = _field("backprop", "str", "gradient mode")
-    adjoint_rtol: float | None = _field(None, "float?", "adjoint relative tolerance")
-    adjoint_atol: float | None = _field(None, "float?", "adjoint absolute tolerance")
-    seminorm: bool = _field(False, "bool", "adjoint seminorm")
-    checkpoint_snapshots: int | None = _field(None, "int?", "with gradient checkpoint: states stored per solve "
-                                              "(default one per step)")
-    max_num_steps: int = _field(1000, "int", "adaptive step limit")
     # optimization
     epochs: int = _field(10, "int", "training epochs")
     optimizer: str = _field("sgd", "str", "optimizer")
@@ -141,16 +136,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def solver_config(self) -> SolverConfig:
-        """The training solver; a ``step_size`` becomes whole ``steps`` (the grid stays uniform)."""
-        steps = self.steps
-        if self.method in FIXED_GRID_METHODS:
-            if steps is None and self.step_size is not None and self.step_size > 0:
-                steps = max(1, math.ceil(1.0 / self.step_size - 1e-9))
-            steps = steps or 1
-        return SolverConfig(method=self.method, steps=steps if self.method in FIXED_GRID_METHODS else None,
-                            rtol=self.rtol, atol=self.atol, gradient=self.gradient, adjoint_rtol=self.adjoint_rtol,
-                            adjoint_atol=self.adjoint_atol, seminorm=self.seminorm,
-                            checkpoint_snapshots=self.checkpoint_snapshots, max_num_steps=self.max_num_steps)
+        """The training solver, checked; a ``step_size`` becomes whole ``steps`` (the grid stays uniform)."""
+        return NodeOptions.from_front_end(self, VISION).solver(VISION)
 
     def validate(self) -> "TrainConfig":
         """Raise :class:`OptionError` for the first invalid option; return ``self`` otherwise."""
@@ -164,11 +151,7 @@ class TrainConfig:
             raise OptionError(f"{flag('amp')}: expected auto, true or false, got {self.amp!r}")
         if self.output_dir is None:
             raise OptionError(f"{flag('output_dir')}: required (a folder for the run's files)")
-        names = {f: flag(f) for f in SOLVER_FIELDS}
-        SolverConfig(method=self.method, steps=self.steps, step_size=self.step_size, rtol=self.rtol, atol=self.atol,
-                     gradient=self.gradient, adjoint_rtol=self.adjoint_rtol, adjoint_atol=self.adjoint_atol,
-                     seminorm=self.seminorm, checkpoint_snapshots=self.checkpoint_snapshots,
-                     max_num_steps=self.max_num_steps).validate(option_names=names)
+        self.solver_config()
         positive("lr", self.lr)
         positive("lr_gamma", self.lr_gamma)
         in_range("momentum", self.momentum, 0.0, 1.0, upper_open=True)

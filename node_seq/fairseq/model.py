@@ -9,7 +9,6 @@ layout, and the HF model loads any of them.
 
 from __future__ import annotations
 
-import argparse
 from typing import Dict, Optional
 
 import torch
@@ -19,22 +18,11 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerDecoder, TransformerEncoder, TransformerModel
 from fairseq.models.transformer.transformer_legacy import base_architecture, transformer_iwslt_de_en
 
-from ..nn.layers import (
-    LayerSpec, NodeDecoderLayer, NodeEncoderLayer, enable_regularizers, is_ode_layer, reorder_cache,
-)
+from ..nn.factory import configure_ode_layers, decoder_layer, encoder_layer, layer_spec
+from ..nn.layers import NodeDecoderLayer, NodeEncoderLayer, is_ode_layer, reorder_cache
 from ..ode import OptionError
 from . import options
 from .nfe_logging import GENERATION, BackwardNFELogger, log_forward_nfe, report_nfe_after_generate
-
-def layer_spec(args: argparse.Namespace, side: str) -> LayerSpec:
-    return LayerSpec(
-        embed_dim=getattr(args, f"{side}_embed_dim"), num_heads=getattr(args, f"{side}_attention_heads"),
-        ffn_dim=getattr(args, f"{side}_ffn_embed_dim"), dropout=args.dropout,
-        attention_dropout=args.attention_dropout,
-        activation_dropout=getattr(args, "activation_dropout", 0.0) or getattr(args, "relu_dropout", 0.0) or 0.0,
-        activation=getattr(args, "activation_fn", "relu"),
-    )
-
 
 class FairseqNodeEncoderLayer(NodeEncoderLayer):
     """fairseq's encoder-layer call convention: time-first ``(length, batch, embed)``."""
@@ -86,12 +74,8 @@ class FairseqNodeDecoderLayer(NodeDecoderLayer):
 
 class NodeTransformerEncoder(TransformerEncoder):
     def build_encoder_layer(self, cfg):
-        args = self.args
-        solver = options.solver_config(args) if args.node_encoder else None  # None: plain layers
-        ode = args.node_encoder
-        return FairseqNodeEncoderLayer(layer_spec(args, "encoder"), solver,
-                                       augment_dims=args.node_augment_dims if ode else 0,
-                                       time_dependent=args.node_time_dependent and ode)
+        return encoder_layer(layer_spec(options.layer_sizes(self.args, "encoder"), "encoder"),
+                             options.node_options(self.args), FairseqNodeEncoderLayer)
 
     def forward(self, src_tokens, src_lengths=None, return_all_hiddens: bool = False, token_embeddings=None):
         out = super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
@@ -106,13 +90,10 @@ class NodeTransformerDecoder(TransformerDecoder):
     beam_size = 1
 
     def build_decoder_layer(self, cfg, no_encoder_attn: bool = False):
-        args = self.args
-        ode = args.node_decoder
-        layer = FairseqNodeDecoderLayer(
-            layer_spec(args, "decoder"), options.solver_config(args) if ode else None,
-            encoder_dim=args.encoder_embed_dim, augment_dims=args.node_augment_dims if ode else 0,
-            time_dependent=args.node_time_dependent and ode, separated=args.node_separated_decoder and ode)
-        layer.use_cache = bool(args.node_incremental_cache) or not ode
+        node_options = options.node_options(self.args)
+        layer = decoder_layer(layer_spec(options.layer_sizes(self.args, "decoder"), "decoder"), node_options,
+                              encoder_dim=self.args.encoder_embed_dim, layer_class=FairseqNodeDecoderLayer)
+        layer.use_cache = node_options.incremental_cache or not node_options.decoder
         return layer
 
     def set_beam_size(self, beam_size: int):
@@ -135,15 +116,10 @@ class NodeTransformerModel(TransformerModel):
     def __init__(self, args, encoder, decoder):
         super().__init__(args, encoder, decoder)
         self._backward_nfe = BackwardNFELogger(self)
-        policy = options.failure_policy(args)
-        for name, module in self.named_modules():
-            if is_ode_layer(module):
-                module.layer_name, module.failure = name, policy
         self._fallbacks_logged = 0
         self.nfe_logged_by_task = False  # --task node_translation logs NFE summed over workers
-        # node_translation adds these to the loss; the layers integrate them while training
-        self.regularizer_weights = enable_regularizers(self, kinetic=args.node_kinetic_weight,
-                                                       jacobian=args.node_jacobian_weight)
+        # node_translation adds the regularisers to the loss; the layers integrate them while training
+        self.regularizer_weights = configure_ode_layers(self, options.node_options(args))
 
     @staticmethod
     def add_args(parser):

@@ -9,21 +9,12 @@ and what it accepts.
 
 from __future__ import annotations
 
-import math
-
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ..nn.options import HF, NodeOptions, hf_annotation, options_of
 from ..ode import OptionError, SolverConfig, parse_time_points
 
-#: How each :class:`~node_seq.ode.SolverConfig` field is spelled in this config.
-OPTION_NAMES = {
-    "method": "node_method", "steps": "node_steps", "step_size": "node_step_size", "rtol": "node_rtol",
-    "atol": "node_atol", "gradient": "node_gradient", "adjoint_rtol": "node_adjoint_rtol",
-    "adjoint_atol": "node_adjoint_atol", "seminorm": "node_seminorm", "max_num_steps": "node_max_num_steps",
-    "checkpoint_snapshots": "node_checkpoint_snapshots",
-    "t0": "node_ts", "t1": "node_ts",
-}
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 
 
@@ -31,8 +22,22 @@ def _fail(field: str, message: str) -> None:
     raise OptionError(f"{field}: {message}")
 
 
+def _node_option_fields() -> type:
+    """A config base class with one field per NODE option (``node_method``, ...), generated from
+    :class:`~node_seq.nn.options.NodeOptions`, the options' one description."""
+    options = list(options_of(HF))
+    namespace = {option.spelled(HF): option.default for option in options}
+    namespace["__annotations__"] = {option.spelled(HF): hf_annotation(option) for option in options}
+    namespace["__module__"] = __name__
+    namespace["__doc__"] = _node_option_fields.__doc__
+    return type("NodeOptionFields", (PreTrainedConfig,), namespace)
+
+
+NodeOptionFields = _node_option_fields()
+
+
 @strict
-class NodeTransformerConfig(PreTrainedConfig):
+class NodeTransformerConfig(NodeOptionFields):
     """Sizes, vocabulary, special tokens and ODE options of a NODE-Transformer.
 
     The defaults are fairseq's ``node_transformer`` defaults (pre-norm layers, sinusoidal
@@ -76,26 +81,6 @@ class NodeTransformerConfig(PreTrainedConfig):
     share_all_embeddings: bool = True
     tie_word_embeddings: bool = True
 
-    node_encoder: bool = True
-    node_decoder: bool = True
-    node_method: str = "dopri5"
-    node_steps: int | None = None
-    node_step_size: float | int | None = None
-    node_rtol: float | int = 1e-3
-    node_atol: float | int = 1e-4
-    node_ts: list | tuple | str = (0.0, 1.0)
-    node_gradient: str = "backprop"
-    node_adjoint_rtol: float | int | None = None
-    node_adjoint_atol: float | int | None = None
-    node_seminorm: bool = False
-    node_checkpoint_snapshots: int | None = None  # with node_gradient "checkpoint": states stored per solve
-    node_max_num_steps: int = 1000
-    node_augment_dims: int = 0
-    node_time_dependent: bool = False
-    node_separated_decoder: bool = False
-    node_kinetic_weight: float | int = 0.0  # training loss + weight x kinetic energy of the ODE blocks
-    node_jacobian_weight: float | int = 0.0  # training loss + weight x Jacobian Frobenius norm (Hutchinson)
-
     use_cache: bool | None = None
     is_encoder_decoder: bool = True
     bos_token_id: int | None = 0
@@ -109,7 +94,7 @@ class NodeTransformerConfig(PreTrainedConfig):
         if self.decoder_vocab_size is None:
             self.decoder_vocab_size = self.vocab_size
         if self.use_cache is None:
-            self.use_cache = not self.node_decoder or self.solver_config().is_fixed_grid
+            self.use_cache = not self.node_decoder or self.node_options().solver().is_fixed_grid
         super().__post_init__(**kwargs)
         self.check()
 
@@ -118,19 +103,17 @@ class NodeTransformerConfig(PreTrainedConfig):
         self.check()
         return super().save_pretrained(*args, **kwargs)
 
+    def node_options(self) -> NodeOptions:
+        """The NODE options of this config, checked (errors name this config's fields)."""
+        return NodeOptions.from_front_end(self, HF)
+
     def solver_config(self) -> SolverConfig:
-        """The solver of every ODE block, validated (errors name this config's fields)."""
-        t0, t1 = self.node_ts
-        return SolverConfig(
-            method=self.node_method, steps=self.node_steps, step_size=self.node_step_size, rtol=self.node_rtol,
-            atol=self.node_atol, gradient=self.node_gradient, adjoint_rtol=self.node_adjoint_rtol,
-            adjoint_atol=self.node_adjoint_atol, seminorm=self.node_seminorm,
-            checkpoint_snapshots=self.node_checkpoint_snapshots, max_num_steps=self.node_max_num_steps, t0=t0, t1=t1,
-        ).validate(OPTION_NAMES)
+        """The solver of every ODE block, validated; a fixed grid's size is whole ``node_steps``."""
+        return self.node_options().solver()
 
     def check(self) -> None:
         """Raise :class:`~node_seq.ode.OptionError` for the first invalid field."""
-        self.solver_config()
+        options = self.node_options()
         for field in ("vocab_size", "decoder_vocab_size", "encoder_embed_dim", "encoder_ffn_dim", "encoder_layers",
                       "encoder_attention_heads", "decoder_embed_dim", "decoder_ffn_dim", "decoder_layers",
                       "decoder_attention_heads", "max_position_embeddings"):
@@ -144,23 +127,11 @@ class NodeTransformerConfig(PreTrainedConfig):
         if self.activation_function not in ACTIVATIONS:
             _fail("activation_function", f"unknown activation {self.activation_function!r}; "
                   f"choose one of {', '.join(ACTIVATIONS)}")
-        if isinstance(self.node_augment_dims, bool) or self.node_augment_dims < 0:
-            _fail("node_augment_dims", f"must be an integer >= 0, got {self.node_augment_dims!r}")
         for side in ("encoder", "decoder"):
             dim, heads = getattr(self, f"{side}_embed_dim"), getattr(self, f"{side}_attention_heads")
-            extra = self.node_augment_dims if getattr(self, f"node_{side}") else 0
-            if (dim + extra) % heads:
-                if extra:
-                    allowed = [n for n in range(0, 4 * heads) if (dim + n) % heads == 0][:4]
-                    _fail("node_augment_dims", f"{side} width {dim} + {extra} augmented dims is not divisible by "
-                          f"{side}_attention_heads {heads}; use a value such as {', '.join(map(str, allowed))}")
+            options.check_width(side, dim, heads, f"{side}_attention_heads", HF)
+            if dim % heads and not (options.augment_dims and getattr(options, side)):
                 _fail(f"{side}_attention_heads", f"must divide {side}_embed_dim {dim}, got {heads}")
-        if self.node_separated_decoder and not self.node_decoder:
-            _fail("node_separated_decoder", "needs node_decoder=True (the decoder is not an ODE)")
-        for field in ("node_kinetic_weight", "node_jacobian_weight"):
-            weight = getattr(self, field)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
-                _fail(field, f"must be a finite number >= 0, got {weight!r}")
         if self.share_all_embeddings:
             if not self.tie_word_embeddings:
                 _fail("share_all_embeddings", "shares the output projection too: it needs tie_word_embeddings=True")
@@ -180,4 +151,4 @@ class NodeTransformerConfig(PreTrainedConfig):
             _fail("pad_token_id", "is required (padding positions are masked and excluded from positions)")
 
 
-__all__ = ["NodeTransformerConfig", "OPTION_NAMES"]
+__all__ = ["NodeTransformerConfig"]

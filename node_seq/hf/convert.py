@@ -24,11 +24,13 @@ side. The routes that cannot be reproduced exactly are refused before anything i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 from pathlib import Path
 
 import torch
 
+from ..nn.options import FAIRSEQ, HF, NodeOptions, fill_missing
 from . import fairseq_vocabulary
 from .configuration_node_transformer import NodeTransformerConfig
 from .sentencepiece_model import read_sentencepiece_model
@@ -72,16 +74,16 @@ def load_fairseq_checkpoint(path: str | Path) -> tuple[argparse.Namespace, dict[
 def config_from_fairseq(args: argparse.Namespace, vocab_size: int,
                         decoder_vocab_size: int | None = None) -> NodeTransformerConfig:
     """The HF config of a fairseq model, with its solver resolved exactly as fairseq resolves it."""
-    from node_seq.fairseq import options
-
-    options.fill_defaults(args)
+    fill_missing(args, FAIRSEQ, lambda name, value: setattr(args, name, value))
     for name, supported in _UNSUPPORTED.items():
         if getattr(args, name, supported) not in (supported, None, False, ""):
             raise ConversionError(f"--{name.replace('_', '-')} is not supported by the HF model")
     for side in ("decoder_input_dim", "decoder_output_dim"):
         if getattr(args, side, args.decoder_embed_dim) != args.decoder_embed_dim:
             raise ConversionError(f"--{side.replace('_', '-')} must equal --decoder-embed-dim")
-    solver = options.solver_config(args)  # step sizes become whole steps here, as in fairseq
+    options = NodeOptions.from_front_end(args, FAIRSEQ)
+    solver = options.solver()  # step sizes become whole steps here, as in fairseq
+    options = dataclasses.replace(options, steps=solver.steps, step_size=None)
     return NodeTransformerConfig(
         vocab_size=vocab_size, decoder_vocab_size=decoder_vocab_size,
         encoder_embed_dim=args.encoder_embed_dim, encoder_ffn_dim=args.encoder_ffn_embed_dim,
@@ -94,16 +96,8 @@ def config_from_fairseq(args: argparse.Namespace, vocab_size: int,
         max_position_embeddings=args.max_target_positions,
         scale_embedding=not args.no_scale_embedding, share_all_embeddings=bool(args.share_all_embeddings),
         tie_word_embeddings=bool(args.share_all_embeddings or args.share_decoder_input_output_embed),
-        node_encoder=bool(args.node_encoder), node_decoder=bool(args.node_decoder), node_method=solver.method,
-        node_steps=solver.steps, node_rtol=solver.rtol, node_atol=solver.atol, node_ts=[solver.t0, solver.t1],
-        node_gradient=solver.gradient, node_adjoint_rtol=solver.adjoint_rtol, node_adjoint_atol=solver.adjoint_atol,
-        node_seminorm=solver.seminorm, node_checkpoint_snapshots=solver.checkpoint_snapshots,
-        node_max_num_steps=solver.max_num_steps,
-        node_augment_dims=args.node_augment_dims, node_time_dependent=bool(args.node_time_dependent),
-        node_separated_decoder=bool(args.node_separated_decoder),
-        node_kinetic_weight=float(getattr(args, "node_kinetic_weight", 0.0)),
-        node_jacobian_weight=float(getattr(args, "node_jacobian_weight", 0.0)),
-        use_cache=bool(args.node_incremental_cache) and (not args.node_decoder or solver.is_fixed_grid),
+        **options.to_front_end(HF),
+        use_cache=options.incremental_cache and (not options.decoder or solver.is_fixed_grid),
     )
 
 

@@ -24,10 +24,8 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils.deprecation import deprecate_kwarg
 
-from ..nn.layers import (
-    SELF_INITIALIZING, LayerSpec, NodeDecoderLayer, NodeEncoderLayer, collect_stats, crop_cache,
-    enable_regularizers, reorder_cache, total_regularizer,
-)
+from ..nn.factory import configure_ode_layers, decoder_layer, encoder_layer, layer_spec
+from ..nn.layers import SELF_INITIALIZING, collect_stats, crop_cache, reorder_cache, total_regularizer
 from ..ode import SolveStats
 from .configuration_node_transformer import NodeTransformerConfig
 
@@ -97,13 +95,11 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
-def layer_spec(config: NodeTransformerConfig, side: str) -> LayerSpec:
-    return LayerSpec(
-        embed_dim=getattr(config, f"{side}_embed_dim"), num_heads=getattr(config, f"{side}_attention_heads"),
-        ffn_dim=getattr(config, f"{side}_ffn_dim"), dropout=config.dropout,
-        attention_dropout=config.attention_dropout, activation_dropout=config.activation_dropout,
-        activation=config.activation_function,
-    )
+def layer_sizes(config: NodeTransformerConfig, side: str) -> dict:
+    """One side's sizes in node_seq.nn's names (see :func:`node_seq.nn.factory.layer_spec`)."""
+    names = (f"{side}_embed_dim", f"{side}_attention_heads", f"{side}_ffn_dim", "dropout", "attention_dropout",
+             "activation_dropout")
+    return {**{name: getattr(config, name) for name in names}, "activation": config.activation_function}
 
 
 @dataclasses.dataclass
@@ -288,12 +284,8 @@ class NodeTransformerEncoder(nn.Module):
         self.embed_scale = math.sqrt(dim) if config.scale_embedding else 1.0
         self.embed_positions = SinusoidalPositions(dim, self.padding_idx, config.max_position_embeddings)
         self.dropout = nn.Dropout(config.dropout)
-        ode = config.node_encoder
-        solver = config.solver_config() if ode else None  # None: plain layers
-        self.layers = nn.ModuleList(
-            NodeEncoderLayer(layer_spec(config, "encoder"), solver, augment_dims=config.node_augment_dims if ode else 0,
-                             time_dependent=config.node_time_dependent and ode)
-            for _ in range(config.encoder_layers))
+        spec, options = layer_spec(layer_sizes(config, "encoder"), "encoder"), config.node_options()
+        self.layers = nn.ModuleList(encoder_layer(spec, options) for _ in range(config.encoder_layers))
         self.layer_norm = nn.LayerNorm(dim)
         self.last_stats = SolveStats()
 
@@ -333,14 +325,9 @@ class NodeTransformerDecoder(nn.Module):
         self.embed_scale = math.sqrt(dim) if config.scale_embedding else 1.0
         self.embed_positions = SinusoidalPositions(dim, self.padding_idx, config.max_position_embeddings)
         self.dropout = nn.Dropout(config.dropout)
-        ode = config.node_decoder
-        solver = config.solver_config() if ode else None  # None: plain layers
-        self.layers = nn.ModuleList(
-            NodeDecoderLayer(layer_spec(config, "decoder"), solver, encoder_dim=config.encoder_embed_dim,
-                             augment_dims=config.node_augment_dims if ode else 0,
-                             time_dependent=config.node_time_dependent and ode,
-                             separated=config.node_separated_decoder and ode)
-            for _ in range(config.decoder_layers))
+        spec, options = layer_spec(layer_sizes(config, "decoder"), "decoder"), config.node_options()
+        self.layers = nn.ModuleList(decoder_layer(spec, options, encoder_dim=config.encoder_embed_dim)
+                                    for _ in range(config.decoder_layers))
         self.layer_norm = nn.LayerNorm(dim)
         self.last_stats = SolveStats()
 
@@ -602,8 +589,7 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
             }
         self.generation_nfe = NodeNFE()
         self._tally: NodeNFE | None = None
-        self.regularizer_weights = enable_regularizers(self, kinetic=config.node_kinetic_weight,
-                                                       jacobian=config.node_jacobian_weight)
+        self.regularizer_weights = configure_ode_layers(self, config.node_options())
         self.post_init()
         defaults = dict(FAIRSEQ_GENERATION_DEFAULTS, forced_eos_token_id=config.eos_token_id,
                         suppress_tokens=[config.pad_token_id])

@@ -10,3 +10,4 @@ from .layers import (
     collect_stats as collect_stats,
     reorder_cache as reorder_cache,
 )
+from .options import NodeOptions as NodeOptions

@@ -23,7 +23,7 @@ from node_seq.ode import OptionError
     (dict(node_method="dopri5", node_gradient="checkpoint"), r"node_gradient: 'checkpoint' needs a fixed-grid method"),
     (dict(node_augment_dims=3), r"node_augment_dims: encoder width 64 \+ 3 .* use a value such as 0, 4, 8, 12"),
     (dict(node_augment_dims=-4), r"node_augment_dims: must be an integer >= 0"),
-    (dict(node_separated_decoder=True, node_decoder=False), r"node_separated_decoder: needs node_decoder=True"),
+    (dict(node_separated_decoder=True, node_decoder=False), r"node_separated_decoder: needs node_decoder \(without it"),
     (dict(node_kinetic_weight=-0.5), r"node_kinetic_weight: must be a finite number >= 0, got -0.5"),
     (dict(node_kinetic_weight=float("inf")), r"node_kinetic_weight: must be a finite number >= 0, got inf"),
     (dict(node_checkpoint_snapshots=3), r"node_checkpoint_snapshots: applies only to gradient 'checkpoint'"),

@@ -52,7 +52,7 @@ def test_train_hf_under_torchrun_with_two_cpu_processes(tmp_path):
         str(REPO / "scripts" / "train_hf.py"), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
         "--vocab-size", "64", "--embed-dim", "16", "--ffn-dim", "32", "--layers", "1", "--heads", "2",
         "--max-steps", "2", "--batch-size", "16", "--logging-steps", "1", "--eval-steps", "2", "--beam", "1",
-        "--max-target-length", "8", "--cpu"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        "--max-target-length", "8", "--node-method", "rk4", "--cpu"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     history = json.loads((tmp_path / "run" / "log_history.json").read_text())

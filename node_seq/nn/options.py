@@ -1,0 +1,255 @@
+"""The NODE options: one declarative description that every front end derives its own from.
+
+Each option is a field of :class:`NodeOptions`: its type, default, allowed values, help, and the
+front ends that expose it. fairseq's ``--node-*`` flags, the HF config's ``node_*`` fields,
+``node-seq-train-hf``'s flags and the vision config's solver keys are all generated from this
+class, and :meth:`NodeOptions.check` is the one validation; its errors name the option the way the
+user's front end spells it. Adding an option is one field here (plus its rule in ``check`` when
+it has one beyond its type and choices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, Callable, Iterator, Mapping
+
+from ..ode import FIXED_GRID_METHODS, GRADIENTS, METHODS, OptionError, SolverConfig, parse_time_points
+from .layers import FAILURE_POLICIES, FailurePolicy
+
+FAIRSEQ, HF, TRAIN_HF, VISION = "fairseq", "hf", "train_hf", "vision"
+FRONT_ENDS = (FAIRSEQ, HF, TRAIN_HF, VISION)
+SEQUENCE_MODELS = frozenset({FAIRSEQ, HF, TRAIN_HF})
+EVERYWHERE = frozenset(FRONT_ENDS)
+#: Methods a failed solve can fall back to (a fixed grid that needs no special gradient).
+FALLBACK_METHODS = tuple(m for m in FIXED_GRID_METHODS if m != "reversible_heun")
+
+
+def _option(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
+            front_ends: frozenset = EVERYWHERE) -> Any:
+    return dataclasses.field(default=default, metadata=dict(help=help, choices=choices, metavar=metavar,
+                                                             front_ends=front_ends))
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeOptions:
+    """The values of every NODE option (defaults: the seed's, adaptive ``dopri5`` on both sides)."""
+
+    # which layers are ODE blocks
+    encoder: bool = _option(True, "encoder layers are ODE blocks (off: plain pre-norm layers)",
+                            front_ends=SEQUENCE_MODELS)
+    decoder: bool = _option(True, "decoder layers are ODE blocks (off: plain pre-norm layers)",
+                            front_ends=SEQUENCE_MODELS)
+    # the solver (node_seq.ode.SolverConfig)
+    method: str = _option("dopri5", "ODE solver: a fixed grid (euler, midpoint, heun, rk4, reversible_heun) or "
+                          "adaptive (dopri5, bosh3, adaptive_heun, dopri8, fehlberg2)", choices=METHODS)
+    steps: int | None = _option(None, "steps of a fixed-grid method over the interval (default 1)", metavar="N")
+    step_size: float | None = _option(None, "step size of a fixed-grid method, instead of the steps (rounded "
+                                      "so that the grid is uniform)", metavar="H")
+    rtol: float = _option(1e-3, "relative tolerance of adaptive methods")
+    atol: float = _option(1e-4, "absolute tolerance of adaptive methods")
+    ts: tuple[float, float] = _option((0.0, 1.0), "integration interval of every ODE block", metavar="T0,T1",
+                                      front_ends=SEQUENCE_MODELS)
+    gradient: str = _option("backprop", "how gradients are computed: backprop, checkpoint (recompute steps), "
+                            "adjoint (continuous adjoint) or reversible (rebuild states backwards)", choices=GRADIENTS)
+    adjoint_rtol: float | None = _option(None, "rtol of the adjoint's backward solve (default: the forward rtol)")
+    adjoint_atol: float | None = _option(None, "atol of the adjoint's backward solve (default: the forward atol)")
+    seminorm: bool = _option(False, "adjoint error norm without the parameter channels (fewer backward steps)")
+    checkpoint_snapshots: int | None = _option(
+        None, "with gradient checkpoint: store at most S states per solve (binomial schedule, memory independent "
+        "of the steps, steps recomputed a few times); default one state per step", metavar="S")
+    max_num_steps: int = _option(1000, "adaptive steps (accepted and rejected) allowed per solve before it fails")
+    # what an ODE layer is
+    augment_dims: int = _option(0, "augmented NODE: N extra zero channels inside each ODE block", metavar="N",
+                                front_ends=SEQUENCE_MODELS)
+    time_dependent: bool = _option(False, "the vector field sees t", front_ends=SEQUENCE_MODELS)
+    separated_decoder: bool = _option(False, "decoder self-attention outside the ODE, cross-attention and FFN inside",
+                                      front_ends=SEQUENCE_MODELS)
+    # decoding and failures
+    incremental_cache: bool = _option(True, "fixed-grid decoders cache keys/values per solver stage while "
+                                      "generating (off: recompute the prefix)", front_ends=frozenset({FAIRSEQ}))
+    failure_policy: str = _option(
+        "raise", "when a solve fails (max steps, step underflow, inf/nan): raise an error naming the layer, fall back "
+        "to a fixed grid for that solve, or skip the batch", choices=FAILURE_POLICIES, front_ends=frozenset({FAIRSEQ}))
+    fallback_method: str = _option("rk4", "fixed-grid method of the fallback", choices=FALLBACK_METHODS,
+                                   front_ends=frozenset({FAIRSEQ}))
+    fallback_steps: int = _option(4, "steps of the fallback", front_ends=frozenset({FAIRSEQ}))
+    # regularisers (training loss terms)
+    kinetic_weight: float = _option(0.0, "add W x the kinetic energy of every ODE block (integral of |f|^2 dt, per "
+                                    "token) to the training loss", metavar="W", front_ends=SEQUENCE_MODELS)
+    jacobian_weight: float = _option(0.0, "add W x the Frobenius norm of every ODE block's Jacobian (integral over "
+                                     "t, Hutchinson estimate, per token) to the training loss", metavar="W",
+                                     front_ends=SEQUENCE_MODELS)
+
+    # -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_front_end(cls, values: Mapping[str, Any] | Any, front_end: str) -> "NodeOptions":
+        """Read a front end's values (a mapping, or an object such as an argparse namespace or an HF
+        config, keyed by that front end's names) and check them; options it does not expose keep
+        their defaults."""
+        get = values.get if isinstance(values, Mapping) else (lambda key, default: getattr(values, key, default))
+        given = {}
+        for option in options_of(front_end):
+            value = get(option.spelled(front_end, attribute=True), option.default)
+            if option.name == "ts":
+                value = parse_time_points(value, option.spelled(front_end))
+            given[option.name] = value
+        return cls(**given).check(front_end)
+
+    def to_front_end(self, front_end: str) -> dict[str, Any]:
+        """This front end's ``{attribute name: value}`` for the options it exposes."""
+        return {option.spelled(front_end, attribute=True): getattr(self, option.name)
+                for option in options_of(front_end)}
+
+    def check(self, front_end: str = HF) -> "NodeOptions":
+        """Raise :class:`OptionError` for the first invalid option, named as ``front_end`` spells it."""
+        spell = lambda name: OPTIONS[name].spelled(front_end)  # noqa: E731
+        self.solver(front_end)
+        for option in options_of(front_end):
+            value = getattr(self, option.name)
+            if option.choices is not None and value not in option.choices:
+                raise OptionError(f"{spell(option.name)}: unknown value {value!r}; choose one of "
+                                  f"{', '.join(option.choices)}")
+        _whole(self.augment_dims, 0, spell("augment_dims"))
+        _whole(self.fallback_steps, 1, spell("fallback_steps"))
+        for name in ("kinetic_weight", "jacobian_weight"):
+            weight = getattr(self, name)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight)
+                                                                                       and weight >= 0):
+                raise OptionError(f"{spell(name)}: must be a finite number >= 0, got {weight!r}")
+        if self.separated_decoder and not self.decoder:
+            raise OptionError(f"{spell('separated_decoder')}: needs {spell('decoder')} (without it the decoder "
+                              "is not an ODE)")
+        return self
+
+    def check_width(self, side: str, width: int, heads: int, heads_option: str, front_end: str) -> None:
+        """An augmented ODE layer attends over ``width + augment_dims`` channels: the heads must divide them."""
+        extra = self.augment_dims if getattr(self, side) else 0
+        if extra and (width + extra) % heads:
+            allowed = [n for n in range(0, 4 * heads) if (width + n) % heads == 0][:4]
+            raise OptionError(
+                f"{OPTIONS['augment_dims'].spelled(front_end)}: {side} width {width} + {extra} augmented dims is not "
+                f"divisible by {heads_option} {heads}; use a value such as {', '.join(map(str, allowed))}")
+
+    def solver(self, front_end: str = HF) -> SolverConfig:
+        """The solver of every ODE block, validated; a fixed grid's size is whole ``steps``."""
+        spelled = {name: OPTIONS[name].spelled(front_end) for name in _SOLVER_FIELDS}
+        t0, t1 = self.ts
+        config = SolverConfig(**{name: getattr(self, name) for name in _SOLVER_FIELDS}, t0=t0, t1=t1)
+        config = config.validate({**spelled, "t0": OPTIONS["ts"].spelled(front_end),
+                                  "t1": OPTIONS["ts"].spelled(front_end)}).with_uniform_grid()
+        if config.is_fixed_grid:  # one step unless told otherwise
+            return dataclasses.replace(config, steps=config.steps or 1)
+        return dataclasses.replace(config, steps=None)  # a grid means nothing to an adaptive method
+
+    def failure(self) -> FailurePolicy:
+        return FailurePolicy(self.failure_policy, SolverConfig(method=self.fallback_method, steps=self.fallback_steps))
+
+    def ode_on(self, side: str) -> "NodeOptions | None":
+        """These options for the ``encoder``/``decoder`` side, or None where its layers are plain."""
+        return self if getattr(self, side) else None
+
+
+_SOLVER_FIELDS = ("method", "steps", "step_size", "rtol", "atol", "gradient", "adjoint_rtol", "adjoint_atol",
+                  "seminorm", "checkpoint_snapshots", "max_num_steps")
+
+
+def _whole(value: Any, low: int, option: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise OptionError(f"{option}: must be an integer >= {low}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One NODE option as the front ends see it (a view of a :class:`NodeOptions` field)."""
+
+    name: str
+    type: Any  # the field's annotation, e.g. ``int | None``
+    default: Any
+    help: str
+    choices: tuple | None
+    metavar: str | None
+    front_ends: frozenset
+
+    @property
+    def optional(self) -> bool:
+        return self._is_union and type(None) in typing.get_args(self.type)
+
+    @property
+    def base_type(self) -> type:
+        """``int`` for ``int | None``; ``tuple`` for the time interval."""
+        base = self.type
+        if self._is_union:
+            base = next(a for a in typing.get_args(self.type) if a is not type(None))
+        return typing.get_origin(base) or base
+
+    @property
+    def _is_union(self) -> bool:
+        return typing.get_origin(self.type) in (typing.Union, types.UnionType)
+
+    def spelled(self, front_end: str, *, attribute: bool = False) -> str:
+        """How the user writes this option: ``--node-step-size`` (fairseq, train_hf), ``node_step_size``
+        (HF config), ``--step-size`` (vision); ``attribute``: the name it is stored under."""
+        if front_end == HF or (attribute and front_end in (FAIRSEQ, TRAIN_HF)):
+            return f"node_{self.name}"
+        if front_end == VISION:
+            return self.name if attribute else "--" + self.name.replace("_", "-")
+        return "--node-" + self.name.replace("_", "-")
+
+
+def _collect() -> dict[str, Option]:
+    hints = typing.get_type_hints(NodeOptions)
+    return {f.name: Option(f.name, hints[f.name], f.default, f.metadata["help"], f.metadata["choices"],
+                           f.metadata["metavar"], f.metadata["front_ends"])
+            for f in dataclasses.fields(NodeOptions)}
+
+
+#: Every NODE option by name, in declaration order.
+OPTIONS: dict[str, Option] = _collect()
+
+
+def options_of(front_end: str) -> Iterator[Option]:
+    """The options ``front_end`` exposes, in declaration order."""
+    if front_end not in FRONT_ENDS:
+        raise ValueError(f"unknown front end {front_end!r}; one of {', '.join(FRONT_ENDS)}")
+    return (option for option in OPTIONS.values() if front_end in option.front_ends)
+
+
+def format_time_points(points: tuple[float, float]) -> str:
+    return ",".join(f"{p:g}" for p in points)
+
+
+def add_arguments(parser: argparse.ArgumentParser | Any, front_end: str) -> None:
+    """Add ``front_end``'s NODE options to an argparse parser (or argument group): booleans as
+    ``--node-x``/``--no-node-x``, choices checked by argparse, the interval as ``T0,T1``."""
+    for option in options_of(front_end):
+        flag, dest = option.spelled(front_end), option.spelled(front_end, attribute=True)
+        if option.base_type is bool:
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=option.default,
+                                help=option.help)
+        elif option.base_type is tuple:
+            parser.add_argument(flag, dest=dest, type=str, default=format_time_points(option.default),
+                                metavar=option.metavar, help=option.help)
+        else:
+            parser.add_argument(flag, dest=dest, type=option.base_type, default=option.default,
+                                choices=option.choices, metavar=option.metavar, help=option.help)
+
+
+def hf_annotation(option: Option) -> Any:
+    """The type an HF config field of this option accepts (JSON writes ``1.0`` as ``1``)."""
+    base = {float: float | int, tuple: list | tuple | str}.get(option.base_type, option.base_type)
+    return base | None if option.optional else base
+
+
+def fill_missing(values: Any, front_end: str, setter: Callable[[str, Any], None]) -> None:
+    """Give an object that predates some options (an old checkpoint's namespace) their defaults."""
+    for option in options_of(front_end):
+        name = option.spelled(front_end, attribute=True)
+        default = format_time_points(option.default) if option.base_type is tuple else option.default
+        if getattr(values, name, None) is None and default is not None:
+            setter(name, default)
+        elif not hasattr(values, name):
+            setter(name, default)
