@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import torch
+from torch import nn
 
 
 @dataclasses.dataclass
@@ -101,6 +102,18 @@ class CountingField:
         else:
             self.stats.nfe_forward += 1
         return self.func(t, y, *self.inputs)
+
+    def trainable_parameters(self) -> tuple[torch.Tensor, ...]:
+        """The parameters of the wrapped field that want gradients (a plain function has none)."""
+        if not isinstance(self.func, nn.Module):
+            return ()
+        return tuple(p for p in self.func.parameters() if p.requires_grad)
+
+    def count_grid_steps(self, steps: int) -> None:
+        """A fixed grid accepts every step; counted once per solve, whichever integrator ran it.
+        (Adaptive steps are counted one by one by the step callbacks below.)"""
+        self.stats.num_steps += steps
+        self.stats.num_accepted += steps
 
     def detach_inputs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Make the field read detached leaf copies of the inputs that want gradients.
