@@ -127,10 +127,6 @@ class SolverConfig:
         steps = steps_for_step_size(self.t0, self.t1, self.step_size)
         return dataclasses.replace(self, steps=steps, step_size=None)
 
-    def solve_kwargs(self) -> dict:
-        """Keyword arguments for :func:`node_seq.ode.solve`."""
-        return dataclasses.asdict(self)
-
 
 def steps_for_step_size(t0: float, t1: float, step_size: float) -> int:
     """The number of uniform steps a ``step_size`` asks for: rounded up, never below one.
