@@ -155,7 +155,7 @@ class ODEBlock(nn.Module):
         grid_steps = self.solver.steps if self.solver.is_fixed_grid else None
         if torch.is_autocast_enabled(x.device.type):
             x = x.float()  # the state stays in float32; the convs inside run in low precision
-        y, stats = solve(self.func, x, inputs=(grid_steps,), **self.solver.solve_kwargs())
+        y, stats = solve(self.func, x, self.solver, inputs=(grid_steps,))
         self.last_stats = stats  # its nfe_backward is filled in by .backward()
         return y
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from node_seq.ode import OptionError
+from node_seq.ode import OptionError, in_backward_solve
 
 LAYER_NORMS = ("bn", "ln", "none")
 WEIGHT_NORMS = ("wn", "sn", "none")
@@ -74,21 +74,17 @@ def _parse_part(part: str, spec: str, option: str) -> NormSpec:
     return NormSpec(layer, weight)
 
 
-def _in_backward_pass() -> bool:
-    current = getattr(torch._C, "_current_graph_task_id", None)
-    return current is not None and current() != -1
-
-
 class _StatsOnceMixin:
     """BN that leaves its running statistics alone while autograd recomputes the forward.
 
     ``checkpoint``, ``reversible`` and ``adjoint`` re-evaluate the vector field inside
-    ``.backward()``; there the layer still normalizes with the batch statistics (so the recomputed
-    values, and the gradients, equal the forward's) but does not count the batch twice.
+    ``.backward()`` (the ODE core says when: :func:`node_seq.ode.in_backward_solve`); there the
+    layer still normalizes with the batch statistics (so the recomputed values, and the
+    gradients, equal the forward's) but does not count the batch twice.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and _in_backward_pass():
+        if self.training and in_backward_solve():
             # the same call as the forward's (checkpointing checks that it saves the same tensors),
             # updating throwaway copies of the running statistics
             return F.batch_norm(x, self.running_mean.clone(), self.running_var.clone(), self.weight, self.bias,

@@ -121,17 +121,17 @@ class _NodeLayer(nn.Module):
         try:
             if self.regularizers and self.training:
                 y, integrals, stats = solve_with_regularizers(
-                    field, x, kinetic="kinetic" in self.regularizers, jacobian="jacobian" in self.regularizers,
-                    inputs=inputs, norm=norm, **self.solver.solve_kwargs())
+                    field, x, self.solver, kinetic="kinetic" in self.regularizers,
+                    jacobian="jacobian" in self.regularizers, inputs=inputs, norm=norm)
                 self.last_regularizers = {name: _mean_over(value, keep) for name, value in integrals.items()}
             else:
-                y, stats = solve(field, x, inputs=inputs, norm=norm, **self.solver.solve_kwargs())
+                y, stats = solve(field, x, self.solver, inputs=inputs, norm=norm)
         except ODESolveError as error:
             if self.failure.policy != "fallback":
                 raise error.in_layer(self.layer_name) from error
             fallback = dataclasses.replace(self.failure.fallback, t0=self.solver.t0, t1=self.solver.t1,
                                            gradient="checkpoint" if self.solver.gradient != "backprop" else "backprop")
-            y, stats = solve(field, x, inputs=inputs, **fallback.solve_kwargs())
+            y, stats = solve(field, x, fallback, inputs=inputs)
             self.fallbacks += 1
         self.last_stats = stats
         return y

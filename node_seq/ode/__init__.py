@@ -20,5 +20,6 @@ from .stats import (
     SolveStats as SolveStats,
     Stage as Stage,
     current_stage as current_stage,
+    in_backward_solve as in_backward_solve,
     stage_scope as stage_scope,
 )

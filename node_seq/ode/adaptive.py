@@ -11,11 +11,12 @@ torchdiffeq does the stepping; this module supplies what it lacks for sequence m
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torchdiffeq
 
+from .config import SolverConfig
 from .stats import CountingField
 
 #: Our fixed-grid names, in torchdiffeq's words (its "rk4" is the 3/8 rule, as is ours).
@@ -56,11 +57,24 @@ class _AdjointSolve(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
-def integrate_torchdiffeq(field: CountingField, y0: torch.Tensor, *, t0, t1, method: str, steps: int | None,
-                          rtol: float, atol: float, adjoint: bool, adjoint_rtol: float | None,
-                          adjoint_atol: float | None, seminorm: bool, max_num_steps: int,
-                          params: Sequence[torch.Tensor], norm: Callable | None) -> torch.Tensor:
+def integrate_adaptive(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1,
+                       norm: Callable | None = None) -> torch.Tensor:
+    """An adaptive solve with ``torchdiffeq.odeint``, differentiated by autograd through its steps."""
+    return _odeint(field, y0, config, t0, t1, norm, adjoint=False)
+
+
+def integrate_adjoint(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1,
+                      norm: Callable | None = None) -> torch.Tensor:
+    """Any method (adaptive, or a fixed grid) with torchdiffeq's continuous adjoint, its gradients
+    reaching every input the field reads."""
+    return _odeint(field, y0, config, t0, t1, norm, adjoint=True)
+
+
+def _odeint(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1, norm: Callable | None, *,
+            adjoint: bool) -> torch.Tensor:
     """Solve with ``torchdiffeq.odeint`` (or ``odeint_adjoint``) and return the state at ``t1``."""
+    rtol, atol, method = config.rtol, config.atol, config.method
+    steps = config.grid_steps if config.is_fixed_grid else None
     t = _time_tensor(t0, t1, y0)
     # Fixed-grid solvers take no step callbacks (torchdiffeq warns): hand them the bare call.
     func = field if steps is None else field.__call__
@@ -69,42 +83,33 @@ def integrate_torchdiffeq(field: CountingField, y0: torch.Tensor, *, t0, t1, met
         options: dict = {"grid_constructor": _uniform_grid(steps)}
     else:
         # Our own callbacks enforce max_num_steps with a better message; torchdiffeq's cap is a backstop.
-        options = {"max_num_steps": max_num_steps + 1}
+        options = {"max_num_steps": config.max_num_steps + 1}
         if norm is not None:
             options["norm"] = norm
     try:
         if adjoint:
+            params = field.trainable_parameters()
             adjoint_options = dict(options)
             adjoint_options.pop("norm", None)
-            if seminorm and steps is None:
+            if config.seminorm and steps is None:
                 adjoint_options["norm"] = "seminorm"
             originals, leaves = field.detach_inputs()
 
             def solve_on(y0_leaf, t_leaf):
                 return torchdiffeq.odeint_adjoint(
                     func, y0_leaf, t_leaf, rtol=rtol, atol=atol, method=name, options=options,
-                    adjoint_rtol=adjoint_rtol if adjoint_rtol is not None else rtol,
-                    adjoint_atol=adjoint_atol if adjoint_atol is not None else atol,
+                    adjoint_rtol=config.adjoint_rtol if config.adjoint_rtol is not None else rtol,
+                    adjoint_atol=config.adjoint_atol if config.adjoint_atol is not None else atol,
                     adjoint_method=name, adjoint_options=adjoint_options,
                     adjoint_params=(*params, *leaves),
                 )[-1]
 
-            return _finish(field, steps, _AdjointSolve.apply(solve_on, leaves, len(params), y0, t, *params,
-                                                             *originals))
-        else:
-            ys = torchdiffeq.odeint(func, y0, t, rtol=rtol, atol=atol, method=name, options=options)
+            return _AdjointSolve.apply(solve_on, leaves, len(params), y0, t, *params, *originals)
+        return torchdiffeq.odeint(func, y0, t, rtol=rtol, atol=atol, method=name, options=options)[-1]
     except AssertionError as error:
         if "underflow" in str(error):
             raise field.on_limit("underflow") from error
         raise
-    return _finish(field, steps, ys[-1])
-
-
-def _finish(field: CountingField, steps: int | None, y1: torch.Tensor) -> torch.Tensor:
-    if steps is not None:
-        field.stats.num_steps += steps
-        field.stats.num_accepted += steps
-    return y1
 
 
 def _time_tensor(t0, t1, y0: torch.Tensor) -> torch.Tensor:

@@ -16,13 +16,15 @@ generator states are the only per-step record (about 5 KiB each on the CPU, 16 b
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from .fixed_grid import TABLEAUS, rk_step, stage_times
+from .config import SolverConfig
 from .reversible import _accumulate
+from .schemes import Grid, State
 from .stats import CountingField
 
 
@@ -66,31 +68,28 @@ class _Reversal:
 
     def __init__(self, ctx, wrt: Sequence[torch.Tensor], time_leaves: Sequence[torch.Tensor]):
         self.ctx, self.wrt, self.time_leaves = ctx, list(wrt), list(time_leaves)
-        self.tableau = TABLEAUS[ctx.method]
         self.grads: list[torch.Tensor | None] = [None] * (len(self.wrt) + len(self.time_leaves))
         if time_leaves:  # stage times and step size as functions of t0, t1, so their gradients flow back
             t0, t1 = time_leaves
             with torch.enable_grad():
-                self.times = stage_times(t0, t1, ctx.steps, self.tableau.c, t0)
-                self.h = (t1 - t0) / ctx.steps
+                self.grid = Grid.over(ctx.method, ctx.grid.field, t0, t1, ctx.steps, t0)
         else:
-            self.times, self.h = ctx.times, ctx.h
+            self.grid = ctx.grid
 
-    def _step(self, i: int, y: torch.Tensor, times, h) -> torch.Tensor:
+    def _replay(self, grid: Grid, i: int, state: State) -> State:
+        """Step ``i`` with the random numbers and autocast settings it first ran with."""
         self.ctx.rng[i].restore()
         with torch.autocast(self.ctx.device_type, dtype=self.ctx.autocast_dtype, enabled=self.ctx.autocast):
-            return rk_step(self.ctx.field, self.tableau, i, times, y, h)
+            return grid.step(i, state)
 
     def advance(self, start: int, stop: int, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            for i in range(start, stop):
-                y = self._step(i, y, self.ctx.times, self.ctx.h)
-        return y
+            return self.ctx.grid.march((y,), start, stop, step=functools.partial(self._replay, self.ctx.grid))[0]
 
     def differentiate(self, i: int, y: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             y_in = y.detach().requires_grad_()
-            y_out = self._step(i, y_in, self.times, self.h)
+            (y_out,) = self._replay(self.grid, i, (y_in,))
             grads = torch.autograd.grad(y_out, [y_in, *self.wrt, *self.time_leaves], grad_out,
                                         allow_unused=True, retain_graph=bool(self.time_leaves))
         _accumulate(self.grads, grads[1:])
@@ -122,22 +121,23 @@ class _BinomialCheckpointSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, field, method, steps, snapshots, leaves, num_params, y0, t0, t1, *grad_tensors):
         # grad_tensors: the field's parameters, then the original inputs behind ``leaves``.
-        ctx.field, ctx.method, ctx.steps, ctx.snapshots_budget = field, method, steps, snapshots
+        ctx.method, ctx.steps, ctx.snapshots_budget = method, steps, snapshots
         ctx.leaves = leaves
         t0_value, t1_value = float(t0), float(t1)
-        ctx.times = stage_times(t0_value, t1_value, steps, TABLEAUS[method].c, y0)
-        ctx.h = (t1_value - t0_value) / steps
+        ctx.grid = grid = Grid.over(method, field, t0_value, t1_value, steps, y0)
         ctx.device_type = y0.device.type
         ctx.autocast = torch.is_autocast_enabled(ctx.device_type)
         ctx.autocast_dtype = torch.get_autocast_dtype(ctx.device_type)
         keep = set(first_descent(steps, snapshots))
         ctx.rng, ctx.snapshots = [], {}
-        y = y0
-        for i in range(steps):
+
+        def recorded(i: int, state: State) -> State:  # the first descent's snapshots and every step's RNG
             if i in keep:
-                ctx.snapshots[i] = y
+                ctx.snapshots[i] = state[0]
             ctx.rng.append(_RandomState(y0.device))
-            y = rk_step(field, TABLEAUS[method], i, ctx.times, y, ctx.h)
+            return grid.step(i, state)
+
+        (y,) = grid.march(grid.start(y0), 0, steps, step=recorded)
         ctx.save_for_backward(y0, *grad_tensors[:num_params])
         ctx.time_wants_grad = list(ctx.needs_input_grad[7:9])
         ctx.t_values = (t0_value, t1_value)
@@ -150,7 +150,7 @@ class _BinomialCheckpointSolve(torch.autograd.Function):
             raise RuntimeError("gradient 'checkpoint' with snapshots frees its stored states while it runs "
                                "backwards: backward through it only once (retain_graph is not supported)")
         ctx.reversed = True
-        ctx.field.backward_phase = True
+        ctx.grid.field.backward_phase = True
         y0, *params = ctx.saved_tensors
         time_leaves = []
         if any(ctx.time_wants_grad):
@@ -165,14 +165,13 @@ class _BinomialCheckpointSolve(torch.autograd.Function):
         return (None, None, None, None, None, None, grad_y0, t0_grad, t1_grad, *reversal.grads[:num_wrt])
 
 
-def integrate_binomial(field: CountingField, y0: torch.Tensor, *, t0, t1, steps: int, method: str,
-                       snapshots: int, params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Solve on a fixed grid; the backward pass stores at most ``snapshots`` states besides ``y0``."""
+def integrate_binomial(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1,
+                       norm: Callable | None = None) -> torch.Tensor:
+    """Solve on a fixed grid; the backward pass stores at most ``config.checkpoint_snapshots``
+    states besides ``y0`` (``norm``: adaptive methods only)."""
+    params = field.trainable_parameters()
     originals, leaves = field.detach_inputs()
     t0, t1 = (t if isinstance(t, torch.Tensor) else torch.tensor(float(t), dtype=y0.dtype, device=y0.device)
               for t in (t0, t1))
-    out = _BinomialCheckpointSolve.apply(field, method, steps, snapshots, leaves, len(params), y0, t0, t1,
-                                         *params, *originals)
-    field.stats.num_steps += steps
-    field.stats.num_accepted += steps
-    return out
+    return _BinomialCheckpointSolve.apply(field, config.method, config.grid_steps, config.checkpoint_snapshots,
+                                          leaves, len(params), y0, t0, t1, *params, *originals)

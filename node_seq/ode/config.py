@@ -55,8 +55,18 @@ class SolverConfig:
     def is_fixed_grid(self) -> bool:
         return self.method in FIXED_GRID_METHODS
 
+    @property
+    def grid_steps(self) -> int:
+        """The uniform steps of a fixed-grid solve: ``steps``, or what ``step_size`` asks for, or one."""
+        if self.step_size is not None:
+            return steps_for_step_size(self.t0, self.t1, self.step_size)
+        return self.steps or 1
+
     def validate(self, option_names: Mapping[str, str] | None = None) -> "SolverConfig":
-        """Raise :class:`OptionError` for the first invalid option; return ``self`` otherwise."""
+        """Raise :class:`OptionError` for the first invalid option; return ``self`` otherwise.
+
+        A front end calls it with ``option_names`` to name options as its user typed them.
+        """
         names = option_names or {}
         if self.method not in METHODS:
             _fail(names, "method", f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
@@ -88,6 +98,14 @@ class SolverConfig:
         if self.gradient == "adjoint" and self.method == "reversible_heun":
             _fail(names, "method", "'reversible_heun' has its own exact gradient: use gradient 'reversible' "
                   "(or 'backprop'/'checkpoint'), not 'adjoint'")
+        object.__setattr__(self, "_validated", True)  # frozen fields: valid once, valid for good
+        return self
+
+    def ensure_valid(self) -> "SolverConfig":
+        """``self``, validated unless it already was: :func:`~node_seq.ode.solve` calls this on
+        every solve, so a layer's config is checked on its first solve only."""
+        if not self.__dict__.get("_validated", False):
+            self.validate()
         return self
 
     def _validate_snapshots(self, names: Mapping[str, str]) -> None:
@@ -108,10 +126,6 @@ class SolverConfig:
             return self
         steps = steps_for_step_size(self.t0, self.t1, self.step_size)
         return dataclasses.replace(self, steps=steps, step_size=None)
-
-    def solve_kwargs(self) -> dict:
-        """Keyword arguments for :func:`node_seq.ode.solve`."""
-        return dataclasses.asdict(self)
 
 
 def steps_for_step_size(t0: float, t1: float, step_size: float) -> int:

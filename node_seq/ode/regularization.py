@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .config import SolverConfig
 from .solve import solve
 from .stats import SolveStats
 
@@ -56,9 +57,11 @@ class WithRegularizers(nn.Module):
         return out if differentiating else out.detach()
 
 
-def solve_with_regularizers(field: nn.Module, y0: torch.Tensor, *, kinetic: bool = True, jacobian: bool = False,
+def solve_with_regularizers(field: nn.Module, y0: torch.Tensor, config: SolverConfig | None = None, *,
+                            kinetic: bool = True, jacobian: bool = False,
                             **solve_kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], SolveStats]:
-    """:func:`solve`, also returning the requested integrals for every position (``y0.shape[:-1]``).
+    """:func:`solve` (same ``config`` and keywords), also returning the requested integrals for
+    every position (``y0.shape[:-1]``).
 
     Returns ``(y(t1), {"kinetic": ..., "jacobian": ...}, stats)`` with the keys asked for; each
     integral is averaged over the last dimension (the model width for a Transformer layer).
@@ -67,7 +70,7 @@ def solve_with_regularizers(field: nn.Module, y0: torch.Tensor, *, kinetic: bool
         raise ValueError("solve_with_regularizers: ask for kinetic=True, jacobian=True or both")
     noise = torch.randint(0, 2, y0.shape, device=y0.device).to(y0.dtype) * 2 - 1 if jacobian else None
     wrapped = WithRegularizers(field, kinetic=kinetic, jacobian_noise=noise)
-    state, stats = solve(wrapped, F.pad(y0, (0, wrapped.extra)), **solve_kwargs)
+    state, stats = solve(wrapped, F.pad(y0, (0, wrapped.extra)), config, **solve_kwargs)
     width = y0.shape[-1]
     names = [name for name, wanted in (("kinetic", kinetic), ("jacobian", jacobian)) if wanted]
     return state[..., :width], {name: state[..., width + i] for i, name in enumerate(names)}, stats

@@ -5,119 +5,97 @@ the grid from ``t1`` to ``t0``, reconstructs each step's input from its output, 
 step with a graph and takes its vector-Jacobian product. Memory does not grow with the number of
 steps.
 
-How exact the gradient is depends on how exactly a step can be undone:
+How exact the gradient is depends on how exactly a step can be undone, hence two algorithms:
 
-* ``reversible_heun`` (Kidger et al., 2021) is algebraically reversible: the reconstruction is
-  exact up to floating-point rounding, so gradients match backpropagation.
-* ``euler`` and ``heun`` are undone by the same method stepping backwards (as in Sander et al.,
-  "Do Residual Neural Networks discretize Neural ODEs?", 2022). That reconstruction is only
-  approximate, with an error that shrinks as the step does; so are the gradients.
+* :class:`_ExactReversal`: ``reversible_heun`` (Kidger et al., 2021) is algebraically reversible:
+  the reconstruction is exact up to floating-point rounding, so gradients match backpropagation.
+* :class:`_ReversedSteps`: ``euler`` and ``heun`` are undone by the same method stepping backwards
+  (as in Sander et al., "Do Residual Neural Networks discretize Neural ODEs?", 2022). That
+  reconstruction is only approximate, with an error that shrinks as the step does; so are the
+  gradients.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from .fixed_grid import TABLEAUS, Tableau, combine, rk_step, stage_times
-from .stats import CountingField, Stage
-
-
-def _eval(field: CountingField, times, i: int, y: torch.Tensor) -> torch.Tensor:
-    return field.call_at_stage(Stage(i, 0, 1, times[i][0]), y)
+from .config import SolverConfig
+from .schemes import Grid, State
+from .stats import CountingField
 
 
-def _heun_reversible_step(field, times, i, h, y, z, f_z):
-    """One reversible Heun step: returns ``(y_next, z_next, f(z_next))``."""
-    z_next = combine(2 * y - z, h, (1.0,), (f_z,))
-    f_next = _eval(field, times, i + 1, z_next)
-    y_next = y + (0.5 * h) * (f_z + f_next)
-    return y_next, z_next, f_next
+def _march_without_graph(grid: Grid, y0: torch.Tensor) -> State:
+    with torch.no_grad():
+        return grid.march(grid.start(y0), 0, grid.steps)
 
 
-class _ReversibleSolve(torch.autograd.Function):
+class _ReversedSteps(torch.autograd.Function):
+    """Approximate reversal: each step undone by the same Runge-Kutta method stepping backwards."""
+
     @staticmethod
-    def forward(ctx, field, method, t0, t1, steps, leaves, num_params, y0, *grad_tensors):
+    def forward(ctx, grid, leaves, num_params, y0, *grad_tensors):
         # grad_tensors: the field's parameters, then the original inputs behind ``leaves``.
-        params = grad_tensors[:num_params]
-        h = (t1 - t0) / steps
-        with torch.no_grad():
-            if method == "reversible_heun":
-                # One evaluation per grid point t_0 .. t_N (the last step reuses f(z_N)).
-                times = stage_times(t0, t1 + h, steps + 1, (0.0,), y0)
-                y, z = y0, y0
-                f_z = _eval(field, times, 0, z)
-                for i in range(steps):
-                    y, z, f_z = _heun_reversible_step(field, times, i, h, y, z, f_z)
-                ctx.save_for_backward(y, z, *params)
-            else:
-                times = stage_times(t0, t1, steps, TABLEAUS[method].c, y0)
-                y = y0
-                for i in range(steps):
-                    y = rk_step(field, TABLEAUS[method], i, times, y, h)
-                ctx.save_for_backward(y, *params)
-        ctx.field, ctx.method, ctx.times, ctx.h, ctx.steps = field, method, times, h, steps
-        ctx.leaves = leaves
+        (y,) = _march_without_graph(grid, y0)
+        ctx.save_for_backward(y, *grad_tensors[:num_params])
+        ctx.grid, ctx.leaves = grid, leaves
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        field, times, h, steps = ctx.field, ctx.times, ctx.h, ctx.steps
-        field.backward_phase = True
-        if ctx.method == "reversible_heun":
-            y, z, *params = ctx.saved_tensors
-        else:
-            y, *params = ctx.saved_tensors
-        params = [*params, *ctx.leaves]  # gradients for the leaves go to the original inputs
-        grads: list[torch.Tensor | None] = [None] * len(params)
-        if ctx.method == "reversible_heun":
-            grad_z = torch.zeros_like(z)
+        grid = ctx.grid
+        grid.field.backward_phase = True
+        y, *params = ctx.saved_tensors
+        wrt = [*params, *ctx.leaves]  # gradients for the leaves go to the original inputs
+        grads: list[torch.Tensor | None] = [None] * len(wrt)
+        for i in reversed(range(grid.steps)):
             with torch.no_grad():
-                f_z = _eval(field, times, steps, z)
-            for i in reversed(range(steps)):
-                with torch.no_grad():  # exact inverse of the forward step
-                    z_prev = (2 * y - z).sub_(f_z, alpha=h)
-                    f_prev = _eval(field, times, i, z_prev)
-                    y_prev = y - (0.5 * h) * (f_prev + f_z)
-                with torch.enable_grad():
-                    y_in = y_prev.detach().requires_grad_()
-                    z_in = z_prev.detach().requires_grad_()
-                    f_in = _eval(field, times, i, z_in)
-                    y_out, z_out, _ = _heun_reversible_step(field, times, i, h, y_in, z_in, f_in)
-                    step_grads = torch.autograd.grad((y_out, z_out), [y_in, z_in, *params], (grad_y, grad_z),
-                                                     allow_unused=True)
-                grad_y, grad_z = step_grads[0], step_grads[1]
-                _accumulate(grads, step_grads[2:])
-                y, z, f_z = y_prev, z_prev, f_prev
-            grad_y0 = grad_y + grad_z
-        else:
-            tableau = TABLEAUS[ctx.method]
-            for i in reversed(range(steps)):
-                with torch.no_grad():  # approximate inverse: the same method, stepping backwards
-                    y_prev = _backward_step(field, tableau, times, i, y, h)
-                with torch.enable_grad():
-                    y_in = y_prev.detach().requires_grad_()
-                    y_out = rk_step(field, tableau, i, times, y_in, h)
-                    step_grads = torch.autograd.grad(y_out, [y_in, *params], grad_y, allow_unused=True)
-                grad_y = step_grads[0]
-                _accumulate(grads, step_grads[1:])
-                y = y_prev
-            grad_y0 = grad_y
-        return (None, None, None, None, None, None, None, grad_y0, *grads)
+                (y_prev,) = grid.step_back(i, (y,))
+            with torch.enable_grad():
+                y_in = y_prev.detach().requires_grad_()
+                (y_out,) = grid.step(i, (y_in,))
+                step_grads = torch.autograd.grad(y_out, [y_in, *wrt], grad_y, allow_unused=True)
+            grad_y = step_grads[0]
+            _accumulate(grads, step_grads[1:])
+            y = y_prev
+        return (None, None, None, grad_y, *grads)
 
 
-def _backward_step(field: CountingField, tableau: Tableau, times, i: int,
-                   y_next: torch.Tensor, h: float) -> torch.Tensor:
-    """Undo step ``i`` approximately: run the method from ``t_{i+1}`` back to ``t_i``."""
-    t_next = times[i][0] + h
-    ks: list[torch.Tensor] = []
-    for j, weights in enumerate(tableau.a):
-        y_stage = combine(y_next, -h, weights, ks) if j else y_next
-        t_stage = t_next - tableau.c[j] * h
-        ks.append(field.call_at_stage(Stage(i, j, tableau.num_stages, t_stage), y_stage))
-    return combine(y_next, -h, tableau.b, ks)
+class _ExactReversal(torch.autograd.Function):
+    """Exact reversal of reversible Heun: ``(y, z)`` rebuilt from the final pair, step by step."""
+
+    @staticmethod
+    def forward(ctx, grid, leaves, num_params, y0, *grad_tensors):
+        # grad_tensors: the field's parameters, then the original inputs behind ``leaves``.
+        y, z, _ = _march_without_graph(grid, y0)
+        ctx.save_for_backward(y, z, *grad_tensors[:num_params])
+        ctx.grid, ctx.leaves = grid, leaves
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        grid = ctx.grid
+        scheme = grid.scheme
+        grid.field.backward_phase = True
+        y, z, *params = ctx.saved_tensors
+        wrt = [*params, *ctx.leaves]  # gradients for the leaves go to the original inputs
+        grads: list[torch.Tensor | None] = [None] * len(wrt)
+        grad_z = torch.zeros_like(z)
+        with torch.no_grad():
+            state = scheme.at_point(grid, grid.steps, y, z)
+        for i in reversed(range(grid.steps)):
+            with torch.no_grad():
+                state = grid.step_back(i, state)
+            with torch.enable_grad():
+                y_in = state[0].detach().requires_grad_()
+                z_in = state[1].detach().requires_grad_()
+                y_out, z_out, _ = grid.step(i, scheme.at_point(grid, i, y_in, z_in))
+                step_grads = torch.autograd.grad((y_out, z_out), [y_in, z_in, *wrt], (grad_y, grad_z),
+                                                 allow_unused=True)
+            grad_y, grad_z = step_grads[0], step_grads[1]
+            _accumulate(grads, step_grads[2:])
+        return (None, None, None, grad_y + grad_z, *grads)
 
 
 def _accumulate(total: list, new: Sequence[torch.Tensor | None]) -> None:
@@ -126,28 +104,30 @@ def _accumulate(total: list, new: Sequence[torch.Tensor | None]) -> None:
             total[k] = g if total[k] is None else total[k] + g
 
 
-def integrate_reversible(field: CountingField, y0: torch.Tensor, *, t0: float, t1: float, steps: int,
-                         method: str, params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Solve with memory-free gradients for ``y0``, ``params`` and every input that wants one."""
+def _reversible(function: type[torch.autograd.Function], field: CountingField, y0: torch.Tensor,
+                config: SolverConfig, t0, t1) -> torch.Tensor:
+    if _wants_grad(t0) or _wants_grad(t1):
+        raise ValueError("gradient='reversible' does not differentiate t0/t1; use 'backprop', "
+                         "'checkpoint' or 'adjoint' for time gradients")
+    params = field.trainable_parameters()
     originals, leaves = field.detach_inputs()
-    out = _ReversibleSolve.apply(field, method, t0, t1, steps, leaves, len(params), y0, *params, *originals)
-    field.stats.num_steps += steps
-    field.stats.num_accepted += steps
-    return out
+    grid = Grid.over(config.method, field, config.t0, config.t1, config.grid_steps, y0)
+    return function.apply(grid, leaves, len(params), y0, *params, *originals)
 
 
-def integrate_reversible_heun(field: CountingField, y0: torch.Tensor, *, t0, t1, steps: int,
-                              use_checkpoint: bool) -> torch.Tensor:
-    """Reversible Heun with an ordinary graph (the ``backprop`` and ``checkpoint`` modes)."""
-    h = (t1 - t0) / steps
-    times = stage_times(t0, t1 + h, steps + 1, (0.0,), y0)  # one evaluation per grid point
-    y, z = y0, y0
-    f_z = _eval(field, times, 0, z)
-    for i in range(steps):
-        if use_checkpoint and torch.is_grad_enabled():
-            y, z, f_z = checkpoint(_heun_reversible_step, field, times, i, h, y, z, f_z, use_reentrant=False)
-        else:
-            y, z, f_z = _heun_reversible_step(field, times, i, h, y, z, f_z)
-    field.stats.num_steps += steps
-    field.stats.num_accepted += steps
-    return y
+def integrate_reversed_steps(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1,
+                             norm: Callable | None = None) -> torch.Tensor:
+    """``euler``/``heun`` with memory-free, approximate gradients for ``y0``, the parameters and
+    every input that wants one (``norm``: adaptive methods only)."""
+    return _reversible(_ReversedSteps, field, y0, config, t0, t1)
+
+
+def integrate_exact_reversal(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1,
+                             norm: Callable | None = None) -> torch.Tensor:
+    """``reversible_heun`` with memory-free, exact gradients for ``y0``, the parameters and every
+    input that wants one (``norm``: adaptive methods only)."""
+    return _reversible(_ExactReversal, field, y0, config, t0, t1)
+
+
+def _wants_grad(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.requires_grad

@@ -3,7 +3,9 @@
 Every solve owns a fresh :class:`SolveStats`; nothing is global, so a validation pass can never add
 to a training step's counts. Forward and backward evaluations are told apart by phase: once the
 forward solve has returned, every further call of the vector field can only come from autograd
-(checkpoint recomputation, reversible reconstruction, or the adjoint's augmented dynamics).
+(checkpoint recomputation, reversible reconstruction, or the adjoint's augmented dynamics). The
+field itself can ask which phase it runs in (:func:`in_backward_solve`), e.g. to leave batch-norm
+statistics alone when it is recomputed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import torch
+from torch import nn
 
 
 @dataclasses.dataclass
@@ -80,6 +83,19 @@ def stage_scope(stage: Stage):
         _CURRENT_STAGE.reset(token)
 
 
+_IN_BACKWARD_SOLVE: contextvars.ContextVar[bool] = contextvars.ContextVar("node_seq_backward_solve", default=False)
+
+
+def in_backward_solve() -> bool:
+    """Whether the vector field is being re-evaluated by a gradient mode inside ``.backward()``.
+
+    ``checkpoint``, ``reversible`` and ``adjoint`` call the field again while gradients are
+    computed; a field whose forward has side effects (batch-norm running statistics) can skip
+    them there. ``False`` in the forward solve and outside any solve.
+    """
+    return _IN_BACKWARD_SOLVE.get()
+
+
 class CountingField:
     """Calls ``func(t, y, *inputs)`` and counts each call into ``stats``.
 
@@ -98,9 +114,25 @@ class CountingField:
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.backward_phase:
             self.stats.nfe_backward += 1
-        else:
-            self.stats.nfe_forward += 1
+            token = _IN_BACKWARD_SOLVE.set(True)
+            try:
+                return self.func(t, y, *self.inputs)
+            finally:
+                _IN_BACKWARD_SOLVE.reset(token)
+        self.stats.nfe_forward += 1
         return self.func(t, y, *self.inputs)
+
+    def trainable_parameters(self) -> tuple[torch.Tensor, ...]:
+        """The parameters of the wrapped field that want gradients (a plain function has none)."""
+        if not isinstance(self.func, nn.Module):
+            return ()
+        return tuple(p for p in self.func.parameters() if p.requires_grad)
+
+    def count_grid_steps(self, steps: int) -> None:
+        """A fixed grid accepts every step; counted once per solve, whichever integrator ran it.
+        (Adaptive steps are counted one by one by the step callbacks below.)"""
+        self.stats.num_steps += steps
+        self.stats.num_accepted += steps
 
     def detach_inputs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Make the field read detached leaf copies of the inputs that want gradients.
