@@ -24,6 +24,7 @@ side. The routes that cannot be reproduced exactly are refused before anything i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -42,6 +43,13 @@ _UNSUPPORTED = {
     "adaptive_softmax_cutoff": None,
 }
 
+#: What fairseq's checkpoints of this model store beyond torch's default allow-list: the list
+#: ``node_seq.fairseq.checkpoints`` allows for the whole process, allowed here for one load only.
+_CHECKPOINT_GLOBALS = [argparse.Namespace]
+
+#: The NODE options, named alike in fairseq's namespace and the HF config.
+_NODE_FIELDS = tuple(f.name for f in dataclasses.fields(NodeTransformerConfig) if f.name.startswith("node_"))
+
 
 class ConversionError(ValueError):
     """The checkpoint or data folder cannot become an equivalent HF model; the message says why."""
@@ -52,10 +60,13 @@ class ConversionError(ValueError):
 
 
 def load_fairseq_checkpoint(path: str | Path) -> tuple[argparse.Namespace, dict[str, torch.Tensor]]:
-    """The model options and weights of a fairseq checkpoint, read with ``weights_only=True``."""
-    import node_seq.fairseq  # noqa: F401  (allow-lists argparse.Namespace, the one extra class stored)
+    """The model options and weights of a fairseq checkpoint, read with ``weights_only=True``.
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    Neither fairseq nor ``node_seq.fairseq`` is imported: converting needs none of their import side
+    effects (registries, torch's process-wide allow-list).
+    """
+    with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
+        state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = state.get("cfg") if isinstance(state.get("cfg"), dict) else {}
     args = cfg.get("model")
     args = args if isinstance(args, argparse.Namespace) else state.get("args")
@@ -71,18 +82,19 @@ def load_fairseq_checkpoint(path: str | Path) -> tuple[argparse.Namespace, dict[
 
 def config_from_fairseq(args: argparse.Namespace, vocab_size: int,
                         decoder_vocab_size: int | None = None) -> NodeTransformerConfig:
-    """The HF config of a fairseq model, with its solver resolved exactly as fairseq resolves it."""
-    from node_seq.fairseq import options
+    """The HF config of a fairseq model, with its solver resolved exactly as fairseq resolves it.
 
-    options.fill_defaults(args)
+    A NODE option the checkpoint lacks (an older one) or leaves unset takes the HF config's default,
+    which is fairseq's default, as fairseq fills it when it loads the checkpoint.
+    """
     for name, supported in _UNSUPPORTED.items():
         if getattr(args, name, supported) not in (supported, None, False, ""):
             raise ConversionError(f"--{name.replace('_', '-')} is not supported by the HF model")
     for side in ("decoder_input_dim", "decoder_output_dim"):
         if getattr(args, side, args.decoder_embed_dim) != args.decoder_embed_dim:
             raise ConversionError(f"--{side.replace('_', '-')} must equal --decoder-embed-dim")
-    solver = options.solver_config(args)  # step sizes become whole steps here, as in fairseq
-    return NodeTransformerConfig(
+    node = {name: getattr(args, name) for name in _NODE_FIELDS if getattr(args, name, None) is not None}
+    config = NodeTransformerConfig(
         vocab_size=vocab_size, decoder_vocab_size=decoder_vocab_size,
         encoder_embed_dim=args.encoder_embed_dim, encoder_ffn_dim=args.encoder_ffn_embed_dim,
         encoder_layers=args.encoder_layers, encoder_attention_heads=args.encoder_attention_heads,
@@ -94,17 +106,13 @@ def config_from_fairseq(args: argparse.Namespace, vocab_size: int,
         max_position_embeddings=args.max_target_positions,
         scale_embedding=not args.no_scale_embedding, share_all_embeddings=bool(args.share_all_embeddings),
         tie_word_embeddings=bool(args.share_all_embeddings or args.share_decoder_input_output_embed),
-        node_encoder=bool(args.node_encoder), node_decoder=bool(args.node_decoder), node_method=solver.method,
-        node_steps=solver.steps, node_rtol=solver.rtol, node_atol=solver.atol, node_ts=[solver.t0, solver.t1],
-        node_gradient=solver.gradient, node_adjoint_rtol=solver.adjoint_rtol, node_adjoint_atol=solver.adjoint_atol,
-        node_seminorm=solver.seminorm, node_checkpoint_snapshots=solver.checkpoint_snapshots,
-        node_max_num_steps=solver.max_num_steps,
-        node_augment_dims=args.node_augment_dims, node_time_dependent=bool(args.node_time_dependent),
-        node_separated_decoder=bool(args.node_separated_decoder),
-        node_kinetic_weight=float(getattr(args, "node_kinetic_weight", 0.0)),
-        node_jacobian_weight=float(getattr(args, "node_jacobian_weight", 0.0)),
-        use_cache=bool(args.node_incremental_cache) and (not args.node_decoder or solver.is_fixed_grid),
+        # --no-node-incremental-cache turns the cache off; else the config decides (off for an adaptive decoder)
+        use_cache=False if getattr(args, "node_incremental_cache", None) is False else None,
+        **node,
     )
+    grid = config.solver_config().with_uniform_grid()  # step sizes become whole steps here, as in fairseq
+    config.node_steps, config.node_step_size = grid.steps, grid.step_size
+    return config
 
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

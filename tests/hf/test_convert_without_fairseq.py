@@ -1,0 +1,52 @@
+"""Converting a fairseq checkpoint needs fairseq's files, not fairseq: no import, no global side effect.
+
+The checkpoint loads under a local ``torch.serialization.safe_globals``, so torch's process-wide
+allow-list is the same afterwards; NODE options an older checkpoint lacks take fairseq's defaults
+without reading them from ``node_seq.fairseq``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from hf_helpers import REPO
+
+CONVERT = """
+import argparse, sys, torch
+from node_seq.hf.convert import convert
+before = list(torch.serialization.get_safe_globals())  # after the imports (torch's own modules add to it)
+convert(sys.argv[1], sys.argv[2], sys.argv[3])
+assert argparse.Namespace not in torch.serialization.get_safe_globals()
+imported = sorted(name for name in sys.modules if name.split(".")[0] == "fairseq" or name.startswith("node_seq.fairseq"))
+assert not imported, imported
+assert torch.serialization.get_safe_globals() == before, torch.serialization.get_safe_globals()
+print("ok")
+"""
+
+
+def test_converting_imports_no_fairseq_and_leaves_torchs_allow_list_alone(variant_run, tmp_path):
+    out = tmp_path / "hf"
+    result = subprocess.run([sys.executable, "-c", CONVERT, str(variant_run.checkpoint), str(variant_run.bin), str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "ok"
+    # the same folder as converting in a process that has fairseq (the parity tests' conversion)
+    assert json.loads((out / "config.json").read_text()) == json.loads((variant_run.hf / "config.json").read_text())
+
+
+def test_node_options_an_older_checkpoint_lacks_take_fairseqs_defaults(variant_run):
+    from node_seq.fairseq import options
+    from node_seq.hf.convert import config_from_fairseq, load_fairseq_checkpoint
+
+    args, _ = load_fairseq_checkpoint(variant_run.checkpoint)
+    for name in [name for name in vars(args) if name.startswith("node_")]:
+        delattr(args, name)
+    config = config_from_fairseq(args, 40)
+    options.fill_defaults(args)  # what fairseq does with such a checkpoint
+    assert config.solver_config() == options.solver_config(args)
+    for name in ("node_encoder", "node_decoder", "node_augment_dims", "node_time_dependent", "node_separated_decoder",
+                 "node_kinetic_weight", "node_jacobian_weight"):
+        assert getattr(config, name) == options.DEFAULTS[name], name
+    assert config.use_cache is (options.DEFAULTS["node_incremental_cache"] and options.solver_config(args).is_fixed_grid)
