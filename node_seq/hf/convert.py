@@ -24,6 +24,7 @@ side. The routes that cannot be reproduced exactly are refused before anything i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 from pathlib import Path
@@ -59,13 +60,26 @@ class ConversionError(ValueError):
 # checkpoint
 
 
+@contextlib.contextmanager
+def _allowed_while_loading(extra: list):
+    """``extra`` allowed for ``weights_only`` loads inside, torch's allow-list as it was after.
+
+    ``torch.serialization.safe_globals`` removes its globals on exit even if they were allowed
+    before (``import node_seq.fairseq`` allows ``argparse.Namespace`` for the process): only what
+    is not allowed yet is handed to it.
+    """
+    allowed = torch.serialization.get_safe_globals()
+    with torch.serialization.safe_globals([g for g in extra if g not in allowed]):
+        yield
+
+
 def load_fairseq_checkpoint(path: str | Path) -> tuple[argparse.Namespace, dict[str, torch.Tensor]]:
     """The model options and weights of a fairseq checkpoint, read with ``weights_only=True``.
 
     Neither fairseq nor ``node_seq.fairseq`` is imported: converting needs none of their import side
     effects (registries, torch's process-wide allow-list).
     """
-    with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
+    with _allowed_while_loading(_CHECKPOINT_GLOBALS):
         state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = state.get("cfg") if isinstance(state.get("cfg"), dict) else {}
     args = cfg.get("model")

@@ -16,12 +16,12 @@ from hf_helpers import REPO
 CONVERT = """
 import argparse, sys, torch
 from node_seq.hf.convert import convert
-before = list(torch.serialization.get_safe_globals())  # after the imports (torch's own modules add to it)
+before = set(torch.serialization.get_safe_globals())  # after the imports (torch's own modules add to it)
 convert(sys.argv[1], sys.argv[2], sys.argv[3])
 assert argparse.Namespace not in torch.serialization.get_safe_globals()
 imported = sorted(name for name in sys.modules if name.split(".")[0] == "fairseq" or name.startswith("node_seq.fairseq"))
 assert not imported, imported
-assert torch.serialization.get_safe_globals() == before, torch.serialization.get_safe_globals()
+assert set(torch.serialization.get_safe_globals()) == before, torch.serialization.get_safe_globals()
 print("ok")
 """
 
@@ -34,6 +34,21 @@ def test_converting_imports_no_fairseq_and_leaves_torchs_allow_list_alone(varian
     assert result.stdout.strip().splitlines()[-1] == "ok"
     # the same folder as converting in a process that has fairseq (the parity tests' conversion)
     assert json.loads((out / "config.json").read_text()) == json.loads((variant_run.hf / "config.json").read_text())
+
+
+def test_converting_keeps_namespace_allowed_where_node_seq_fairseq_allowed_it(variant_run):
+    # torch's own safe_globals context would remove it on exit, breaking fairseq's loads afterwards
+    import argparse
+
+    import torch
+
+    import node_seq.fairseq  # noqa: F401  (allows argparse.Namespace for the whole process)
+    from node_seq.hf.convert import load_fairseq_checkpoint
+
+    before = set(torch.serialization.get_safe_globals())
+    assert argparse.Namespace in before
+    load_fairseq_checkpoint(variant_run.checkpoint)
+    assert set(torch.serialization.get_safe_globals()) == before
 
 
 def test_node_options_an_older_checkpoint_lacks_take_fairseqs_defaults(variant_run):
