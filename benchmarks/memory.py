@@ -8,7 +8,7 @@ state per step.
 
 Peak memory on a GPU is ``torch.cuda.max_memory_allocated`` above what was allocated before the
 pass; on the CPU it is the peak of live tensor storage created during the pass, counted by
-``vision.memory.LiveTensorBytes`` (parameters and the input state excluded, gradients included)::
+``node_seq.memory.LiveTensorBytes`` (parameters and the input state excluded, gradients included)::
 
     python -m benchmarks.memory --out benchmarks/results/memory
 """
@@ -20,9 +20,9 @@ import time
 
 import torch
 
+from node_seq.memory import LiveTensorBytes, plot
 from node_seq.nn.fields import EncoderField
 from node_seq.ode import solve
-from vision.memory import LiveTensorBytes, plot
 
 from .common import add_common_args, command_line, machine, markdown_table, write_outputs
 

@@ -53,6 +53,17 @@ def test_memory_quick(tmp_path):
     assert (tmp_path / "memory.png").stat().st_size > 0
 
 
+def test_import_time_quick(tmp_path):
+    from benchmarks import import_time
+
+    out = tmp_path / "imports"
+    assert import_time.main(["--quick", "--modules", "node_seq.ode", "--out", str(out)]) == 0
+    rows = _load(out)["rows"]
+    assert [(r["tree"], r["module"]) for r in rows] == [("this", "torch"), ("this", "node_seq.ode")]
+    assert rows[1]["imports"] == []  # the core pulls in neither transformers nor fairseq
+    assert rows[0]["vs_torch"] == 1.0 and rows[1]["median_seconds"] > 0
+
+
 def test_fairseq_train_quick(tmp_path):
     from benchmarks import fairseq_train
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from node_seq.memory import LiveTensorBytes
 from node_seq.ode import solve
 from node_seq.ode.binomial import first_descent, split_point
-from vision.memory import LiveTensorBytes
 
 
 class MLPField(nn.Module):

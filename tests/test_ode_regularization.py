@@ -93,6 +93,20 @@ def test_a_layers_energy_is_averaged_over_real_positions_only():
     assert layer.last_regularizers == {}  # training-only terms
 
 
+def test_a_layers_jacobian_term_backpropagates_through_its_attention():
+    # The term's second derivative needs the math attention kernel: the layer asks for it
+    # (node_seq.nn.attention.twice_differentiable), the ODE core knows nothing of attention.
+    from node_seq.nn.layers import LayerSpec, NodeEncoderLayer
+    from node_seq.ode import SolverConfig
+
+    layer = NodeEncoderLayer(LayerSpec(embed_dim=8, num_heads=2, ffn_dim=16, dropout=0.0), SolverConfig(method="rk4"))
+    layer.regularizers = ("jacobian",)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    y = layer(x)
+    (y.sum() + layer.last_regularizers["jacobian"].sum()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 class Rotation(nn.Module):
     """f(x) = s x Q^T with Q orthogonal: |eps^T df/dx|^2 = s^2 |eps|^2 for every eps, exactly."""
 

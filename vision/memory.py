@@ -3,10 +3,9 @@
 ``backprop`` keeps every stage's activations, so its memory grows with the steps; ``checkpoint``
 keeps one state per step (small growth); ``adjoint`` and ``reversible`` keep only the final state.
 
-On a GPU this reads ``torch.cuda.max_memory_allocated``. On the CPU, where PyTorch reports no
-allocator statistics, a dispatch mode watches every tensor an operation creates and counts its
-storage's bytes until the last tensor that uses it is freed: the peak of that count is the peak
-memory of tensors created by the step (parameters and the input batch excluded)::
+On a GPU this reads ``torch.cuda.max_memory_allocated``; on the CPU it is the peak of live tensor
+storage created by the step (``node_seq.memory.LiveTensorBytes``: parameters and the input batch
+excluded)::
 
     python -m vision.memory --steps 1,2,4,8,16,32 --out vision/results/memory
 """
@@ -17,50 +16,13 @@ import argparse
 import json
 import os
 import time
-import weakref
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from node_seq.memory import LiveTensorBytes, plot
 from node_seq.ode import SolverConfig
 
 from .models import create_model
-
-
-class LiveTensorBytes(TorchDispatchMode):
-    """Tracks the bytes of live storages created by operations run under it, and their peak."""
-
-    def __init__(self):
-        super().__init__()
-        self.refs: dict[int, int] = {}  # storage pointer -> live tensors using it
-        self.sizes: dict[int, int] = {}
-        self.live = 0
-        self.peak = 0
-
-    def _release(self, ptr: int) -> None:
-        self.refs[ptr] -= 1
-        if self.refs[ptr] == 0:
-            self.live -= self.sizes.pop(ptr)
-            del self.refs[ptr]
-
-    def _track(self, tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
-        ptr, size = storage.data_ptr(), storage.nbytes()
-        if ptr == 0 or size == 0:
-            return
-        if ptr not in self.refs:
-            self.refs[ptr], self.sizes[ptr] = 0, size
-            self.live += size
-            self.peak = max(self.peak, self.live)
-        self.refs[ptr] += 1
-        weakref.finalize(tensor, self._release, ptr)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in (out if isinstance(out, (tuple, list)) else (out,)):
-            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
-                self._track(t)
-        return out
 
 
 def measure(model: torch.nn.Module, x: torch.Tensor, solver: SolverConfig) -> dict:
@@ -122,31 +84,6 @@ def main(argv=None) -> int:
                                              f"{args.method}, {args.device}")
         print(f"wrote {args.out}.json, {args.out}.png")
     return 0
-
-
-def plot(rows: list[dict], path: str, title: str, *, xlabel: str = "solver steps per ODE block",
-         ylabel: str = "peak memory of one training step (MiB)", log_y: bool = False) -> None:
-    """Peak memory (MiB) against steps, one line per gradient mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for gradient in dict.fromkeys(r["gradient"] for r in rows):
-        points = [(r["steps"], r["peak_bytes"] / 2**20) for r in rows if r["gradient"] == gradient]
-        ax.plot(*zip(*points), marker="o", label=gradient)
-    ax.set_xscale("log", base=2)
-    if log_y:
-        ax.set_yscale("log", base=2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3, which="both" if log_y else "major")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

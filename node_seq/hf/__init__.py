@@ -1,8 +1,8 @@
 """HuggingFace Transformers front end of node-seq: config, models, cache, conversion from fairseq.
 
-``import node_seq`` calls :func:`register` when transformers is installed, after which
-``AutoConfig``, ``AutoModel``, ``AutoModelForSeq2SeqLM`` and ``AutoTokenizer`` know the
-``node_transformer`` type.
+Importing this package registers the ``node_transformer`` type with ``AutoConfig``, ``AutoModel``,
+``AutoModelForSeq2SeqLM`` and ``AutoTokenizer`` (:func:`register`). ``import node_seq`` alone does
+not import it, but arranges for it to be imported along with transformers.
 """
 
 from .configuration_node_transformer import NodeTransformerConfig as NodeTransformerConfig
@@ -23,3 +23,6 @@ def register() -> None:
     AutoModel.register(NodeTransformerConfig, NodeTransformerModel, exist_ok=True)
     AutoModelForSeq2SeqLM.register(NodeTransformerConfig, NodeTransformerForConditionalGeneration, exist_ok=True)
     AutoTokenizer.register(NodeTransformerConfig, tokenizer_class=NodeTransformerTokenizerFast, exist_ok=True)
+
+
+register()

@@ -24,6 +24,7 @@ side. The routes that cannot be reproduced exactly are refused before anything i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 from pathlib import Path
@@ -44,6 +45,10 @@ _UNSUPPORTED = {
     "adaptive_softmax_cutoff": None,
 }
 
+#: What fairseq's checkpoints of this model store beyond torch's default allow-list: the list
+#: ``node_seq.fairseq.checkpoints`` allows for the whole process, allowed here for one load only.
+_CHECKPOINT_GLOBALS = [argparse.Namespace]
+
 
 class ConversionError(ValueError):
     """The checkpoint or data folder cannot become an equivalent HF model; the message says why."""
@@ -53,11 +58,27 @@ class ConversionError(ValueError):
 # checkpoint
 
 
-def load_fairseq_checkpoint(path: str | Path) -> tuple[argparse.Namespace, dict[str, torch.Tensor]]:
-    """The model options and weights of a fairseq checkpoint, read with ``weights_only=True``."""
-    import node_seq.fairseq  # noqa: F401  (allow-lists argparse.Namespace, the one extra class stored)
+@contextlib.contextmanager
+def _allowed_while_loading(extra: list):
+    """``extra`` allowed for ``weights_only`` loads inside, torch's allow-list as it was after.
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    ``torch.serialization.safe_globals`` removes its globals on exit even if they were allowed
+    before (``import node_seq.fairseq`` allows ``argparse.Namespace`` for the process): only what
+    is not allowed yet is handed to it.
+    """
+    allowed = torch.serialization.get_safe_globals()
+    with torch.serialization.safe_globals([g for g in extra if g not in allowed]):
+        yield
+
+
+def load_fairseq_checkpoint(path: str | Path) -> tuple[argparse.Namespace, dict[str, torch.Tensor]]:
+    """The model options and weights of a fairseq checkpoint, read with ``weights_only=True``.
+
+    Neither fairseq nor ``node_seq.fairseq`` is imported: converting needs none of their import side
+    effects (registries, torch's process-wide allow-list).
+    """
+    with _allowed_while_loading(_CHECKPOINT_GLOBALS):
+        state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = state.get("cfg") if isinstance(state.get("cfg"), dict) else {}
     args = cfg.get("model")
     args = args if isinstance(args, argparse.Namespace) else state.get("args")

@@ -9,9 +9,12 @@ and a decoder can keep per-stage key/value caches.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .dropout import FrozenDropout
 from .linear import XavierLinear
@@ -55,6 +58,13 @@ class MultiheadAttention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
+
+
+def twice_differentiable() -> contextlib.AbstractContextManager:
+    """Attention that can be differentiated twice (the Jacobian regulariser's Hutchinson term):
+    of the fused kernels ``scaled_dot_product_attention`` may pick, only the math one has a second
+    derivative."""
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def attention_bias(*, key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,

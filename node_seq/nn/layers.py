@@ -15,7 +15,7 @@ from torch import nn
 
 from ..ode import ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_scope
 from ..ode.regularization import solve_with_regularizers
-from .attention import MultiheadAttention, attention_bias
+from .attention import MultiheadAttention, attention_bias, twice_differentiable
 from .dropout import FrozenDropout, reset_frozen_dropout
 from .fields import DecoderField, EncoderField, TimeEmbedding, cached_causal_bias, extend_cache
 from .linear import ChannelDrop, XavierLinear
@@ -122,7 +122,8 @@ class _NodeLayer(nn.Module):
             if self.regularizers and self.training:
                 y, integrals, stats = solve_with_regularizers(
                     field, x, self.solver, kinetic="kinetic" in self.regularizers,
-                    jacobian="jacobian" in self.regularizers, inputs=inputs, norm=norm)
+                    jacobian="jacobian" in self.regularizers, twice_differentiable=twice_differentiable,
+                    inputs=inputs, norm=norm)
                 self.last_regularizers = {name: _mean_over(value, keep) for name, value in integrals.items()}
             else:
                 y, stats = solve(field, x, self.solver, inputs=inputs, norm=norm)

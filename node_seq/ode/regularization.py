@@ -13,12 +13,12 @@ gradient mode differentiates it like the rest of the state.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .config import SolverConfig
 from .solve import solve
@@ -27,11 +27,18 @@ from .stats import SolveStats
 
 class WithRegularizers(nn.Module):
     """``(x, e...) -> (f(t, x), integrand...)``, one channel per regulariser, in the order
-    kinetic, Jacobian. ``field`` is a submodule, so the adjoint finds its parameters."""
+    kinetic, Jacobian. ``field`` is a submodule, so the adjoint finds its parameters.
 
-    def __init__(self, field: nn.Module, *, kinetic: bool, jacobian_noise: torch.Tensor | None):
+    The Hutchinson term is differentiated twice; ``twice_differentiable`` is entered around each of
+    its evaluations, for a field whose operations need a setting for that (the model's attention:
+    :func:`node_seq.nn.attention.twice_differentiable`). The core knows no such operation.
+    """
+
+    def __init__(self, field: nn.Module, *, kinetic: bool, jacobian_noise: torch.Tensor | None,
+                 twice_differentiable: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         super().__init__()
         self.field, self.kinetic, self.jacobian_noise = field, kinetic, jacobian_noise
+        self.twice_differentiable = twice_differentiable
         self.extra = int(kinetic) + int(jacobian_noise is not None)
 
     def forward(self, t: torch.Tensor, state: torch.Tensor, *inputs: Any) -> torch.Tensor:
@@ -40,9 +47,7 @@ class WithRegularizers(nn.Module):
             velocity = self.field(t, x, *inputs)
             return torch.cat([velocity, velocity.pow(2).mean(-1, keepdim=True)], dim=-1)
         differentiating = torch.is_grad_enabled()
-        # The Hutchinson term is differentiated twice; of the fused attention kernels only the
-        # math one has a second derivative.
-        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
+        with torch.enable_grad(), self.twice_differentiable():
             # Without an outer graph (a forward pass under no_grad, as the adjoint's) the slice has
             # no history to differentiate through: a leaf is enough, and what comes out is detached.
             if not (differentiating and x.requires_grad):
@@ -59,17 +64,19 @@ class WithRegularizers(nn.Module):
 
 def solve_with_regularizers(field: nn.Module, y0: torch.Tensor, config: SolverConfig | None = None, *,
                             kinetic: bool = True, jacobian: bool = False,
+                            twice_differentiable: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                             **solve_kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], SolveStats]:
     """:func:`solve` (same ``config`` and keywords), also returning the requested integrals for
     every position (``y0.shape[:-1]``).
 
     Returns ``(y(t1), {"kinetic": ..., "jacobian": ...}, stats)`` with the keys asked for; each
     integral is averaged over the last dimension (the model width for a Transformer layer).
+    ``twice_differentiable``: see :class:`WithRegularizers`.
     """
     if not (kinetic or jacobian):
         raise ValueError("solve_with_regularizers: ask for kinetic=True, jacobian=True or both")
     noise = torch.randint(0, 2, y0.shape, device=y0.device).to(y0.dtype) * 2 - 1 if jacobian else None
-    wrapped = WithRegularizers(field, kinetic=kinetic, jacobian_noise=noise)
+    wrapped = WithRegularizers(field, kinetic=kinetic, jacobian_noise=noise, twice_differentiable=twice_differentiable)
     state, stats = solve(wrapped, F.pad(y0, (0, wrapped.extra)), config, **solve_kwargs)
     width = y0.shape[-1]
     names = [name for name, wanted in (("kinetic", kinetic), ("jacobian", jacobian)) if wanted]

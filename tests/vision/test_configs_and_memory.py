@@ -6,9 +6,10 @@ import os
 import pytest
 import torch
 
+from node_seq.memory import LiveTensorBytes
 from node_seq.ode import SolverConfig
 from vision.config import TrainConfig, load_config_file
-from vision.memory import LiveTensorBytes, measure
+from vision.memory import measure
 from vision.models import create_model
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "vision", "*.yaml")))
