@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def prepare_numbers(root: Path, *, train: int, valid: int, test: int) -> Path:
     """The embedded numbers task, binarised for fairseq; reused when it already exists."""
-    from node_seq.data.numbers import write_task
-    from node_seq.prepare import prepare
+    from node_seq.text.numbers import write_task
+    from node_seq.text.prepare import prepare
 
     tag = root / f"numbers-{train}-{valid}-{test}"
     if (tag / "data" / "bin" / "dict.src.txt").exists():

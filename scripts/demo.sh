@@ -14,8 +14,8 @@ export PATH="$root/.venv/bin:$PATH" PYTHONWARNINGS=ignore OMP_NUM_THREADS="${OMP
 step() { printf '\n== %s\n' "$*"; }
 
 step "data: numbers -> words (generated, seed 1)"
-python -m node_seq.data.numbers "$out/raw_task"
-python -m node_seq.prepare "$out/raw_task" "$out/data" --src src --tgt tgt --vocab-size 128 \
+python -m node_seq.text.numbers "$out/raw_task"
+python -m node_seq.text.prepare "$out/raw_task" "$out/data" --src src --tgt tgt --vocab-size 128 \
   > "$out/prepare.log" 2>&1
 
 step "fairseq-train --arch node_transformer_tiny (ODE encoder + decoder, rk4)"
@@ -38,7 +38,7 @@ fairseq-generate "$out/data/bin" --user-dir user_dir --path "$out/checkpoints/ch
 awk -F'\t' '/^S-[0-2]\t/ {src[$1]=$2} /^D-[0-2]\t/ {id="S-" substr($1, 3); printf "%14s -> %s\n", src[id], $3}' \
   "$out/generate.log"
 step "score"
-python -m node_seq.score "$out/generate.log" "$out/data/raw/test.tgt" | tee "$out/score.txt"
+python -m node_seq.text.score "$out/generate.log" "$out/data/raw/test.tgt" | tee "$out/score.txt"
 
 step "HF Transformers: convert, reload with from_pretrained, translate with generate (beam 4)"
 python scripts/convert_fairseq_to_hf.py --checkpoint "$out/checkpoints/checkpoint_best.pt" \

@@ -17,8 +17,8 @@ TRAIN = ["--optimizer", "adam", "--lr", "1e-3", "--criterion", "label_smoothed_c
 
 
 def make_task(root: Path, train_size: int = 120) -> Path:
-    from node_seq.data.numbers import write_task
-    from node_seq.prepare import prepare
+    from node_seq.text.numbers import write_task
+    from node_seq.text.prepare import prepare
 
     write_task(root / "raw_task", sizes={"train": train_size, "valid": 20, "test": 12})
     with contextlib.redirect_stdout(io.StringIO()):

@@ -4,10 +4,10 @@ import gzip
 
 import pytest
 
-from node_seq.data.numbers import number_to_words, write_task
-from node_seq.score import main as score_main
-from node_seq.score import score
-from node_seq.tokenizer import detokenize, encode_lines, train_tokenizer
+from node_seq.text.numbers import number_to_words, write_task
+from node_seq.text.score import main as score_main
+from node_seq.text.score import score
+from node_seq.text.tokenizer import detokenize, encode_lines, train_tokenizer
 
 
 @pytest.mark.parametrize("n,words", [(0, "zero"), (13, "thirteen"), (40, "forty"), (101, "one hundred one"),
@@ -51,7 +51,7 @@ def _write(raw, name, lines):
     ("mismatch", "train: 3 de lines but 2 en lines"),
 ])
 def test_prepare_rejects_bad_data_before_writing(tmp_path, problem, message):
-    from node_seq.prepare import prepare
+    from node_seq.text.prepare import prepare
 
     raw = tmp_path / "raw"
     raw.mkdir()

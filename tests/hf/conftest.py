@@ -31,7 +31,7 @@ def write_numbers(raw: Path) -> Path:
     """Numbers below 1000, digits -> words, as pre-tokenised ``raw/{train,valid,test}.{src,tgt}``."""
     import random
 
-    from node_seq.data.numbers import number_to_words
+    from node_seq.text.numbers import number_to_words
 
     numbers = list(range(1000))
     random.Random(1).shuffle(numbers)
@@ -46,7 +46,7 @@ def write_numbers(raw: Path) -> Path:
 @pytest.fixture(scope="session")
 def fairseq_data(tmp_path_factory) -> tuple[Path, Path]:
     """Numbers below 1000, digits -> words: short enough that a tiny model learns it in seconds."""
-    from node_seq.prepare import prepare
+    from node_seq.text.prepare import prepare
 
     root = tmp_path_factory.mktemp("numbers")
     write_numbers(root / "raw")

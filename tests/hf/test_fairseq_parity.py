@@ -18,7 +18,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 import node_seq.fairseq  # noqa: F401  (registers the fairseq model; allow-lists its checkpoints)
 from node_seq.hf.convert import ConversionError, convert, load_fairseq_checkpoint
-from node_seq.tokenizer import encode_lines, load_tokenizer
+from node_seq.text.tokenizer import encode_lines, load_tokenizer
 
 from hf_helpers import fairseq_side, load_script
 

@@ -5,7 +5,7 @@ import json
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from hf_helpers import load_script
-from node_seq.data.numbers import write_task
+from node_seq.text.numbers import write_task
 
 
 def test_train_hf_smoke_run(tmp_path):

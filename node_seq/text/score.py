@@ -1,6 +1,6 @@
 """Score ``fairseq-generate`` output against raw references: sacreBLEU, exact match, NFE.
 
-    python -m node_seq.score GENERATE_LOG REFERENCE_FILE
+    python -m node_seq.text.score GENERATE_LOG REFERENCE_FILE
 
 reads the ``D-<id>`` lines (detokenized hypotheses, in fairseq's order) and the ``NODE NFE`` line
 that node-seq adds to fairseq-generate's log, and prints a few lines a person can read.
