@@ -41,10 +41,10 @@ step "score"
 python -m node_seq.text.score "$out/generate.log" "$out/data/raw/test.tgt" | tee "$out/score.txt"
 
 step "HF Transformers: convert, reload with from_pretrained, translate with generate (beam 4)"
-python scripts/convert_fairseq_to_hf.py --checkpoint "$out/checkpoints/checkpoint_best.pt" \
+python -m node_seq.hf.cli.convert --checkpoint "$out/checkpoints/checkpoint_best.pt" \
   --data-bin "$out/data/bin" --out "$out/hf" > "$out/convert.log" 2>&1
 head -n 5 "$out/data/raw/test.src" > "$out/hf_inputs.txt"
-python scripts/hf_translate.py --model "$out/hf" --beam 4 < "$out/hf_inputs.txt" > "$out/hf_outputs.txt" \
+python -m node_seq.hf.cli.translate --model "$out/hf" --beam 4 < "$out/hf_inputs.txt" > "$out/hf_outputs.txt" \
   2> "$out/hf_translate.log"
 python - "$out" <<'PY'
 import sys

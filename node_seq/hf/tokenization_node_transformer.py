@@ -2,7 +2,7 @@
 
 Three numberings:
 
-* the BPE's own ids (a model trained the HF way, ``scripts/train_hf.py``);
+* the BPE's own ids (a model trained the HF way, ``node_seq.hf.cli.train``);
 * a fairseq dictionary's ids (a converted fairseq model). fairseq reads the BPE's pieces as strings
   and looks each up in its dictionary, so a piece the dictionary lacks (one the BPE learnt but that
   never ended a word of the training data, single letters included) becomes ``<unk>``. The BPE of

@@ -1,9 +1,8 @@
-"""Helpers of the HF tests: tiny models, in-process fairseq preprocessing and training, loading the scripts."""
+"""Helpers of the HF tests: tiny models, in-process fairseq preprocessing and training."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 from typing import Callable
 
@@ -15,14 +14,6 @@ from node_seq.hf import NodeTransformerConfig, NodeTransformerForConditionalGene
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(vocab_size=40, encoder_embed_dim=16, decoder_embed_dim=16, encoder_ffn_dim=32, decoder_ffn_dim=32,
             encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2, dropout=0.0)
-
-
-def load_script(name: str):
-    """``scripts/<name>.py`` as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"node_seq_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_model(**overrides) -> NodeTransformerForConditionalGeneration:
