@@ -12,6 +12,18 @@ FAIRSEQ = ["fairseq-fixed==0.12.3.1", "sacrebleu>=2.6,<3"]
 VISION = ["torchvision>=0.29,<1", "scikit-learn>=1.9,<2", "matplotlib>=3.11,<4", "pyyaml>=6,<7", "tqdm>=4.70,<5"]
 # The conversion tests build their own sentencepiece model and subword-nmt codes with the real tools.
 DEV = ["pytest>=9,<10", "hypothesis>=6.170,<7", "sentencepiece>=0.2.3,<0.3", "subword-nmt>=0.3.8,<0.4"]
+# Every command of the project; each module also runs as `python -m <module>` (what scripts/*.sh call).
+CONSOLE_SCRIPTS = [
+    "node-seq-numbers = node_seq.text.numbers:main",
+    "node-seq-prepare = node_seq.text.prepare:main",
+    "node-seq-score = node_seq.text.score:main",
+    "node-seq-train-hf = node_seq.hf.cli.train:cli",
+    "node-seq-convert = node_seq.hf.cli.convert:main",
+    "node-seq-translate = node_seq.hf.cli.translate:main",
+    "node-seq-vision-train = vision.train:main",
+    "node-seq-vision-evaluate = vision.evaluate:main",
+    "node-seq-vision-memory = vision.memory:main",
+]
 
 setup(
     name="node-seq",
@@ -29,5 +41,5 @@ setup(
         "dev": DEV,
         "all": FAIRSEQ + HF + VISION + DEV,
     },
-    entry_points={"console_scripts": ["node-seq-vision-train = vision.train:main"]},
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

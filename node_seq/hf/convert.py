@@ -17,7 +17,7 @@ may differ: the config then has a ``decoder_vocab_size`` of its own and the toke
 side. The routes that cannot be reproduced exactly are refused before anything is written
 (:mod:`.fairseq_vocabulary` lists them).
 
-    python scripts/convert_fairseq_to_hf.py --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR \\
+    python -m node_seq.hf.cli.convert --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR \\
         [--spm-model SPM.model | --bpe-codes CODES | --tokenizer tokenizer.json]
 """
 

@@ -2,7 +2,7 @@
 """Train a NODE-Transformer with HF ``Seq2SeqTrainer`` on parallel text files; report BLEU and NFE.
 
     python -m node_seq.text.numbers /tmp/numbers            # the embedded demo task (no download)
-    python scripts/train_hf.py --data /tmp/numbers --src src --tgt tgt --out /tmp/hf_numbers
+    python -m node_seq.hf.cli.train --data /tmp/numbers --src src --tgt tgt --out /tmp/hf_numbers
 
 reads ``DATA/{train,valid,test}.{SRC,TGT}`` (one sentence per line) with ``datasets``, learns the
 project's BPE on the training split (or takes ``--tokenizer tokenizer.json`` from
@@ -142,5 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``node-seq-train-hf``: a console script exits with what it returns, so not with ``main``'s results."""
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    sys.exit(cli())
