@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7: what kinetic-energy regularisation (--node-kinetic-weight) does to NFE and BLEU on the
+# What kinetic-energy regularisation (--node-kinetic-weight) does to NFE and BLEU on the
 # embedded numbers->words task: the same adaptive model (1+1 layers, width 64, dopri5 at rtol 1e-2)
 # trained with each weight, decoded with beam 4 (fixed-grid-free, so each token re-solves its prefix)
 # and scored on the 1000 held-out numbers.
