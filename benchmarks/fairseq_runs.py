@@ -116,7 +116,6 @@ def train_intervals(records: list[dict]) -> list[dict]:
 
 GENERATE_SUMMARY = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s "
                               r"\(([\d.]+) sentences/s, ([\d.]+) tokens/s\)")
-GENERATE_NFE = re.compile(r"NODE NFE: ([\d.]+) function evaluations per sentence")
 
 
 def fairseq_generate(data: Path, checkpoint: Path, args: list[str], *, device: str, threads: int) -> dict:
@@ -126,6 +125,7 @@ def fairseq_generate(data: Path, checkpoint: Path, args: list[str], *, device: s
     from fairseq_cli import generate
 
     from node_seq.fairseq.nfe_logging import GENERATION
+    from node_seq.text.generate_log import read_nfe
 
     torch.set_num_threads(threads)
     GENERATION.sentences, GENERATION.weighted_nfe = 0, 0.0  # a process-wide counter: start each run at zero
@@ -149,7 +149,6 @@ def fairseq_generate(data: Path, checkpoint: Path, args: list[str], *, device: s
     match = GENERATE_SUMMARY.search(text)
     if match is None:
         raise RuntimeError(f"fairseq-generate printed no summary:\n{text[-3000:]}")
-    nfe = GENERATE_NFE.search(text)
     return {"sentences": int(match[1].replace(",", "")), "tokens": int(match[2].replace(",", "")),
             "seconds": float(match[3]), "sentences_per_s": float(match[4]), "tokens_per_s": float(match[5]),
-            "nfe_per_sentence": float(nfe[1]) if nfe else None, "output": text}
+            "nfe_per_sentence": read_nfe(text), "output": text}

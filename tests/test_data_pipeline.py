@@ -4,6 +4,7 @@ import gzip
 
 import pytest
 
+from node_seq.text.generate_log import nfe_line, read_nfe
 from node_seq.text.numbers import number_to_words, write_task
 from node_seq.text.score import main as score_main
 from node_seq.text.score import score
@@ -79,6 +80,14 @@ def test_score_counts_exact_matches_and_refuses_partial_logs(tmp_path):
     log.write_text("D-0\t-0.2\tone two\n")
     with pytest.raises(ValueError, match="1 hypotheses for 2 references.*--required-batch-size-multiple 1"):
         score(log, refs)
+
+
+def test_nfe_line_is_written_and_read_in_one_format():
+    line = nfe_line(135.24)
+    assert line == "NODE NFE: 135.2 function evaluations per sentence (encoder + all decoding steps, forward only)"
+    log = f"INFO | fairseq_cli.generate | Translated 3 sentences\nINFO | fairseq_cli.generate | {line}\n"
+    assert read_nfe(log) == 135.2
+    assert read_nfe("Translated 3 sentences (40 tokens)") is None
 
 
 def test_truncated_fairseq_checkpoint_fails_clearly(tmp_path):

@@ -19,6 +19,7 @@ from fairseq.logging import metrics
 from torch import nn
 
 from ..nn.layers import collect_stats
+from ..text.generate_log import nfe_line
 
 
 def log_forward_nfe(model: nn.Module) -> None:
@@ -71,9 +72,8 @@ class _AfterTranslatedLine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str) and record.msg.startswith("Translated") and GENERATION.sentences:
             logging.getLogger(record.name).handle(logging.LogRecord(
-                record.name, logging.INFO, record.pathname, record.lineno,
-                "NODE NFE: %.1f function evaluations per sentence (encoder + all decoding steps, forward only)",
-                (GENERATION.per_sentence,), None))
+                record.name, logging.INFO, record.pathname, record.lineno, nfe_line(GENERATION.per_sentence), (),
+                None))
         return True
 
 
