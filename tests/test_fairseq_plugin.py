@@ -149,6 +149,34 @@ def test_one_euler_step_layers_are_ode_layers_and_plain_ones_are_not(data):
     assert [layer.last_stats.nfe_forward for layer in model.ode_layers()] == [1] * len(model.encoder.layers)
 
 
+def test_only_a_model_prepared_for_inference_counts_generation_nfe(data):
+    """fairseq-generate calls ``prepare_for_inference_`` before it decodes; eval mode without gradients
+    alone (validation, a parity test) counts nothing towards the NODE NFE line."""
+    import argparse
+
+    from node_seq.fairseq.nfe_logging import GENERATION
+
+    _, model = _build(data, ["--node-method", "rk4", "--node-steps", "1"])
+    src, lengths = torch.tensor([[5, 6, 7, 2], [8, 9, 10, 2]]), torch.tensor([4, 4])
+    prev = torch.tensor([[2, 8, 9], [2, 11, 12]])
+
+    def decode():
+        with torch.no_grad():
+            encoder_out = model.encoder(src, src_lengths=lengths)
+            state: dict = {}
+            for i in range(prev.shape[1]):
+                model.decoder(prev[:, :i + 1], encoder_out=encoder_out, incremental_state=state)
+
+    model.eval()
+    GENERATION.reset()
+    decode()
+    assert (GENERATION.sentences, GENERATION.weighted_nfe) == (0, 0.0)
+    model.prepare_for_inference_(argparse.Namespace(generation=argparse.Namespace(beam=1)))
+    decode()
+    # rk4 with one step: 4 evaluations per ODE layer and solve; one encoder solve and 3 decoding steps
+    assert GENERATION.sentences == 2 and GENERATION.per_sentence == 4 + 3 * 4
+
+
 @pytest.mark.parametrize("argv", [["--node-method", "rk4", "--node-steps", "2"],
                                   ["--node-method", "dopri5", "--node-rtol", "1e-4"],
                                   ["--node-method", "rk4", "--no-node-incremental-cache"]])

@@ -7,7 +7,9 @@
   reconstruction, adjoint solves). It is only known once autograd has gone through every ODE
   block, so each block's input carries a gradient hook and the last one to fire logs the total.
 * ``fairseq-generate``: the average NFE per sentence (encoder plus every decoding step) is
-  printed with fairseq's own "Translated N sentences" summary.
+  printed with fairseq's own "Translated N sentences" summary. Counting is switched on explicitly:
+  fairseq-generate (like fairseq-interactive and the hub interface) calls the model's
+  ``prepare_for_inference_`` before it decodes, and only a model prepared that way counts.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class BackwardNFELogger:
 
 
 class GenerationNFE:
-    """Counts evaluations per sentence while fairseq-generate decodes."""
+    """Counts evaluations per sentence while fairseq-generate decodes (fed by the encoder, once per
+    batch, and the decoder, once per incremental step)."""
 
     def __init__(self):
         self.sentences = 0
@@ -77,10 +80,15 @@ class _AfterTranslatedLine(logging.Filter):
         return True
 
 
-def report_nfe_after_generate() -> None:
-    """Count from zero (one count per model built, i.e. per fairseq-generate run) and report it."""
+def count_generation_nfe() -> GenerationNFE:
+    """Count from zero, and report the count after fairseq-generate's summary line.
+
+    Called by a model's ``prepare_for_inference_``, so once per fairseq-generate run; the encoder
+    and decoder of that model feed the counter returned.
+    """
     GENERATION.reset()
     logger = logging.getLogger("fairseq_cli.generate")
     if not any(isinstance(f, _AfterTranslatedLine) for f in logger.filters):
         logger.addFilter(_AfterTranslatedLine())
+    return GENERATION
 
