@@ -177,6 +177,31 @@ def test_only_a_model_prepared_for_inference_counts_generation_nfe(data):
     assert GENERATION.sentences == 2 and GENERATION.per_sentence == 4 + 3 * 4
 
 
+def test_the_nfe_line_is_reported_once_per_generate_run():
+    """A second run in the same process (e.g. of fairseq's own transformer) does not repeat the last count."""
+    import io
+    import logging
+
+    from node_seq.fairseq.nfe_logging import count_generation_nfe
+    from node_seq.text.generate_log import nfe_line
+
+    counter = count_generation_nfe()
+    counter.sentences = 2
+    counter.add(5, 2)
+    logger = logging.getLogger("fairseq_cli.generate")
+    stream, level = io.StringIO(), logger.level
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("Translated 2 sentences")
+        logger.info("Translated 3 sentences")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert stream.getvalue().splitlines() == [nfe_line(5.0), "Translated 2 sentences", "Translated 3 sentences"]
+
+
 @pytest.mark.parametrize("argv", [["--node-method", "rk4", "--node-steps", "2"],
                                   ["--node-method", "dopri5", "--node-rtol", "1e-4"],
                                   ["--node-method", "rk4", "--no-node-incremental-cache"]])

@@ -72,11 +72,15 @@ GENERATION = GenerationNFE()
 
 
 class _AfterTranslatedLine(logging.Filter):
+    """The NODE NFE line next to fairseq-generate's summary, which ends a run: the count is reported once
+    and starts again from zero, so a later run in the same process reports its own count or none."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str) and record.msg.startswith("Translated") and GENERATION.sentences:
             logging.getLogger(record.name).handle(logging.LogRecord(
                 record.name, logging.INFO, record.pathname, record.lineno, nfe_line(GENERATION.per_sentence), (),
                 None))
+            GENERATION.reset()
         return True
 
 
