@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("fairseq")
 
+from fairseq_helpers import REPO, make_task  # noqa: E402
+
 
 def _load(prefix):
     with open(f"{prefix}.json", encoding="utf-8") as f:
@@ -89,12 +91,6 @@ def test_decoding_quick(tmp_path):
 
 
 def _prepared_numbers(root):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from fairseq_helpers import make_task
-
     data = make_task(root).parent  # make_task returns the binaries' folder, data/bin
     (data / "raw" / "test.en").symlink_to(data / "raw" / "test.tgt")  # the Multi30k scripts' reference name
     return data
@@ -109,8 +105,6 @@ def _table(path):
 def test_multi30k_quality_quick(tmp_path):
     import subprocess
 
-    from fairseq_helpers import REPO
-
     data = _prepared_numbers(tmp_path)
     subprocess.run(["bash", str(REPO / "benchmarks" / "multi30k_quality.sh"), str(data), str(tmp_path / "runs"),
                     "--variants", "baseline,node-midpoint", "--quick"], check=True, capture_output=True, timeout=900)
@@ -123,8 +117,6 @@ def test_multi30k_quality_quick(tmp_path):
 
 def test_kinetic_quick(tmp_path):
     import subprocess
-
-    from fairseq_helpers import REPO
 
     data = _prepared_numbers(tmp_path)
     subprocess.run(["bash", str(REPO / "benchmarks" / "kinetic.sh"), str(tmp_path / "runs"), "--weights", "0,0.5",
