@@ -1,5 +1,5 @@
-"""Every command is a console script of setup.py that resolves to a command line, and every command the
-documents and shell recipes run is a module that exists.
+"""Every command is a console script of setup.py that resolves to a command line; every command the
+documents and shell recipes run is a module that exists, and every test they cite is there.
 
 The shared venv is not reinstalled by the tests, so the console scripts are checked through their
 targets: the module imports, the function is there, and it answers ``--help`` as a command line.
@@ -93,3 +93,14 @@ def _importable(module: str) -> bool:
 
 def test_scripts_holds_shell_recipes_only():
     assert [path.name for path in (REPO / "scripts").iterdir() if path.suffix != ".sh"] == []
+
+
+def test_documented_tests_exist():
+    """``test_x.py::test_name`` in the documents names a test function of that file."""
+    cited = set()
+    for name in ("README.md", "BENCHMARKS.md", "RELIABILITY.md", "vision/README.md"):
+        cited |= set(re.findall(r"(test_\w+\.py)::(test_\w+)", (REPO / name).read_text(encoding="utf-8")))
+    assert len(cited) > 20
+    defined = {(path.name, test) for path in (REPO / "tests").rglob("test_*.py")
+               for test in re.findall(r"^def (test_\w+)", path.read_text(encoding="utf-8"), re.MULTILINE)}
+    assert cited - defined == set()
