@@ -14,10 +14,12 @@ from setup_py import REPO, setup_arguments
 
 ARGUMENTS = setup_arguments()
 # extra -> the code it must be enough for (with install_requires); "all" covers tests and benchmarks.
+EXTRA_PACKAGES = {"fairseq": ["node_seq/fairseq", "node_seq/text", "user_dir"], "hf": ["node_seq/hf"]}
 FEATURES = {
-    None: ["node_seq/__init__.py", "node_seq/ode", "node_seq/nn"],
-    "fairseq": ["node_seq/fairseq", "node_seq/text", "user_dir"],
-    "hf": ["node_seq/hf"],
+    None: sorted(str(path.relative_to(REPO)) for path in (REPO / "node_seq").iterdir()  # the core: all the rest
+                 if path.name != "__pycache__" and (path.suffix == ".py" or path.is_dir())
+                 and str(path.relative_to(REPO)) not in sum(EXTRA_PACKAGES.values(), [])),
+    **EXTRA_PACKAGES,
     "vision": ["vision"],
     "all": ["tests", "benchmarks"],
 }
