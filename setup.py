@@ -6,12 +6,28 @@ from setuptools import find_packages, setup
 # versions tested (the exact set the project is tested with is constraints.txt); upper bounds: the next
 # major release, or the first release known to break (transformers < 5.24 passes the decoder cache as
 # `past_key_values`, which this model no longer reads).
-HF = ["transformers>=5.24,<6", "datasets>=5.2,<6", "tokenizers>=0.23.1,<0.24", "safetensors>=0.8,<1",
-      "accelerate>=1.15,<2"]
-FAIRSEQ = ["fairseq-fixed==0.12.3.1", "sacrebleu>=2.6,<3"]
+# Each feature's extra brings everything its modules import (tests/test_packaging.py checks it):
+# the HF models and their training (BLEU through sacrebleu); the fairseq plugin with the text pipeline
+# that feeds it (node_seq.text: the BPE through tokenizers, fairseq-preprocess, sacrebleu scoring).
+TOKENIZERS, SACREBLEU = "tokenizers>=0.23.1,<0.24", "sacrebleu>=2.6,<3"
+HF = ["transformers>=5.24,<6", "huggingface_hub>=2.4,<3", "datasets>=5.2,<6", TOKENIZERS, "safetensors>=0.8,<1",
+      "accelerate>=1.15,<2", SACREBLEU]
+FAIRSEQ = ["fairseq-fixed==0.12.3.1", TOKENIZERS, SACREBLEU]
 VISION = ["torchvision>=0.29,<1", "scikit-learn>=1.9,<2", "matplotlib>=3.11,<4", "pyyaml>=6,<7", "tqdm>=4.70,<5"]
 # The conversion tests build their own sentencepiece model and subword-nmt codes with the real tools.
 DEV = ["pytest>=9,<10", "hypothesis>=6.170,<7", "sentencepiece>=0.2.3,<0.3", "subword-nmt>=0.3.8,<0.4"]
+# Every command of the project; each module also runs as `python -m <module>` (what scripts/*.sh call).
+CONSOLE_SCRIPTS = [
+    "node-seq-numbers = node_seq.text.numbers:main",
+    "node-seq-prepare = node_seq.text.prepare:main",
+    "node-seq-score = node_seq.text.score:main",
+    "node-seq-train-hf = node_seq.hf.cli.train:cli",
+    "node-seq-convert = node_seq.hf.cli.convert:main",
+    "node-seq-translate = node_seq.hf.cli.translate:main",
+    "node-seq-vision-train = vision.train:main",
+    "node-seq-vision-evaluate = vision.evaluate:main",
+    "node-seq-vision-memory = vision.memory:main",
+]
 
 setup(
     name="node-seq",
@@ -27,7 +43,7 @@ setup(
         "hf": HF,
         "vision": VISION,
         "dev": DEV,
-        "all": FAIRSEQ + HF + VISION + DEV,
+        "all": sorted(set(FAIRSEQ + HF + VISION + DEV)),
     },
-    entry_points={"console_scripts": ["node-seq-vision-train = vision.train:main"]},
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

@@ -1,4 +1,4 @@
-"""Benchmarks of issue 6: solver overhead, memory per gradient mode, fairseq training and decoding.
+"""Benchmarks: solver overhead, memory per gradient mode, fairseq training and decoding throughput.
 
 Run each as ``python -m benchmarks.<name>`` from the repository root; ``--quick`` is a CPU smoke
 run. Every timing is a ratio against a baseline measured in the same process, interleaved with it,

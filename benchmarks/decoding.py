@@ -1,4 +1,4 @@
-"""Issue 6, item 4: ``fairseq-generate`` speed of a fixed-grid NODE decoder.
+"""``fairseq-generate`` speed of a fixed-grid NODE decoder, with and without its per-stage cache.
 
 Three ways to decode with the same number of vector-field evaluations per token:
 

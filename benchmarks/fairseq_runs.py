@@ -1,29 +1,17 @@
-"""Running fairseq's command-line tools on the embedded task, and reading what they log."""
+"""fairseq's command lines on the embedded task (in this process, node_seq.fairseq.inprocess), and what they log."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import logging
 import re
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def prepare_numbers(root: Path, *, train: int, valid: int, test: int) -> Path:
     """The embedded numbers task, binarised for fairseq; reused when it already exists."""
-    from node_seq.data.numbers import write_task
-    from node_seq.prepare import prepare
+    from node_seq.text.numbers import prepare_numbers as prepare
 
-    tag = root / f"numbers-{train}-{valid}-{test}"
-    if (tag / "data" / "bin" / "dict.src.txt").exists():
-        return tag / "data" / "bin"
-    write_task(tag / "raw", sizes={"train": train, "valid": valid, "test": test})
-    with contextlib.redirect_stdout(io.StringIO()):
-        return prepare(tag / "raw", tag / "data", src="src", tgt="tgt",
-                       splits={"train": "train", "valid": "valid", "test": "test"}, vocab_size=128)
+    return prepare(root / f"numbers-{train}-{valid}-{test}", sizes={"train": train, "valid": valid, "test": test},
+                   vocab_size=128, reuse=True)
 
 
 def model_args(*, arch: str, dim: int, ffn: int, heads: int, layers: int, extra: list[str] = ()) -> list[str]:
@@ -37,46 +25,19 @@ def model_args(*, arch: str, dim: int, ffn: int, heads: int, layers: int, extra:
     return [*args, *extra]
 
 
-def _quiet_console() -> list:
-    """fairseq logs at INFO to the console; keep the console to warnings, the log files get INFO."""
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    changed = []
-    for handler in root.handlers:
-        if not isinstance(handler, logging.FileHandler) and handler.level < logging.WARNING:
-            changed.append((handler, handler.level))
-            handler.setLevel(logging.WARNING)
-    return changed
-
-
-def _restore(changed: list) -> None:
-    for handler, level in changed:
-        handler.setLevel(level)
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler):  # fairseq-train's --log-file handler
-            root.removeHandler(handler)
-            handler.close()
-
-
 def fairseq_train(data: Path, save_dir: Path, args: list[str], *, max_update: int, log_interval: int,
                   device: str, threads: int, save: bool = False) -> list[dict]:
-    """Run fairseq-train's ``main`` in this process; return its JSON log records.
-
-    In-process rather than a subprocess: no interpreter and import start-up per run, and the same
-    ``torch.set_num_threads`` for every run.
-    """
+    """Run fairseq-train; return its JSON log records."""
     import torch
-    from fairseq import options
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from fairseq_cli import train
+
+    from node_seq.fairseq import inprocess
 
     torch.set_num_threads(threads)
     save_dir.mkdir(parents=True, exist_ok=True)
     log = save_dir / "train.log"
     if log.exists():
         log.unlink()
-    argv = [str(data), "--user-dir", str(REPO / "user_dir"), *args,
+    argv = [str(data), *args,
             "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "5e-4",
             "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
             "--max-tokens", "1024", "--max-update", str(max_update), "--max-epoch", "1000", "--seed", "1",
@@ -85,23 +46,8 @@ def fairseq_train(data: Path, save_dir: Path, args: list[str], *, max_update: in
     argv += ["--no-epoch-checkpoints"] if save else ["--no-save"]  # saves checkpoint_last.pt
     if device == "cpu":
         argv.append("--cpu")
-    parsed = options.parse_args_and_arch(options.get_training_parser(), argv)
-    changed = _quiet_console()
-    try:
-        train.main(convert_namespace_to_omegaconf(parsed))
-    finally:
-        _restore(changed)
-    return json_records(log.read_text(encoding="utf-8"))
-
-
-def json_records(text: str) -> list[dict]:
-    records = []
-    for line in text.splitlines():
-        start = line.find('{"')
-        if start >= 0:
-            with contextlib.suppress(json.JSONDecodeError):
-                records.append(json.loads(line[start:]))
-    return records
+    inprocess.train(argv)
+    return inprocess.json_records(log.read_text(encoding="utf-8"))
 
 
 def train_intervals(records: list[dict]) -> list[dict]:
@@ -116,40 +62,24 @@ def train_intervals(records: list[dict]) -> list[dict]:
 
 GENERATE_SUMMARY = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s "
                               r"\(([\d.]+) sentences/s, ([\d.]+) tokens/s\)")
-GENERATE_NFE = re.compile(r"NODE NFE: ([\d.]+) function evaluations per sentence")
 
 
 def fairseq_generate(data: Path, checkpoint: Path, args: list[str], *, device: str, threads: int) -> dict:
-    """Run fairseq-generate's ``main`` in this process; return sentences, tokens, seconds, rates, NFE."""
+    """Run fairseq-generate; return sentences, tokens, seconds, rates, NFE."""
     import torch
-    from fairseq import options
-    from fairseq_cli import generate
 
-    from node_seq.fairseq.nfe_logging import GENERATION
+    from node_seq.fairseq import inprocess
+    from node_seq.text.generate_log import read_nfe
 
     torch.set_num_threads(threads)
-    GENERATION.sentences, GENERATION.weighted_nfe = 0, 0.0  # a process-wide counter: start each run at zero
-    argv = [str(data), "--user-dir", str(REPO / "user_dir"), "--path", str(checkpoint), "--gen-subset", "test",
-            "--num-workers", "0", "--required-batch-size-multiple", "1", *args]
+    argv = [str(data), "--path", str(checkpoint), "--gen-subset", "test", "--num-workers", "0",
+            "--required-batch-size-multiple", "1", *args]
     if device == "cpu":
         argv.append("--cpu")
-    parsed = options.parse_args_and_arch(options.get_generation_parser(), argv)
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    logger = logging.getLogger("fairseq_cli.generate")
-    logger.addHandler(handler)
-    changed = _quiet_console()
-    try:
-        with contextlib.redirect_stdout(stream):
-            generate.main(parsed)
-    finally:
-        logger.removeHandler(handler)
-        _restore(changed)
-    text = stream.getvalue()
+    text = inprocess.generate(argv)
     match = GENERATE_SUMMARY.search(text)
     if match is None:
         raise RuntimeError(f"fairseq-generate printed no summary:\n{text[-3000:]}")
-    nfe = GENERATE_NFE.search(text)
     return {"sentences": int(match[1].replace(",", "")), "tokens": int(match[2].replace(",", "")),
             "seconds": float(match[3]), "sentences_per_s": float(match[4]), "tokens_per_s": float(match[5]),
-            "nfe_per_sentence": float(nfe[1]) if nfe else None, "output": text}
+            "nfe_per_sentence": read_nfe(text), "output": text}

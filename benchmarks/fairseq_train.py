@@ -1,4 +1,4 @@
-"""Issue 6, item 3: training throughput of ``node_transformer`` against fairseq's ``transformer``.
+"""Training throughput of ``node_transformer`` against fairseq's ``transformer``, and adaptive NFE.
 
 Every model makes the same vector-field evaluations per update: fairseq's pre-norm ``transformer``
 with ``L`` encoder and ``L`` decoder layers is the baseline; ``node_transformer`` runs

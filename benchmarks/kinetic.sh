@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7: what kinetic-energy regularisation (--node-kinetic-weight) does to NFE and BLEU on the
+# What kinetic-energy regularisation (--node-kinetic-weight) does to NFE and BLEU on the
 # embedded numbers->words task: the same adaptive model (1+1 layers, width 64, dopri5 at rtol 1e-2)
 # trained with each weight, decoded with beam 4 (fixed-grid-free, so each token re-solves its prefix)
 # and scored on the 1000 held-out numbers.
@@ -34,8 +34,8 @@ mkdir -p "$runs"
 if [ -z "$data" ]; then
   data="$runs/data"
   if [ ! -d "$data/bin" ]; then
-    python -m node_seq.data.numbers "$runs/raw_task" > /dev/null
-    python -m node_seq.prepare "$runs/raw_task" "$data" --src src --tgt tgt --vocab-size 128 > "$runs/prepare.log" 2>&1
+    python -m node_seq.text.numbers "$runs/raw_task" > /dev/null
+    python -m node_seq.text.prepare "$runs/raw_task" "$data" --src src --tgt tgt --vocab-size 128 > "$runs/prepare.log" 2>&1
   fi
 fi
 variants=()
@@ -51,6 +51,6 @@ for w in "${weight_list[@]}"; do
   fairseq-generate "$data/bin" --user-dir user_dir --path "$runs/$name/checkpoint_best.pt" --gen-subset test \
     --beam 4 --max-tokens 8000 --post-process sentencepiece --num-workers 0 --required-batch-size-multiple 1 \
     "${quick_generate[@]}" > "$runs/$name/generate-test.log" 2>&1
-  python -m node_seq.score "$runs/$name/generate-test.log" "$data/raw/test.tgt" > "$runs/$name/score-test.txt"
+  python -m node_seq.text.score "$runs/$name/generate-test.log" "$data/raw/test.tgt" > "$runs/$name/score-test.txt"
 done
 python -m benchmarks.quality_report "$runs" "${variants[@]}" | tee "$runs/kinetic.md"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6, item 5: BLEU on Multi30k De->En, a plain pre-norm Transformer against NODE variants of the
+# BLEU on Multi30k De->En: a plain pre-norm Transformer against NODE variants of the
 # same parameter count (3+3 layers, width 256: every variant has the same weights, only what a layer
 # does with them changes), each trained with the same recipe and budget (scripts/train_multi30k.sh)
 # and decoded with scripts/evaluate_multi30k.sh (beam 5, sacreBLEU on detokenized test_2016_flickr).

@@ -14,8 +14,8 @@ export PATH="$root/.venv/bin:$PATH" PYTHONWARNINGS=ignore OMP_NUM_THREADS="${OMP
 step() { printf '\n== %s\n' "$*"; }
 
 step "data: numbers -> words (generated, seed 1)"
-python -m node_seq.data.numbers "$out/raw_task"
-python -m node_seq.prepare "$out/raw_task" "$out/data" --src src --tgt tgt --vocab-size 128 \
+python -m node_seq.text.numbers "$out/raw_task"
+python -m node_seq.text.prepare "$out/raw_task" "$out/data" --src src --tgt tgt --vocab-size 128 \
   > "$out/prepare.log" 2>&1
 
 step "fairseq-train --arch node_transformer_tiny (ODE encoder + decoder, rk4)"
@@ -38,13 +38,13 @@ fairseq-generate "$out/data/bin" --user-dir user_dir --path "$out/checkpoints/ch
 awk -F'\t' '/^S-[0-2]\t/ {src[$1]=$2} /^D-[0-2]\t/ {id="S-" substr($1, 3); printf "%14s -> %s\n", src[id], $3}' \
   "$out/generate.log"
 step "score"
-python -m node_seq.score "$out/generate.log" "$out/data/raw/test.tgt" | tee "$out/score.txt"
+python -m node_seq.text.score "$out/generate.log" "$out/data/raw/test.tgt" | tee "$out/score.txt"
 
 step "HF Transformers: convert, reload with from_pretrained, translate with generate (beam 4)"
-python scripts/convert_fairseq_to_hf.py --checkpoint "$out/checkpoints/checkpoint_best.pt" \
+python -m node_seq.hf.cli.convert --checkpoint "$out/checkpoints/checkpoint_best.pt" \
   --data-bin "$out/data/bin" --out "$out/hf" > "$out/convert.log" 2>&1
 head -n 5 "$out/data/raw/test.src" > "$out/hf_inputs.txt"
-python scripts/hf_translate.py --model "$out/hf" --beam 4 < "$out/hf_inputs.txt" > "$out/hf_outputs.txt" \
+python -m node_seq.hf.cli.translate --model "$out/hf" --beam 4 < "$out/hf_inputs.txt" > "$out/hf_outputs.txt" \
   2> "$out/hf_translate.log"
 python - "$out" <<'PY'
 import sys

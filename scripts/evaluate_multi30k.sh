@@ -10,4 +10,4 @@ cd "$root"
   --gen-subset test --beam 5 --max-tokens 8000 --post-process sentencepiece --num-workers 0 \
   --required-batch-size-multiple 1 "$@" \
   > "$save/generate-test.log" 2>&1
-.venv/bin/python -m node_seq.score "$save/generate-test.log" "$data/raw/test.en" | tee "$save/score-test.txt"
+.venv/bin/python -m node_seq.text.score "$save/generate-test.log" "$data/raw/test.en" | tee "$save/score-test.txt"

@@ -9,5 +9,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 raw="$(realpath "$1")"; out="$(realpath -m "${2:-$root/runs/multi30k}")"
 bash "$root/scripts/setup_venv.sh"
 cd "$root"
-.venv/bin/python -m node_seq.prepare "$raw" "$out" --src de --tgt en \
+.venv/bin/python -m node_seq.text.prepare "$raw" "$out" --src de --tgt en \
   --splits train=train,valid=val,test=test_2016_flickr --vocab-size "${VOCAB_SIZE:-8000}" --workers 2

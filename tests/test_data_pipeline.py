@@ -4,10 +4,11 @@ import gzip
 
 import pytest
 
-from node_seq.data.numbers import number_to_words, write_task
-from node_seq.score import main as score_main
-from node_seq.score import score
-from node_seq.tokenizer import detokenize, encode_lines, train_tokenizer
+from node_seq.text.generate_log import nfe_line, read_nfe
+from node_seq.text.numbers import number_to_words, write_task
+from node_seq.text.score import main as score_main
+from node_seq.text.score import score
+from node_seq.text.tokenizer import detokenize, encode_lines, train_tokenizer
 
 
 @pytest.mark.parametrize("n,words", [(0, "zero"), (13, "thirteen"), (40, "forty"), (101, "one hundred one"),
@@ -51,7 +52,7 @@ def _write(raw, name, lines):
     ("mismatch", "train: 3 de lines but 2 en lines"),
 ])
 def test_prepare_rejects_bad_data_before_writing(tmp_path, problem, message):
-    from node_seq.prepare import prepare
+    from node_seq.text.prepare import prepare
 
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -79,6 +80,14 @@ def test_score_counts_exact_matches_and_refuses_partial_logs(tmp_path):
     log.write_text("D-0\t-0.2\tone two\n")
     with pytest.raises(ValueError, match="1 hypotheses for 2 references.*--required-batch-size-multiple 1"):
         score(log, refs)
+
+
+def test_nfe_line_is_written_and_read_in_one_format():
+    line = nfe_line(135.24)
+    assert line == "NODE NFE: 135.2 function evaluations per sentence (encoder + all decoding steps, forward only)"
+    log = f"INFO | fairseq_cli.generate | Translated 3 sentences\nINFO | fairseq_cli.generate | {line}\n"
+    assert read_nfe(log) == 135.2
+    assert read_nfe("Translated 3 sentences (40 tokens)") is None
 
 
 def test_truncated_fairseq_checkpoint_fails_clearly(tmp_path):

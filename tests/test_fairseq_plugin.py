@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("fairseq")
 
 from fairseq_helpers import REPO, TINY, fairseq_generate, fairseq_train, make_task  # noqa: E402
+from node_seq.text.generate_log import read_nfe  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +63,7 @@ def test_trains_logs_nfe_and_generates(name, data, tmp_path):
 
     output = fairseq_generate(data, tmp_path / "ck" / "checkpoint_last.pt")
     assert sum(line.startswith("H-") for line in output.splitlines()) == 12
-    if name != "neither":
-        assert "NODE NFE:" in output
+    assert (read_nfe(output) == 0) == (name == "neither")  # plain layers evaluate no vector field
 
 
 
@@ -147,6 +147,59 @@ def test_one_euler_step_layers_are_ode_layers_and_plain_ones_are_not(data):
     assert len(model.ode_layers()) == len(model.encoder.layers)  # the encoder's, not the plain decoder's
     model(torch.tensor([[5, 6, 7, 2]]), torch.tensor([4]), torch.tensor([[2, 8, 9]]))
     assert [layer.last_stats.nfe_forward for layer in model.ode_layers()] == [1] * len(model.encoder.layers)
+
+
+def test_only_a_model_prepared_for_inference_counts_generation_nfe(data):
+    """fairseq-generate calls ``prepare_for_inference_`` before it decodes; eval mode without gradients
+    alone (validation, a parity test) counts nothing towards the NODE NFE line."""
+    import argparse
+
+    from node_seq.fairseq.nfe_logging import GENERATION
+
+    _, model = _build(data, ["--node-method", "rk4", "--node-steps", "1"])
+    src, lengths = torch.tensor([[5, 6, 7, 2], [8, 9, 10, 2]]), torch.tensor([4, 4])
+    prev = torch.tensor([[2, 8, 9], [2, 11, 12]])
+
+    def decode():
+        with torch.no_grad():
+            encoder_out = model.encoder(src, src_lengths=lengths)
+            state: dict = {}
+            for i in range(prev.shape[1]):
+                model.decoder(prev[:, :i + 1], encoder_out=encoder_out, incremental_state=state)
+
+    model.eval()
+    GENERATION.reset()
+    decode()
+    assert (GENERATION.sentences, GENERATION.weighted_nfe) == (0, 0.0)
+    model.prepare_for_inference_(argparse.Namespace(generation=argparse.Namespace(beam=1)))
+    decode()
+    # rk4 with one step: 4 evaluations per ODE layer and solve; one encoder solve and 3 decoding steps
+    assert GENERATION.sentences == 2 and GENERATION.per_sentence == 4 + 3 * 4
+
+
+def test_the_nfe_line_is_reported_once_per_generate_run():
+    """A second run in the same process (e.g. of fairseq's own transformer) does not repeat the last count."""
+    import io
+    import logging
+
+    from node_seq.fairseq.nfe_logging import count_generation_nfe
+    from node_seq.text.generate_log import nfe_line
+
+    counter = count_generation_nfe()
+    counter.sentences = 2
+    counter.add(5, 2)
+    logger = logging.getLogger("fairseq_cli.generate")
+    stream, level = io.StringIO(), logger.level
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("Translated 2 sentences")
+        logger.info("Translated 3 sentences")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert stream.getvalue().splitlines() == [nfe_line(5.0), "Translated 2 sentences", "Translated 3 sentences"]
 
 
 @pytest.mark.parametrize("argv", [["--node-method", "rk4", "--node-steps", "2"],

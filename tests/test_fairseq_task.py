@@ -11,7 +11,8 @@ import torch
 pytest.importorskip("fairseq")
 import node_seq.fairseq  # noqa: E402,F401  (registers the task; lets weights_only read fairseq checkpoints)
 
-from fairseq_helpers import REPO, TINY, TRAIN, fairseq_train, make_task, parse  # noqa: E402
+from fairseq_helpers import REPO, TINY, TRAIN, fairseq_train, make_task  # noqa: E402
+from node_seq.fairseq.inprocess import parse  # noqa: E402
 
 TASK = ["--task", "node_translation"]
 # Tolerances no solver meets within two steps: every forward solve fails.

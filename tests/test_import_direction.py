@@ -25,6 +25,8 @@ FORBIDDEN = {
     "node_seq.ode": ("node_seq.nn", "torch.nn.attention", *FRONT_ENDS),  # the core knows no attention
     "node_seq.memory": ("node_seq.nn", *FRONT_ENDS),
     "node_seq.nn": FRONT_ENDS,
+    # the text pipeline serves both front ends (it runs fairseq's preprocessing, never a front end)
+    "node_seq.text": ("node_seq.hf", "node_seq.fairseq", "vision", "benchmarks", "transformers"),
     "node_seq.hf": ("node_seq.fairseq", "fairseq", "vision", "benchmarks"),
     "node_seq.fairseq": ("node_seq.hf", "transformers", "vision", "benchmarks"),
     "vision": ("node_seq.hf", "node_seq.fairseq", "transformers", "fairseq", "benchmarks"),

@@ -1,66 +1,15 @@
-"""NODE layers against fairseq's own layers, and incremental decoding against full decoding."""
+"""NODE layers in plain torch: incremental decoding against full decoding, augmentation, time,
+dropout, gradients and failure policies (fairseq's own layers: test_layers_fairseq.py)."""
 
-import argparse
+import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from layer_inputs import SPEC, euler, padded_batch
 from node_seq.nn import LayerSpec, NodeDecoderLayer, NodeEncoderLayer, reorder_cache
-from node_seq.nn.convert import from_fairseq_layer
 from node_seq.ode import SolverConfig
-
-fairseq_modules = pytest.importorskip("fairseq.modules")
-
-SPEC = LayerSpec(embed_dim=16, num_heads=4, ffn_dim=32, dropout=0.0)
-
-
-def fairseq_args(**overrides):
-    args = dict(encoder_embed_dim=16, encoder_ffn_embed_dim=32, encoder_attention_heads=4,
-                decoder_embed_dim=16, decoder_ffn_embed_dim=32, decoder_attention_heads=4,
-                encoder_normalize_before=True, decoder_normalize_before=True, dropout=0.0,
-                attention_dropout=0.0, activation_dropout=0.0, activation_fn="relu")
-    return argparse.Namespace(**{**args, **overrides})
-
-
-def euler(steps=1, t1=1.0):
-    return SolverConfig(method="euler", steps=steps, t1=t1)
-
-
-def padded_batch():
-    x = torch.randn(3, 7, 16)
-    padding = torch.zeros(3, 7, dtype=torch.bool)
-    padding[1, 5:] = True
-    padding[2, 2:] = True
-    return x, padding
-
-
-@pytest.mark.parametrize("steps", [1, 3])
-def test_euler_encoder_layer_is_a_tied_stack_of_fairseq_layers(steps):
-    reference = fairseq_modules.TransformerEncoderLayer(fairseq_args()).eval()
-    ours = NodeEncoderLayer(SPEC, euler(steps, t1=float(steps))).eval()
-    ours.load_state_dict(from_fairseq_layer(reference.state_dict()))
-    x, padding = padded_batch()
-    expected = x.transpose(0, 1)
-    for _ in range(steps):
-        expected = reference(expected, encoder_padding_mask=padding)
-    got = ours(x, padding)
-    keep = ~padding
-    torch.testing.assert_close(got[keep], expected.transpose(0, 1)[keep], rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("steps", [1, 2])
-def test_euler_decoder_layer_is_a_tied_stack_of_fairseq_layers(steps):
-    reference = fairseq_modules.TransformerDecoderLayer(fairseq_args()).eval()
-    ours = NodeDecoderLayer(SPEC, euler(steps, t1=float(steps))).eval()
-    ours.load_state_dict(from_fairseq_layer(reference.state_dict()))
-    encoder_out, encoder_padding = padded_batch()
-    y = torch.randn(3, 5, 16)
-    causal = torch.triu(torch.full((5, 5), float("-inf")), 1)
-    expected = y.transpose(0, 1)
-    for _ in range(steps):
-        expected, _, _ = reference(expected, encoder_out.transpose(0, 1), encoder_padding, self_attn_mask=causal)
-    got = ours(y, encoder_out, encoder_padding, self_attn_mask=causal)
-    torch.testing.assert_close(got, expected.transpose(0, 1), rtol=1e-5, atol=1e-5)
 
 
 DECODERS = {
@@ -145,16 +94,23 @@ def test_cache_reordering_follows_beams():
     torch.testing.assert_close(last, full[:, 2:3], rtol=1e-5, atol=1e-5)
 
 
-def test_augmented_layer_starts_as_its_plain_counterpart_and_stacks():
-    torch.manual_seed(3)
-    plain = NodeEncoderLayer(SPEC, euler()).eval()
-    augmented = NodeEncoderLayer(SPEC, euler(), augment_dims=4).eval()
-    assert augmented.field.ffn.fc1.in_features == 20
+def test_augmented_layer_is_the_wider_layer_on_zero_padded_inputs_read_back_through_its_first_channels():
+    """``--node-augment-dims 4``: the state gets 4 zero channels, the solve runs at width 20, and the
+    projection back starts as "keep the first 16 channels" (``ChannelDrop``), so at init the layer's
+    output is exactly what a plain-width-20 ODE layer with the same field gives on the padded input,
+    cut to 16 channels; the extra channels do move during the solve, they are dropped afterwards."""
+    augmented = NodeEncoderLayer(SPEC, euler(2), augment_dims=4).eval()
+    wider = NodeEncoderLayer(dataclasses.replace(SPEC, embed_dim=20), euler(2)).eval()
+    loaded = wider.load_state_dict(augmented.state_dict(), strict=False)
+    assert (loaded.missing_keys, loaded.unexpected_keys) == ([], ["project.weight"])  # the same field
     x, padding = padded_batch()
-    second = NodeEncoderLayer(SPEC, euler(), augment_dims=4).eval()
-    out = second(augmented(x, padding), padding)  # two augmented layers in a row
-    assert out.shape == x.shape
-    assert plain(x, padding).shape == x.shape
+    with torch.no_grad():
+        out = augmented(x, padding)
+        state = wider(F.pad(x, (0, 4)), padding)
+        stacked = NodeEncoderLayer(SPEC, euler(), augment_dims=4).eval()(out, padding)  # back at width 16
+    torch.testing.assert_close(out, state[..., :16], rtol=0, atol=0)
+    assert state[..., 16:].abs().max() > 0.1
+    assert stacked.shape == x.shape
 
 
 def test_time_dependent_field_sees_t():

@@ -2,7 +2,6 @@
 passes a value through unchanged, and names the option its own way when the value is bad."""
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,9 @@ fairseq = pytest.importorskip("fairseq")
 
 
 def _train_hf():
-    spec = importlib.util.spec_from_file_location("train_hf_under_test", REPO / "scripts" / "train_hf.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from node_seq.hf.cli import train
+
+    return train
 
 
 def _fairseq_namespace(argv):

@@ -27,7 +27,7 @@ from torch import nn
 
 from node_seq.ode import OptionError, SolverConfig, SolveStats, current_stage, solve
 
-from .norms import NormSpec, activation, layer_norm, parse_norm, weight_normed
+from .norms import NormSpec, activation, output_norm, parse_norm, weight_normed
 
 DEFAULT_SOLVER = SolverConfig(method="euler", steps=1)
 
@@ -37,9 +37,9 @@ DEFAULT_SOLVER = SolverConfig(method="euler", steps=1)
 # ---------------------------------------------------------------------------------------------
 
 def conv(in_ch: int, out_ch: int, kernel: int, *, norm: NormSpec, stride: int = 1, dims: int = 2) -> nn.Module:
-    """A conv with its weight norm applied; no bias when a layer norm follows (it would cancel)."""
+    """A conv with its weight norm applied; no bias when an output norm follows (it would cancel)."""
     cls = nn.Conv2d if dims == 2 else nn.Conv1d
-    layer = cls(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=norm.layer == "none")
+    layer = cls(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=norm.output == "none")
     return weight_normed(layer, norm.weight)
 
 
@@ -72,10 +72,10 @@ class ConvField(nn.Module):
     def __init__(self, *, channels: int, norm: NormSpec, act: str, final_activation: bool):
         super().__init__()
         self.conv1 = conv(channels, channels, 3, norm=norm)
-        self.norm1 = layer_norm(norm.layer, channels, in_ode=True)
+        self.norm1 = output_norm(norm.output, channels, in_ode=True)
         self.act1 = activation(act)
         self.conv2 = conv(channels, channels, 3, norm=norm)
-        self.norm2 = layer_norm(norm.layer, channels, in_ode=True)
+        self.norm2 = output_norm(norm.output, channels, in_ode=True)
         self.act2 = activation(act) if final_activation else nn.Identity()
 
     def forward(self, t: torch.Tensor, y: torch.Tensor, grid_steps: int | None = None) -> torch.Tensor:
@@ -93,9 +93,9 @@ class BottleneckField(nn.Module):
     def __init__(self, *, channels: int, hidden: int, norm: NormSpec, act: str, dims: int):
         super().__init__()
         self.net = nn.Sequential(
-            conv(channels, hidden, 1, norm=norm, dims=dims), layer_norm(norm.layer, hidden, dims, in_ode=True),
+            conv(channels, hidden, 1, norm=norm, dims=dims), output_norm(norm.output, hidden, dims, in_ode=True),
             activation(act),
-            conv(hidden, hidden, 3, norm=norm, dims=dims), layer_norm(norm.layer, hidden, dims, in_ode=True),
+            conv(hidden, hidden, 3, norm=norm, dims=dims), output_norm(norm.output, hidden, dims, in_ode=True),
             activation(act),
             weight_normed((nn.Conv2d if dims == 2 else nn.Conv1d)(hidden, channels, 1), norm.weight),
         )
@@ -166,14 +166,14 @@ class ResBlock(nn.Module):
     def __init__(self, *, in_ch: int, out_ch: int, stride: int, norm: NormSpec, act: str):
         super().__init__()
         self.conv1 = conv(in_ch, out_ch, 3, norm=norm, stride=stride)
-        self.norm1 = layer_norm(norm.layer, out_ch)
+        self.norm1 = output_norm(norm.output, out_ch)
         self.act1 = activation(act)
         self.conv2 = conv(out_ch, out_ch, 3, norm=norm)
-        self.norm2 = layer_norm(norm.layer, out_ch)
+        self.norm2 = output_norm(norm.output, out_ch)
         self.shortcut = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(conv(in_ch, out_ch, 1, norm=norm, stride=stride),
-                                          layer_norm(norm.layer, out_ch))
+                                          output_norm(norm.output, out_ch))
         self.act2 = activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,7 +183,7 @@ class ResBlock(nn.Module):
 
 
 def stem(in_ch: int, out_ch: int, norm: NormSpec, act: str) -> nn.Sequential:
-    return nn.Sequential(conv(in_ch, out_ch, 3, norm=norm), layer_norm(norm.layer, out_ch), activation(act))
+    return nn.Sequential(conv(in_ch, out_ch, 3, norm=norm), output_norm(norm.output, out_ch), activation(act))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ blocks and the ODE blocks each get their own choice. A spec reads ``stem-res-ode
 
 * one part (``ln``) applies everywhere; two parts (``bn-ln``) give stem and ResNet blocks the first,
   ODE blocks the second; three parts name all three.
-* each part is a layer-output norm (``bn``, ``ln``, ``none``), a weight norm on every conv/linear
+* each part is an output norm on what a conv produces (``bn``, ``ln``, ``none``), a weight norm on every conv/linear
   (``wn``, ``sn``), or both joined by ``+`` (``ln+wn``). ``nf`` is an alias of ``none``.
 
 BN inside an ODE function shares running statistics across every time point and solver stage;
@@ -26,7 +26,7 @@ from torch.nn.utils import parametrizations
 
 from node_seq.ode import OptionError, in_backward_solve
 
-LAYER_NORMS = ("bn", "ln", "none")
+OUTPUT_NORMS = ("bn", "ln", "none")
 WEIGHT_NORMS = ("wn", "sn", "none")
 ACTIVATIONS = ("relu", "lrelu", "tanh", "softplus", "none")
 NORM_PLACES = ("stem", "res", "ode")
@@ -36,11 +36,11 @@ NORM_PLACES = ("stem", "res", "ode")
 class NormSpec:
     """What normalizes one place of the network."""
 
-    layer: str = "none"
-    weight: str = "none"
+    output: str = "none"  # the norm of a conv's output: bn, ln or none
+    weight: str = "none"  # the norm of its weight: wn, sn or none
 
     def __str__(self) -> str:
-        parts = [p for p in (self.layer, self.weight) if p != "none"]
+        parts = [p for p in (self.output, self.weight) if p != "none"]
         return "+".join(parts) or "none"
 
 
@@ -59,19 +59,19 @@ def parse_norm(spec: str, option: str = "norm") -> dict[str, NormSpec]:
 
 
 def _parse_part(part: str, spec: str, option: str) -> NormSpec:
-    layer, weight = "none", "none"
+    output, weight = "none", "none"
     for token in part.split("+"):
         token = "none" if token == "nf" else token
-        if token in ("bn", "ln") and layer == "none":
-            layer = token
+        if token in ("bn", "ln") and output == "none":
+            output = token
         elif token in ("wn", "sn") and weight == "none":
             weight = token
         elif token != "none":
             raise OptionError(
-                f"{option}: cannot read {token!r} in {spec!r}; each part is a layer norm "
-                f"({', '.join(LAYER_NORMS)}), a weight norm ({', '.join(WEIGHT_NORMS)}), or one of each "
+                f"{option}: cannot read {token!r} in {spec!r}; each part is an output norm "
+                f"({', '.join(OUTPUT_NORMS)}), a weight norm ({', '.join(WEIGHT_NORMS)}), or one of each "
                 f"joined by '+' (e.g. 'ln+wn')")
-    return NormSpec(layer, weight)
+    return NormSpec(output, weight)
 
 
 class _StatsOnceMixin:
@@ -100,8 +100,9 @@ class ODEBatchNorm1d(_StatsOnceMixin, nn.BatchNorm1d):
     pass
 
 
-def layer_norm(kind: str, channels: int, dims: int = 2, *, in_ode: bool = False) -> nn.Module:
-    """The layer-output norm after a ``dims``-d conv: BN, LN (GroupNorm with one group) or nothing."""
+def output_norm(kind: str, channels: int, dims: int = 2, *, in_ode: bool = False) -> nn.Module:
+    """The norm of a ``dims``-d conv's output: BatchNorm (``bn``), GroupNorm with one group (``ln``, a
+    LayerNorm over channels and positions) or ``nn.Identity`` (``none``)."""
     if kind == "bn":
         if in_ode:
             return ODEBatchNorm2d(channels) if dims == 2 else ODEBatchNorm1d(channels)
@@ -110,7 +111,7 @@ def layer_norm(kind: str, channels: int, dims: int = 2, *, in_ode: bool = False)
         return nn.GroupNorm(1, channels)  # normalizes over (C, H, W) or (C, L): works for 1-d and 2-d convs
     if kind == "none":
         return nn.Identity()
-    raise OptionError(f"norm: unknown layer norm {kind!r}; choose one of {', '.join(LAYER_NORMS)}")
+    raise OptionError(f"norm: unknown output norm {kind!r}; choose one of {', '.join(OUTPUT_NORMS)}")
 
 
 def weight_normed(module: nn.Module, kind: str) -> nn.Module:

@@ -22,7 +22,7 @@ from ..nn.factory import configure_ode_layers, decoder_layer, encoder_layer, lay
 from ..nn.layers import NodeDecoderLayer, NodeEncoderLayer, is_ode_layer, reorder_cache
 from ..ode import OptionError
 from . import options
-from .nfe_logging import GENERATION, BackwardNFELogger, log_forward_nfe, report_nfe_after_generate
+from .nfe_logging import BackwardNFELogger, GenerationNFE, count_generation_nfe, log_forward_nfe
 
 class FairseqNodeEncoderLayer(NodeEncoderLayer):
     """fairseq's encoder-layer call convention: time-first ``(length, batch, embed)``."""
@@ -73,21 +73,24 @@ class FairseqNodeDecoderLayer(NodeDecoderLayer):
 
 
 class NodeTransformerEncoder(TransformerEncoder):
+    generation_nfe: Optional[GenerationNFE] = None  # set by NodeTransformerModel.prepare_for_inference_
+
     def build_encoder_layer(self, cfg):
         return encoder_layer(layer_spec(options.layer_sizes(self.args, "encoder"), "encoder"),
                              options.node_options(self.args), FairseqNodeEncoderLayer)
 
     def forward(self, src_tokens, src_lengths=None, return_all_hiddens: bool = False, token_embeddings=None):
         out = super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
-        if not self.training and not torch.is_grad_enabled():
-            GENERATION.sentences += src_tokens.shape[0]
-            GENERATION.add(sum(layer.last_stats.nfe_forward for layer in self.layers if is_ode_layer(layer)),
-                           src_tokens.shape[0])
+        if self.generation_nfe is not None:
+            self.generation_nfe.sentences += src_tokens.shape[0]
+            self.generation_nfe.add(sum(layer.last_stats.nfe_forward for layer in self.layers if is_ode_layer(layer)),
+                                    src_tokens.shape[0])
         return out
 
 
 class NodeTransformerDecoder(TransformerDecoder):
     beam_size = 1
+    generation_nfe: Optional[GenerationNFE] = None  # set by NodeTransformerModel.prepare_for_inference_
 
     def build_decoder_layer(self, cfg, no_encoder_attn: bool = False):
         node_options = options.node_options(self.args)
@@ -103,9 +106,9 @@ class NodeTransformerDecoder(TransformerDecoder):
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
         out = super().forward(prev_output_tokens, encoder_out=encoder_out, incremental_state=incremental_state,
                               **kwargs)
-        if incremental_state is not None and not torch.is_grad_enabled():
+        if self.generation_nfe is not None and incremental_state is not None:  # one decoding step
             nfe = sum(layer.last_stats.nfe_forward for layer in self.layers if is_ode_layer(layer))
-            GENERATION.add(nfe, prev_output_tokens.shape[0] / max(self.beam_size, 1))
+            self.generation_nfe.add(nfe, prev_output_tokens.shape[0] / max(self.beam_size, 1))
         return out
 
 
@@ -129,8 +132,14 @@ class NodeTransformerModel(TransformerModel):
     @classmethod
     def build_model(cls, args, task):
         node_base_architecture(args)
-        report_nfe_after_generate()
         return super().build_model(args, task)
+
+    def prepare_for_inference_(self, cfg):
+        """fairseq-generate, fairseq-interactive and the hub interface call this before decoding (and
+        the model cannot train afterwards): from here on, encoder and decoder count NFE per sentence
+        for the ``NODE NFE`` line."""
+        super().prepare_for_inference_(cfg)
+        self.encoder.generation_nfe = self.decoder.generation_nfe = count_generation_nfe()
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):

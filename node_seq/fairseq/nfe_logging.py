@@ -7,7 +7,9 @@
   reconstruction, adjoint solves). It is only known once autograd has gone through every ODE
   block, so each block's input carries a gradient hook and the last one to fire logs the total.
 * ``fairseq-generate``: the average NFE per sentence (encoder plus every decoding step) is
-  printed with fairseq's own "Translated N sentences" summary.
+  printed with fairseq's own "Translated N sentences" summary. Counting is switched on explicitly:
+  fairseq-generate (like fairseq-interactive and the hub interface) calls the model's
+  ``prepare_for_inference_`` before it decodes, and only a model prepared that way counts.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fairseq.logging import metrics
 from torch import nn
 
 from ..nn.layers import collect_stats
+from ..text.generate_log import nfe_line
 
 
 def log_forward_nfe(model: nn.Module) -> None:
@@ -47,7 +50,8 @@ class BackwardNFELogger:
 
 
 class GenerationNFE:
-    """Counts evaluations per sentence while fairseq-generate decodes."""
+    """Counts evaluations per sentence while fairseq-generate decodes (fed by the encoder, once per
+    batch, and the decoder, once per incremental step)."""
 
     def __init__(self):
         self.sentences = 0
@@ -68,19 +72,27 @@ GENERATION = GenerationNFE()
 
 
 class _AfterTranslatedLine(logging.Filter):
+    """The NODE NFE line next to fairseq-generate's summary, which ends a run: the count is reported once
+    and starts again from zero, so a later run in the same process reports its own count or none."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str) and record.msg.startswith("Translated") and GENERATION.sentences:
             logging.getLogger(record.name).handle(logging.LogRecord(
-                record.name, logging.INFO, record.pathname, record.lineno,
-                "NODE NFE: %.1f function evaluations per sentence (encoder + all decoding steps, forward only)",
-                (GENERATION.per_sentence,), None))
+                record.name, logging.INFO, record.pathname, record.lineno, nfe_line(GENERATION.per_sentence), (),
+                None))
+            GENERATION.reset()
         return True
 
 
-def report_nfe_after_generate() -> None:
-    """Count from zero (one count per model built, i.e. per fairseq-generate run) and report it."""
+def count_generation_nfe() -> GenerationNFE:
+    """Count from zero, and report the count after fairseq-generate's summary line.
+
+    Called by a model's ``prepare_for_inference_``, so once per fairseq-generate run; the encoder
+    and decoder of that model feed the counter returned.
+    """
     GENERATION.reset()
     logger = logging.getLogger("fairseq_cli.generate")
     if not any(isinstance(f, _AfterTranslatedLine) for f in logger.filters):
         logger.addFilter(_AfterTranslatedLine())
+    return GENERATION
 

@@ -7,7 +7,7 @@ and decodes outputs as ``fairseq-generate --post-process`` prints them. It is bu
 
 * ``--spm-model M.model``: the sentencepiece model the text was encoded with (``spm_encode``);
 * ``--bpe-codes CODES``: the subword-nmt codes it was split with (``apply_bpe.py``, ``@@ `` marks);
-* ``--tokenizer``, or ``tokenizer.json`` in the data folder: node-seq's own BPE (``node_seq.prepare``),
+* ``--tokenizer``, or ``tokenizer.json`` in the data folder: node-seq's own BPE (``node_seq.text.prepare``),
   renumbered to the dictionary (this route needs one joined dictionary);
 * else the dictionaries alone: the text is taken as fairseq-preprocess read it (pre-tokenised
   words, or pieces already split), and outputs are words joined by spaces.
@@ -17,7 +17,7 @@ may differ: the config then has a ``decoder_vocab_size`` of its own and the toke
 side. The routes that cannot be reproduced exactly are refused before anything is written
 (:mod:`.fairseq_vocabulary` lists them).
 
-    python scripts/convert_fairseq_to_hf.py --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR \\
+    python -m node_seq.hf.cli.convert --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR \\
         [--spm-model SPM.model | --bpe-codes CODES | --tokenizer tokenizer.json]
 """
 
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
                                            "else the dictionaries alone, for pre-tokenised text)")
     tokenizers.add_argument("--spm-model", default=None, help="the sentencepiece model the data was encoded with")
     tokenizers.add_argument("--bpe-codes", default=None, help="the subword-nmt codes the data was split with")
-    tokenizers.add_argument("--tokenizer", default=None, help="node-seq's tokenizer.json (node_seq.prepare)")
+    tokenizers.add_argument("--tokenizer", default=None, help="node-seq's tokenizer.json (node_seq.text.prepare)")
     parser.add_argument("--source-lang", default=None, help="source language (default: the checkpoint's, else the "
                         "data files')")
     parser.add_argument("--target-lang", default=None, help="target language (as --source-lang)")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from ..tokenizer import SPECIALS
+from ..text.tokenizer import SPECIALS
 from .sentencepiece_model import BYTE, NORMAL, USER_DEFINED, SentencePieceModel
 
 END_OF_WORD = "</w>"  # subword-nmt's mark on the last symbol of a word while merging

@@ -1,8 +1,8 @@
-"""The HF fast tokenizer of node-seq: the experiment's BPE (``node_seq.tokenizer``), ``</s>`` appended.
+"""The HF fast tokenizer of node-seq: the experiment's BPE (``node_seq.text.tokenizer``), ``</s>`` appended.
 
 Three numberings:
 
-* the BPE's own ids (a model trained the HF way, ``scripts/train_hf.py``);
+* the BPE's own ids (a model trained the HF way, ``node_seq.hf.cli.train``);
 * a fairseq dictionary's ids (a converted fairseq model). fairseq reads the BPE's pieces as strings
   and looks each up in its dictionary, so a piece the dictionary lacks (one the BPE learnt but that
   never ended a word of the training data, single letters included) becomes ``<unk>``. The BPE of
@@ -28,7 +28,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
-from ..tokenizer import SPECIALS
+from ..text.tokenizer import SPECIALS
 from .fairseq_vocabulary import FairseqVocabulary
 
 TARGET_TOKENIZER_FILE = "target_tokenizer.json"
@@ -199,7 +199,7 @@ def build_tokenizer(tokenizer_json: str | Path | dict, *, dictionary: str | Path
         tok, size = renumbered(tok, symbols), len(symbols)
     specials = {t["content"]: t["id"] for t in tok["added_tokens"]}
     if [specials.get(s) for s in SPECIALS] != list(range(len(SPECIALS))):
-        raise ValueError(f"the tokenizer's special tokens must be {SPECIALS} with ids 0-3 (node_seq.tokenizer's)")
+        raise ValueError(f"the tokenizer's special tokens must be {SPECIALS} with ids 0-3 (node_seq.text.tokenizer's)")
     backend = Tokenizer.from_str(json.dumps(tok))
     backend.post_processor = eos_appended(specials["</s>"])
     return NodeTransformerTokenizerFast(

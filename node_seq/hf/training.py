@@ -1,6 +1,6 @@
 """Training a NODE-Transformer the HF way: ``datasets``, ``Seq2SeqTrainer``, sacrebleu, NFE in the logs.
 
-``scripts/train_hf.py`` is the command line; the pieces live here so tests can call them.
+``node_seq.hf.cli.train`` is the command line; the pieces live here so tests can call them.
 
 * :func:`load_parallel_text`: ``{split}.{src}``/``{split}.{tgt}`` files -> a ``DatasetDict`` with a
   column per language (the ``text`` loader of ``datasets``, local files only);

@@ -27,32 +27,19 @@ def _one_thread():
         yield
 
 
-def write_numbers(raw: Path) -> Path:
-    """Numbers below 1000, digits -> words, as pre-tokenised ``raw/{train,valid,test}.{src,tgt}``."""
-    import random
-
-    from node_seq.data.numbers import number_to_words
-
-    numbers = list(range(1000))
-    random.Random(1).shuffle(numbers)
-    splits = {"test": numbers[:48], "valid": numbers[48:64], "train": numbers[64:]}
-    raw.mkdir(parents=True)
-    for split, chosen in splits.items():
-        (raw / f"{split}.src").write_text("".join(" ".join(str(n)) + "\n" for n in chosen))
-        (raw / f"{split}.tgt").write_text("".join(number_to_words(n) + "\n" for n in chosen))
-    return raw
+# Every number below 1000 (digits -> words), the held-out ones of three digits: short enough that a
+# tiny model learns it in seconds.
+NUMBERS = dict(sizes={"train": 936, "valid": 16, "test": 48}, max_digits=3)
 
 
 @pytest.fixture(scope="session")
 def fairseq_data(tmp_path_factory) -> tuple[Path, Path]:
-    """Numbers below 1000, digits -> words: short enough that a tiny model learns it in seconds."""
-    from node_seq.prepare import prepare
+    """The numbers task prepared as node-seq prepares it (its BPE, fairseq binaries): raw text, binaries."""
+    from node_seq.text.numbers import prepare_numbers
 
     root = tmp_path_factory.mktemp("numbers")
-    write_numbers(root / "raw")
     with one_thread():
-        bin_dir = prepare(root / "raw", root / "data", src="src", tgt="tgt",
-                          splits={"train": "train", "valid": "valid", "test": "test"}, vocab_size=128)
+        bin_dir = prepare_numbers(root, vocab_size=128, **NUMBERS)
     return root / "data" / "raw", bin_dir
 
 
@@ -89,7 +76,11 @@ def variant_run(tmp_path_factory, fairseq_data) -> FairseqRun:
 @pytest.fixture(scope="session")
 def user_text(tmp_path_factory) -> Path:
     """The user's raw text: the numbers task, already split into words."""
-    return write_numbers(tmp_path_factory.mktemp("user_text") / "raw")
+    from node_seq.text.numbers import write_task
+
+    raw = tmp_path_factory.mktemp("user_text") / "raw"
+    write_task(raw, **NUMBERS)
+    return raw
 
 
 def _user_run(tmp_path_factory, raw: Path, name: str, preprocess, post_process: str | None, *, joined: bool,

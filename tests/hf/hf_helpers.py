@@ -1,9 +1,8 @@
-"""Helpers of the HF tests: tiny models, in-process fairseq preprocessing and training, loading the scripts."""
+"""Helpers of the HF tests: tiny models, in-process fairseq preprocessing and training."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 from typing import Callable
 
@@ -15,14 +14,6 @@ from node_seq.hf import NodeTransformerConfig, NodeTransformerForConditionalGene
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(vocab_size=40, encoder_embed_dim=16, decoder_embed_dim=16, encoder_ffn_dim=32, decoder_ffn_dim=32,
             encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2, dropout=0.0)
-
-
-def load_script(name: str):
-    """``scripts/<name>.py`` as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"node_seq_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_model(**overrides) -> NodeTransformerForConditionalGeneration:
@@ -50,13 +41,12 @@ class FairseqRun:
 
 
 def fairseq_preprocess(prefix: Path, dest: Path, *, joined: bool) -> Path:
-    """fairseq-preprocess ``prefix/{train,valid,test}.{src,tgt}`` into ``dest`` (its ``main``, in this process)."""
-    from fairseq import options
-    from fairseq_cli import preprocess
+    """fairseq-preprocess ``prefix/{train,valid,test}.{src,tgt}`` into ``dest`` (in this process)."""
+    from node_seq.fairseq import inprocess
 
     argv = ["--source-lang", "src", "--target-lang", "tgt", "--destdir", str(dest), "--workers", "1",
             *(f"--{split}pref={prefix / split}" for split in ("train", "valid", "test"))]
-    preprocess.main(options.get_preprocessing_parser().parse_args(argv + (["--joined-dictionary"] if joined else [])))
+    inprocess.preprocess(argv + (["--joined-dictionary"] if joined else []))
     return dest
 
 
@@ -71,18 +61,15 @@ def fairseq_side(run: FairseqRun):
 
 
 def fairseq_train(bin_dir: Path, save_dir: Path, extra: list[str]) -> Path:
-    """Train with fairseq-train's own ``main`` in this process (no interpreter start-up per run)."""
-    from fairseq import options
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from fairseq_cli import train
+    """Train with fairseq-train in this process; the checkpoint it saved last."""
+    from node_seq.fairseq import inprocess
 
-    argv = [str(bin_dir), "--user-dir", str(REPO / "user_dir"), "--arch", "node_transformer_tiny",
+    argv = [str(bin_dir), "--arch", "node_transformer_tiny",
             "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32",
             "--decoder-ffn-embed-dim", "32", "--optimizer", "adam", "--lr", "1e-2", "--lr-scheduler", "inverse_sqrt",
             "--warmup-updates", "20", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
             "--max-tokens", "1024", "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--num-workers", "0",
             "--dropout", "0.0", "--seed", "1", "--disable-validation", "--log-format", "none", "--cpu",
             "--no-save-optimizer-state", *extra]
-    args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
-    train.main(convert_namespace_to_omegaconf(args))
+    inprocess.train(argv)
     return save_dir / "checkpoint_last.pt"

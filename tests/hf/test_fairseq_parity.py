@@ -18,9 +18,9 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 import node_seq.fairseq  # noqa: F401  (registers the fairseq model; allow-lists its checkpoints)
 from node_seq.hf.convert import ConversionError, convert, load_fairseq_checkpoint
-from node_seq.tokenizer import encode_lines, load_tokenizer
+from node_seq.text.tokenizer import encode_lines, load_tokenizer
 
-from hf_helpers import fairseq_side, load_script
+from hf_helpers import fairseq_side
 
 RUNS = ["trained_run", "variant_run"]
 
@@ -110,7 +110,7 @@ def test_generation_is_token_identical_to_fairseq(run_name, beam, request):
 def test_hf_translate_prints_fairseq_translations(trained_run):
     from fairseq.sequence_generator import SequenceGenerator
 
-    hf_translate = load_script("hf_translate")
+    from node_seq.hf.cli import translate as hf_translate
 
     fairseq_model, task = fairseq_side(trained_run)
     dataset = task.dataset("test")

@@ -17,7 +17,7 @@ import pytest
 from node_seq.hf.fairseq_vocabulary import VocabularyError, read_bpe_codes, sentencepiece, subword_nmt, word_level
 from node_seq.hf.sentencepiece_model import read_sentencepiece_model
 from node_seq.hf.tokenization_node_transformer import build_fairseq_tokenizer, read_fairseq_dictionary
-from node_seq.tokenizer import SPECIALS
+from node_seq.text.tokenizer import SPECIALS
 
 WORDS = ["one", "two", "three", "seven", "eleven", "twelve", "hundred", "and", "twenty", "b@@", "x@@y", "@@", "o"]
 

@@ -1,16 +1,16 @@
-"""scripts/train_hf.py end to end on a tiny generated task: datasets -> Seq2SeqTrainer -> BLEU, NFE logged."""
+"""``node_seq.hf.cli.train`` end to end on a tiny generated task: datasets -> Seq2SeqTrainer -> BLEU, NFE logged."""
 
 import json
 
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from hf_helpers import load_script
-from node_seq.data.numbers import write_task
+from node_seq.hf.cli import train as train_hf
+from node_seq.text.numbers import write_task
 
 
 def test_train_hf_smoke_run(tmp_path):
     write_task(tmp_path / "data", sizes={"train": 160, "valid": 8, "test": 8})
-    results = load_script("train_hf").main([
+    results = train_hf.main([
         "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--vocab-size", "64",
         "--embed-dim", "16", "--ffn-dim", "32", "--layers", "1", "--heads", "2", "--node-method", "rk4",
         "--node-gradient", "checkpoint", "--max-steps", "6", "--batch-size", "32", "--logging-steps", "2",
@@ -49,7 +49,7 @@ def test_train_hf_under_torchrun_with_two_cpu_processes(tmp_path):
         port = str(probe.getsockname()[1])
     run = subprocess.run([
         str(REPO / ".venv" / "bin" / "torchrun"), "--nproc_per_node", "2", "--master_port", port,
-        str(REPO / "scripts" / "train_hf.py"), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+        "-m", "node_seq.hf.cli.train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
         "--vocab-size", "64", "--embed-dim", "16", "--ffn-dim", "32", "--layers", "1", "--heads", "2",
         "--max-steps", "2", "--batch-size", "16", "--logging-steps", "1", "--eval-steps", "2", "--beam", "1",
         "--max-target-length", "8", "--node-method", "rk4", "--cpu"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -63,7 +63,7 @@ def test_every_norm_trains(spec):
     model(x).sum().backward()
     ode_part = parse_norm(spec)["ode"]
     field = model.ode_blocks()[0].func
-    expected = {"bn": torch.nn.BatchNorm2d, "ln": torch.nn.GroupNorm, "none": torch.nn.Identity}[ode_part.layer]
+    expected = {"bn": torch.nn.BatchNorm2d, "ln": torch.nn.GroupNorm, "none": torch.nn.Identity}[ode_part.output]
     assert isinstance(field.norm1, expected)
     assert hasattr(field.conv1, "parametrizations") == (ode_part.weight != "none")
 

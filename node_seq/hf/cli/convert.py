@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Convert a fairseq ``node_transformer`` checkpoint into an HF folder (see node_seq/hf/convert.py).
 
-    python scripts/convert_fairseq_to_hf.py --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR \\
+    python -m node_seq.hf.cli.convert --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR \\
         [--spm-model SPM.model | --bpe-codes CODES | --tokenizer tokenizer.json]
 """
 

@@ -1,6 +1,6 @@
 """Score ``fairseq-generate`` output against raw references: sacreBLEU, exact match, NFE.
 
-    python -m node_seq.score GENERATE_LOG REFERENCE_FILE
+    python -m node_seq.text.score GENERATE_LOG REFERENCE_FILE
 
 reads the ``D-<id>`` lines (detokenized hypotheses, in fairseq's order) and the ``NODE NFE`` line
 that node-seq adds to fairseq-generate's log, and prints a few lines a person can read.
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import sacrebleu
 
-_NFE = re.compile(r"NODE NFE: ([0-9.]+) function evaluations per sentence")
+from .generate_log import read_nfe
 
 
 def read_hypotheses(generate_log: str | Path) -> dict[int, str]:
@@ -42,12 +41,11 @@ def score(generate_log: str | Path, references: str | Path, hypotheses: dict[int
                          "--required-batch-size-multiple 1")
     ids = sorted(hypotheses)
     hyps, gold = [hypotheses[i] for i in ids], [refs[i].strip() for i in ids]
-    nfe = _NFE.findall(Path(generate_log).read_text(encoding="utf-8"))
     return {
         "sentences": len(ids),
         "bleu": round(sacrebleu.corpus_bleu(hyps, [gold]).score, 2),
         "exact_match": round(100.0 * sum(h == g for h, g in zip(hyps, gold)) / len(ids), 2),
-        "nfe_per_sentence": float(nfe[-1]) if nfe else None,
+        "nfe_per_sentence": read_nfe(Path(generate_log).read_text(encoding="utf-8")),
     }
 
 

@@ -1,12 +1,12 @@
 """Prepare a parallel corpus for training: one subword tokenizer, fairseq binaries, references.
 
-    python -m node_seq.prepare RAW_DIR OUT_DIR --src de --tgt en \
+    python -m node_seq.text.prepare RAW_DIR OUT_DIR --src de --tgt en \
         --splits train=train,valid=val,test=test_2016_flickr --vocab-size 8000
 
 reads ``RAW_DIR/{name}.{lang}`` (plain or ``.gz``), and writes to ``OUT_DIR``:
 
 * ``raw/{split}.{lang}``: the untokenized text (references for sacrebleu);
-* ``tokenizer.json``: the joint BPE (see :mod:`node_seq.tokenizer`), learnt on the training split;
+* ``tokenizer.json``: the joint BPE (see :mod:`node_seq.text.tokenizer`), learnt on the training split;
 * ``bpe/{split}.{lang}``: the text as pieces; ``bin/``: ``fairseq-preprocess`` output with a joined
   dictionary (``bin/dict.{lang}.txt``), ready for ``fairseq-train OUT_DIR/bin``.
 """

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Train a NODE-Transformer with HF ``Seq2SeqTrainer`` on parallel text files; report BLEU and NFE.
 
-    python -m node_seq.data.numbers /tmp/numbers            # the embedded demo task (no download)
-    python scripts/train_hf.py --data /tmp/numbers --src src --tgt tgt --out /tmp/hf_numbers
+    python -m node_seq.text.numbers /tmp/numbers            # the embedded demo task (no download)
+    python -m node_seq.hf.cli.train --data /tmp/numbers --src src --tgt tgt --out /tmp/hf_numbers
 
 reads ``DATA/{train,valid,test}.{SRC,TGT}`` (one sentence per line) with ``datasets``, learns the
 project's BPE on the training split (or takes ``--tokenizer tokenizer.json`` from
-``node_seq.prepare``), trains, logs ``nfe_f``/``nfe_b`` next to the loss, evaluates sacrebleu BLEU
+``node_seq.text.prepare``), trains, logs ``nfe_f``/``nfe_b`` next to the loss, evaluates sacrebleu BLEU
 on the validation split during training and on the test split at the end, and saves a folder that
 ``AutoModelForSeq2SeqLM.from_pretrained``/``AutoTokenizer.from_pretrained`` load (``OUT/final``),
 with every log line in ``OUT/log_history.json``.
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     from node_seq.hf import NodeTransformerConfig, NodeTransformerForConditionalGeneration
     from node_seq.hf.tokenization_node_transformer import build_tokenizer
     from node_seq.hf.training import NodeSeq2SeqTrainer, bleu_metrics, load_parallel_text, tokenize
-    from node_seq.tokenizer import train_tokenizer
+    from node_seq.text.tokenizer import train_tokenizer
 
     torch.set_num_threads(args.threads)
     set_seed(args.seed)
@@ -132,5 +132,11 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``node-seq-train-hf``: a console script exits with what it returns, so not with ``main``'s results."""
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    sys.exit(cli())

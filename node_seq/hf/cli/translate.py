@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Translate with an HF NODE-Transformer folder (converted from fairseq or trained with train_hf.py).
+"""Translate with an HF NODE-Transformer folder (converted from fairseq or trained with node_seq.hf.cli.train).
 
-    python scripts/hf_translate.py --model HF_DIR --beam 4 "4 0 7 1 3" "1 2"
-    printf '4 0 7 1 3\\n1 2\\n' | python scripts/hf_translate.py --model HF_DIR
+    python -m node_seq.hf.cli.translate --model HF_DIR --beam 4 "4 0 7 1 3" "1 2"
+    printf '4 0 7 1 3\\n1 2\\n' | python -m node_seq.hf.cli.translate --model HF_DIR
 
 prints one translation per input line, in order. Decoding follows the folder's generation config
 (fairseq-generate's rules for converted models: length penalty 1, ``max_len_b`` 200 tokens).

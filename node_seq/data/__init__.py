@@ -1,1 +1,0 @@
-"""Data the project makes itself: the embedded numbers-to-words translation task."""

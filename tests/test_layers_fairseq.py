@@ -1,0 +1,49 @@
+"""NODE layers against fairseq's own layers: one unit Euler step is fairseq's pre-norm layer."""
+
+import argparse
+
+import pytest
+import torch
+
+from layer_inputs import SPEC, euler, padded_batch
+from node_seq.nn import NodeDecoderLayer, NodeEncoderLayer
+from node_seq.nn.convert import from_fairseq_layer
+
+fairseq_modules = pytest.importorskip("fairseq.modules")
+
+
+def fairseq_args(**overrides):
+    args = dict(encoder_embed_dim=16, encoder_ffn_embed_dim=32, encoder_attention_heads=4,
+                decoder_embed_dim=16, decoder_ffn_embed_dim=32, decoder_attention_heads=4,
+                encoder_normalize_before=True, decoder_normalize_before=True, dropout=0.0,
+                attention_dropout=0.0, activation_dropout=0.0, activation_fn="relu")
+    return argparse.Namespace(**{**args, **overrides})
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_euler_encoder_layer_is_a_tied_stack_of_fairseq_layers(steps):
+    reference = fairseq_modules.TransformerEncoderLayer(fairseq_args()).eval()
+    ours = NodeEncoderLayer(SPEC, euler(steps, t1=float(steps))).eval()
+    ours.load_state_dict(from_fairseq_layer(reference.state_dict()))
+    x, padding = padded_batch()
+    expected = x.transpose(0, 1)
+    for _ in range(steps):
+        expected = reference(expected, encoder_padding_mask=padding)
+    got = ours(x, padding)
+    keep = ~padding
+    torch.testing.assert_close(got[keep], expected.transpose(0, 1)[keep], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_euler_decoder_layer_is_a_tied_stack_of_fairseq_layers(steps):
+    reference = fairseq_modules.TransformerDecoderLayer(fairseq_args()).eval()
+    ours = NodeDecoderLayer(SPEC, euler(steps, t1=float(steps))).eval()
+    ours.load_state_dict(from_fairseq_layer(reference.state_dict()))
+    encoder_out, encoder_padding = padded_batch()
+    y = torch.randn(3, 5, 16)
+    causal = torch.triu(torch.full((5, 5), float("-inf")), 1)
+    expected = y.transpose(0, 1)
+    for _ in range(steps):
+        expected, _, _ = reference(expected, encoder_out.transpose(0, 1), encoder_padding, self_attn_mask=causal)
+    got = ours(y, encoder_out, encoder_padding, self_attn_mask=causal)
+    torch.testing.assert_close(got, expected.transpose(0, 1), rtol=1e-5, atol=1e-5)
