@@ -92,8 +92,8 @@ class _NodeLayer(nn.Module):
         self.augment_dims = augment_dims
         self.width = spec.embed_dim + augment_dims
         if augment_dims:
-            # Back to the model width; starts as "drop the extra channels" so an augmented layer
-            # begins as its plain counterpart.
+            # Back to the model width; starts as "drop the extra channels" (the wider state is
+            # not the plain layer's: LayerNorm and the attention heads see the zero channels).
             self.project = ChannelDrop(self.width, spec.embed_dim)
         self.last_stats = SolveStats(method=solver.method if solver is not None else "")
         self.failure = FailurePolicy()

@@ -32,8 +32,9 @@ class XavierLinear(nn.Linear):
 class ChannelDrop(nn.Linear):
     """``[I | 0]`` without bias: keeps the first ``out_features`` channels and drops the rest.
 
-    An augmented NODE layer projects back to the model width with it, so it begins as the plain
-    layer it augments.
+    An augmented NODE layer projects back to the model width with it: at initialisation the
+    layer's output is the first channels of its wider state, no extra mixing (the state itself
+    is not the plain layer's: LayerNorm statistics and attention heads see the zero channels).
     """
 
     def __init__(self, in_features: int, out_features: int):
