@@ -354,6 +354,17 @@ def test_learned_blocks_are_refused_where_no_layer_owns_coefficients():
     NodeOptions(method="rk4_classic").check(VISION)  # fixed coefficients: anywhere
 
 
+def test_vision_offers_no_learned_block(tmp_path):
+    from vision.config import TrainConfig
+
+    with pytest.raises(OptionError, match=r"^--method: 'rk2_gated' is a learned block"):
+        TrainConfig.from_dict({"method": "rk2_gated", "output_dir": str(tmp_path)}).validate()
+    with pytest.raises(OptionError, match=r"^--test-solver-list: .*'pc'"):
+        TrainConfig.from_dict({"test_solver_list": ["rk4_classic", "pc"], "output_dir": str(tmp_path)}).validate()
+    TrainConfig.from_dict({"method": "rk4_classic", "steps": 2, "test_solver_list": ["rk4_classic"],
+                           "output_dir": str(tmp_path)}).validate()
+
+
 def test_solve_asks_for_the_coefficients_of_a_learned_block_only():
     y0 = torch.ones(2, 4, dtype=float64)
     with pytest.raises(TypeError, match="'rk2_gated' is a learned block: pass its learned coefficients"):
