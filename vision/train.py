@@ -60,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def option_choices() -> dict[str, tuple[str, ...]]:
-    from node_seq.ode import GRADIENTS, METHODS
+    from node_seq.ode import GRADIENTS
 
-    from .config import DEVICES, LR_SCHEDULES, OPTIMIZERS, PROGRESS
+    from .config import DEVICES, LR_SCHEDULES, METHODS, OPTIMIZERS, PROGRESS
     from .data import DATASETS
     from .models import list_models
 

@@ -16,6 +16,7 @@ from torch import nn
 from ..ode import ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_scope
 from ..ode.regularization import solve_with_regularizers
 from .attention import MultiheadAttention, attention_bias, twice_differentiable
+from .coefficients import EMACoefficients, learned_coefficients
 from .dropout import FrozenDropout, reset_frozen_dropout
 from .fields import DecoderField, EncoderField, TimeEmbedding, cached_causal_bias, extend_cache
 from .linear import ChannelDrop, XavierLinear
@@ -84,6 +85,9 @@ class _NodeLayer(nn.Module):
     solver's bookkeeping). Whether a layer is an ODE is said this way only, never read off the
     solver's settings: an ODE layer of one Euler step (ResNet-as-ODE) still counts its NFE and
     integrates its regularisers.
+
+    A learned block (``rk2_gated``, ``pc``) owns its learned coefficients (``self.coefficients``,
+    see :mod:`.coefficients`: one set per layer) and passes them to every solve.
     """
 
     def __init__(self, spec: LayerSpec, solver: SolverConfig | None, *, augment_dims: int):
@@ -95,6 +99,7 @@ class _NodeLayer(nn.Module):
             # Back to the model width; starts as "drop the extra channels" (the wider state is
             # not the plain layer's: LayerNorm and the attention heads see the zero channels).
             self.project = ChannelDrop(self.width, spec.embed_dim)
+        self.coefficients = learned_coefficients(solver, self.width)
         self.last_stats = SolveStats(method=solver.method if solver is not None else "")
         self.failure = FailurePolicy()
         self.fallbacks = 0  # solves redone on the fallback grid since the layer was built
@@ -126,7 +131,7 @@ class _NodeLayer(nn.Module):
                     inputs=inputs, norm=norm)
                 self.last_regularizers = {name: _mean_over(value, keep) for name, value in integrals.items()}
             else:
-                y, stats = solve(field, x, self.solver, inputs=inputs, norm=norm)
+                y, stats = solve(field, x, self.solver, inputs=inputs, norm=norm, coefficients=self.coefficients)
         except ODESolveError as error:
             if self.failure.policy != "fallback":
                 raise error.in_layer(self.layer_name) from error
@@ -300,4 +305,4 @@ def enable_regularizers(module: nn.Module, *, kinetic: float = 0.0, jacobian: fl
 
 #: The node_seq modules that own parameters and initialise them in ``reset_parameters`` (which
 #: their constructors run); a front end that re-initialises a model (HF's ``_init_weights``) calls it.
-SELF_INITIALIZING = (XavierLinear, ChannelDrop, TimeEmbedding)
+SELF_INITIALIZING = (XavierLinear, ChannelDrop, TimeEmbedding, EMACoefficients)

@@ -17,7 +17,9 @@ import types
 import typing
 from typing import Any, Callable, Iterator, Mapping
 
-from ..ode import FIXED_GRID_METHODS, GRADIENTS, METHODS, OptionError, SolverConfig, parse_time_points
+from ..ode import (
+    FIXED_GRID_METHODS, GRADIENTS, LEARNED_METHODS, METHODS, OptionError, SolverConfig, parse_time_points,
+)
 from .layers import FAILURE_POLICIES, FailurePolicy
 
 FAIRSEQ, HF, TRAIN_HF, VISION = "fairseq", "hf", "train_hf", "vision"
@@ -44,8 +46,9 @@ class NodeOptions:
     decoder: bool = _option(True, "decoder layers are ODE blocks (off: plain pre-norm layers)",
                             front_ends=SEQUENCE_MODELS)
     # the solver (node_seq.ode.SolverConfig)
-    method: str = _option("dopri5", "ODE solver: a fixed grid (euler, midpoint, heun, rk4, reversible_heun) or "
-                          "adaptive (dopri5, bosh3, adaptive_heun, dopri8, fehlberg2)", choices=METHODS)
+    method: str = _option("dopri5", "ODE solver: a fixed grid (euler, midpoint, heun, rk4, rk4_classic, "
+                          "reversible_heun), a learned block (rk2_gated, pc; sequence models only) or adaptive "
+                          "(dopri5, bosh3, adaptive_heun, dopri8, fehlberg2)", choices=METHODS)
     steps: int | None = _option(None, "steps of a fixed-grid method over the interval (default 1)", metavar="N")
     step_size: float | None = _option(None, "step size of a fixed-grid method, instead of the steps (rounded "
                                       "so that the grid is uniform)", metavar="H")
@@ -120,10 +123,23 @@ class NodeOptions:
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight)
                                                                                        and weight >= 0):
                 raise OptionError(f"{spell(name)}: must be a finite number >= 0, got {weight!r}")
+        if self.method in LEARNED_METHODS:
+            self._check_learned_block(front_end, spell)
         if self.separated_decoder and not self.decoder:
             raise OptionError(f"{spell('separated_decoder')}: needs {spell('decoder')} (without it the decoder "
                               "is not an ODE)")
         return self
+
+    def _check_learned_block(self, front_end: str, spell: Callable[[str], str]) -> None:
+        """A learned block lives in a sequence model's layers, and its step integrates nothing else."""
+        if front_end not in SEQUENCE_MODELS:
+            raise OptionError(f"{spell('method')}: {self.method!r} is a learned block of the sequence models' layers "
+                              f"(fairseq, HF); here choose a fixed grid or adaptive method")
+        for name in ("kinetic_weight", "jacobian_weight"):
+            if getattr(self, name) > 0:
+                raise OptionError(f"{spell(name)}: the regularisers are integrals over the solve, which the learned "
+                                  f"block {self.method!r} does not compute; use a method with fixed coefficients "
+                                  "or leave it at 0")
 
     def check_width(self, side: str, width: int, heads: int, heads_option: str, front_end: str) -> None:
         """An augmented ODE layer attends over ``width + augment_dims`` channels: the heads must divide them."""

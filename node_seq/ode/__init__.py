@@ -4,6 +4,7 @@ from .config import (
     ADAPTIVE_METHODS as ADAPTIVE_METHODS,
     FIXED_GRID_METHODS as FIXED_GRID_METHODS,
     GRADIENTS as GRADIENTS,
+    LEARNED_METHODS as LEARNED_METHODS,
     METHODS as METHODS,
     OptionError as OptionError,
     SolverConfig as SolverConfig,

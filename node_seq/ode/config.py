@@ -11,12 +11,18 @@ import dataclasses
 import math
 from typing import Mapping, Sequence
 
-FIXED_GRID_METHODS = ("euler", "midpoint", "heun", "rk4", "reversible_heun")
+FIXED_GRID_METHODS = ("euler", "midpoint", "heun", "rk4", "rk4_classic", "reversible_heun")
+#: Fixed-grid blocks whose step combines its stages with learned coefficients (the ODE
+#: Transformer's gated RK2, a PCformer-style predictor-corrector): the layer owns the coefficients
+#: and hands them to each solve.
+LEARNED_METHODS = ("rk2_gated", "pc")
 ADAPTIVE_METHODS = ("dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2")
-METHODS = FIXED_GRID_METHODS + ADAPTIVE_METHODS
+METHODS = FIXED_GRID_METHODS + LEARNED_METHODS + ADAPTIVE_METHODS
 GRADIENTS = ("backprop", "checkpoint", "adjoint", "reversible")
 #: Methods whose steps the ``reversible`` gradient can run backwards.
 REVERSIBLE_METHODS = ("euler", "heun", "reversible_heun")
+#: Gradient modes of the learned blocks: autograd through their steps, stored or recomputed.
+LEARNED_GRADIENTS = ("backprop", "checkpoint")
 DEFAULT_MAX_NUM_STEPS = 1000
 
 
@@ -32,9 +38,9 @@ def _fail(names: Mapping[str, str], field: str, message: str) -> None:
 class SolverConfig:
     """How to integrate one ODE block.
 
-    Fixed-grid methods use ``steps`` (or ``step_size``, rounded so the grid is uniform) over
-    ``[t0, t1]``; adaptive methods use ``rtol``/``atol`` and stop with an error after
-    ``max_num_steps`` steps.
+    Fixed-grid methods (learned blocks included) use ``steps`` (or ``step_size``, rounded so the
+    grid is uniform) over ``[t0, t1]``; adaptive methods use ``rtol``/``atol`` and stop with an
+    error after ``max_num_steps`` steps.
     """
 
     method: str = "rk4"
@@ -53,7 +59,12 @@ class SolverConfig:
 
     @property
     def is_fixed_grid(self) -> bool:
-        return self.method in FIXED_GRID_METHODS
+        return self.method in FIXED_GRID_METHODS or self.is_learned
+
+    @property
+    def is_learned(self) -> bool:
+        """Whether the step's combination is learned: ``solve`` then needs the ``coefficients``."""
+        return self.method in LEARNED_METHODS
 
     @property
     def grid_steps(self) -> int:
@@ -90,11 +101,19 @@ class SolverConfig:
         if self.gradient in ("checkpoint", "reversible") and not self.is_fixed_grid:
             _fail(names, "gradient", f"{self.gradient!r} needs a fixed-grid method "
                   f"({', '.join(FIXED_GRID_METHODS)}); with {self.method!r} use 'backprop' or 'adjoint'")
+        if self.is_learned and self.gradient not in LEARNED_GRADIENTS:
+            _fail(names, "gradient", f"{self.gradient!r} cannot differentiate the learned block {self.method!r} (its "
+                  f"step is no ODE solver's, and its coefficients are no part of the field); use "
+                  f"{' or '.join(map(repr, LEARNED_GRADIENTS))}")
         if self.gradient == "reversible" and self.method not in REVERSIBLE_METHODS:
             _fail(names, "method", f"gradient 'reversible' runs only {', '.join(REVERSIBLE_METHODS)} backwards, "
                   f"got {self.method!r}")
         if self.checkpoint_snapshots is not None:
             self._validate_snapshots(names)
+        if self.gradient == "adjoint" and self.method == "rk4_classic":
+            _fail(names, "method", "gradient 'adjoint' integrates with torchdiffeq, which has no classic RK4 (its "
+                  "'rk4' is Kutta's 3/8 rule, our 'rk4'): use method 'rk4' with 'adjoint', or 'rk4_classic' with "
+                  "'backprop' or 'checkpoint'")
         if self.gradient == "adjoint" and self.method == "reversible_heun":
             _fail(names, "method", "'reversible_heun' has its own exact gradient: use gradient 'reversible' "
                   "(or 'backprop'/'checkpoint'), not 'adjoint'")

@@ -1,9 +1,11 @@
 """Fixed-grid methods, one step at a time: the step and the loop every fixed-grid integrator shares.
 
-A scheme says how to take one step of its method (and how to take it back); a :class:`Grid` binds
-a scheme to one solve's field, stage times and step size; :meth:`Grid.march` is the only step
-loop. The integrators (plain and checkpointed in ``fixed_grid``, binomial checkpointing, the
-reversible gradients) differ only in what they do around each step.
+A scheme says how to take one step of its method (and how to take it back, where a step can be
+undone); a :class:`Grid` binds a scheme to one solve's field, stage times and step size;
+:meth:`Grid.march` is the only step loop. The integrators (plain and checkpointed in
+``fixed_grid``, binomial checkpointing, the reversible gradients) differ only in what they do
+around each step. Learned blocks (``rk2_gated``, ``pc``) are schemes too: their coefficients
+belong to the layer and reach the step through the solve's field.
 
 The step is kept lean because it sits under every NODE layer: stage times are computed once per
 solve as one tensor (no host synchronisation per step), the state is never concatenated, and each
@@ -13,7 +15,7 @@ stage combination is a single fused ``add``/``add_`` chain over the stages it ne
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple, Sequence, Union
+from typing import Callable, NamedTuple, Protocol, Sequence, Union
 
 import torch
 
@@ -45,6 +47,13 @@ TABLEAUS = {
         c=(0.0, 1 / 3, 2 / 3, 1.0),
         a=((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
         b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
+    ),
+    # The classic fourth-order method, the ODE Transformer's RK4 block. torchdiffeq has no solver
+    # with these coefficients, so the adjoint (which steps with torchdiffeq) refuses it.
+    "rk4_classic": Tableau(
+        c=(0.0, 0.5, 0.5, 1.0),
+        a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+        b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
     ),
 }
 
@@ -100,6 +109,21 @@ def _stage_time_tensor(t0, t1, steps: int, c: Sequence[float], dtype: torch.dtyp
     return torch.tensor(grid, dtype=dtype, device=device)
 
 
+def explicit_stages(grid: "Grid", i: int, y: torch.Tensor, a: Sequence[Sequence[float]],
+                    num_stages: int) -> list[torch.Tensor]:
+    """The stage values ``k_j = f(t_i + c_j h, y + h sum_l a_jl k_l)`` of step ``i``, in order.
+
+    ``num_stages`` is the step's total number of evaluations (the stage cache's stride), which a
+    learned block's corrector makes larger than ``len(a)``.
+    """
+    h = grid.h
+    ks: list[torch.Tensor] = []
+    for j, weights in enumerate(a):
+        y_stage = combine(y, h, weights, ks) if j else y
+        ks.append(grid.field.call_at_stage(Stage(i, j, num_stages, grid.times[i][j]), y_stage))
+    return ks
+
+
 class RungeKutta:
     """An explicit Runge-Kutta method given by its tableau; its state is ``(y,)``.
 
@@ -122,12 +146,8 @@ class RungeKutta:
     def step(self, grid: "Grid", i: int, state: State) -> State:
         """One step from ``y``; the vector field sees each stage's index and time."""
         (y,) = state
-        tableau, h = self.tableau, grid.h
-        ks: list[torch.Tensor] = []
-        for j, weights in enumerate(tableau.a):
-            y_stage = combine(y, h, weights, ks) if j else y
-            ks.append(grid.field.call_at_stage(Stage(i, j, tableau.num_stages, grid.times[i][j]), y_stage))
-        return (combine(y, h, tableau.b, ks),)
+        ks = explicit_stages(grid, i, y, self.tableau.a, self.tableau.num_stages)
+        return (combine(y, grid.h, self.tableau.b, ks),)
 
     def step_back(self, grid: "Grid", i: int, state: State) -> State:
         """Undo step ``i`` approximately: the method run from ``t_{i+1}`` back to ``t_i``."""
@@ -184,11 +204,88 @@ class ReversibleHeun:
         return grid.field.call_at_stage(Stage(i, 0, 1, grid.times[i][0]), z)
 
 
-Scheme = Union[RungeKutta, ReversibleHeun]
+class GateCoefficients(Protocol):
+    """What :class:`GatedRK2` reads from the layer's coefficients."""
 
-#: Every fixed-grid method by name.
+    def gate(self, k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
+        """The weight ``g`` in (0, 1) of the first stage, broadcastable against the stages."""
+
+
+class PredictorCorrectorCoefficients(Protocol):
+    """What :class:`PredictorCorrector` reads from the layer's coefficients."""
+
+    alpha: torch.Tensor  # the predictor's EMA coefficient
+    beta: torch.Tensor  # the corrector's weight of the corrected stage
+
+    def normalize(self, stage: int, k: torch.Tensor) -> torch.Tensor:
+        """Stage ``stage``'s value as it enters a combination (a LayerNorm of its own)."""
+
+
+class _LearnedBlock:
+    """A fixed-grid block whose step combines its stages with learned coefficients; state ``(y,)``.
+
+    The coefficients are parameters of the layer, not of this (stateless, shared) scheme: each
+    solve receives them (``solve(..., coefficients=...)``) and reads them here as
+    ``grid.field.coefficients``. A learned step is no ODE solver's step, so it has no
+    ``step_back``: the reversible and adjoint gradients do not apply (``SolverConfig`` refuses them).
+    """
+
+    kind = "learned"
+    c: tuple[float, ...]
+
+    def times_and_step(self, t0, t1, steps: int, like: torch.Tensor):
+        return stage_times(t0, t1, steps, self.c, like), (t1 - t0) / steps
+
+    def start(self, grid: "Grid", y0: torch.Tensor) -> State:
+        return (y0,)
+
+
+class GatedRK2(_LearnedBlock):
+    """The ODE Transformer's learned RK2 block (Li et al., ACL 2022), two evaluations per step.
+
+    Heun's stages ``k1 = f(t, y)``, ``k2 = f(t + h, y + h k1)``, mixed per token by a learned gate:
+    ``y + h (g k1 + (1 - g) k2)``, ``g = coefficients.gate(k1, k2)``. With ``g = 1/2`` it is ``heun``.
+    """
+
+    c = TABLEAUS["heun"].c
+
+    def step(self, grid: "Grid", i: int, state: State) -> State:
+        (y,) = state
+        k1, k2 = explicit_stages(grid, i, y, TABLEAUS["heun"].a, 2)
+        g = grid.field.coefficients.gate(k1, k2)
+        return (combine(y, grid.h, (1.0,), (g * k1 + (1 - g) * k2,)),)
+
+
+class PredictorCorrector(_LearnedBlock):
+    """A predictor-corrector block after PCformer (Li et al., NeurIPS 2024), three evaluations per step.
+
+    Predictor: Heun's stages ``k1 = f(t, y)``, ``k2 = f(t + h, y + h k1)``, each normalised
+    (``F_j = N_j(k_j)``) and combined with PCformer's EMA coefficients of one learned ``alpha``:
+    ``y_p = y + h (alpha (1 - alpha) F1 + alpha F2)``. Corrector, on one layer (PCformer's combines
+    states across layers): a trapezoidal (Adams-Moulton 2) step with a learned weight,
+    ``y + h ((1 - beta) F1 + beta F3)`` with ``F3 = N_3(f(t + h, y_p))``. Stage inputs use the
+    raw ``k``, combinations the normalised ``F``, as in PCformer's code.
+    """
+
+    c = (0.0, 1.0, 1.0)
+
+    def step(self, grid: "Grid", i: int, state: State) -> State:
+        (y,) = state
+        h, learned = grid.h, grid.field.coefficients
+        k1, k2 = explicit_stages(grid, i, y, TABLEAUS["heun"].a, 3)
+        f1, f2 = learned.normalize(0, k1), learned.normalize(1, k2)
+        alpha, beta = learned.alpha, learned.beta
+        y_predicted = combine(y, h, (1.0,), (alpha * (1 - alpha) * f1 + alpha * f2,))
+        k3 = grid.field.call_at_stage(Stage(i, 2, 3, grid.times[i][2]), y_predicted)
+        return (combine(y, h, (1.0,), ((1 - beta) * f1 + beta * learned.normalize(2, k3),)),)
+
+
+Scheme = Union[RungeKutta, ReversibleHeun, GatedRK2, PredictorCorrector]
+
+#: Every fixed-grid method by name (learned blocks included).
 SCHEMES: dict[str, Scheme] = {**{name: RungeKutta(tableau) for name, tableau in TABLEAUS.items()},
-                              "reversible_heun": ReversibleHeun()}
+                              "reversible_heun": ReversibleHeun(), "rk2_gated": GatedRK2(),
+                              "pc": PredictorCorrector()}
 
 Step = Callable[[int, State], State]
 

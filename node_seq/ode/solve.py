@@ -6,6 +6,7 @@ import math
 from typing import Any, Callable, Sequence
 
 import torch
+from torch import nn
 
 from .adaptive import integrate_adaptive, integrate_adjoint
 from .binomial import integrate_binomial
@@ -32,6 +33,9 @@ INTEGRATORS: dict[tuple[str, str], Integrator] = {
     ("adjoint", "adaptive"): integrate_adjoint,
     ("reversible", "runge_kutta"): integrate_reversed_steps,
     ("reversible", "reversible_heun"): integrate_exact_reversal,
+    ("backprop", "learned"): integrate,
+    ("checkpoint", "learned"): integrate_checkpointed,
+    ("checkpoint_snapshots", "learned"): integrate_binomial,
 }
 
 
@@ -42,6 +46,7 @@ def solve(
     *,
     inputs: Sequence[Any] = (),
     norm: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    coefficients: nn.Module | None = None,
     t0: float | torch.Tensor | None = None,
     t1: float | torch.Tensor | None = None,
     check_finite: bool = True,
@@ -63,6 +68,10 @@ def solve(
             Every floating tensor among them that requires grad receives a gradient in every
             gradient mode; non-tensors pass through untouched.
         norm: error norm of adaptive methods (e.g. one that ignores padding).
+        coefficients: the learned coefficients of a learned block (``rk2_gated``: an object with
+            ``gate(k1, k2)``; ``pc``: ``alpha``, ``beta`` and ``normalize(stage, k)``; see
+            :mod:`~node_seq.ode.schemes`), required by those methods and refused by the others.
+            The layer owns them; an ``nn.Module``'s parameters get gradients in every gradient mode.
         t0, t1: the interval (default: the config's). Tensors that require grad receive
             gradients ("backprop", "checkpoint", "adjoint"). With a ``config`` they must equal
             its ``t0``/``t1``: they only carry the graph.
@@ -88,6 +97,11 @@ def solve(
     else:
         _check_interval(config, t0, t1)
     config.ensure_valid()
+    if config.is_learned and coefficients is None:
+        raise TypeError(f"solve: method {config.method!r} is a learned block: pass its learned coefficients as "
+                        "coefficients= (NodeEncoderLayer and NodeDecoderLayer build and pass them)")
+    if coefficients is not None and not config.is_learned:
+        raise TypeError(f"solve: coefficients= apply to the learned blocks only, not to method {config.method!r}")
     if not isinstance(y0, torch.Tensor) or not y0.is_floating_point():
         raise TypeError(f"y0 must be a floating-point tensor, got {type(y0).__name__}")
     # Tensor end points keep their graph (time gradients); numbers come from the config.
@@ -104,7 +118,8 @@ def solve(
                    t_reached=stats.t_reached if stats.t_reached is not None else config.t0, t1=config.t1,
                    nfe=stats.nfe_forward + stats.nfe_backward, detail=detail)
 
-    field = CountingField(func, inputs, stats, max_num_steps=config.max_num_steps, on_limit=limit_error)
+    field = CountingField(func, inputs, stats, max_num_steps=config.max_num_steps, on_limit=limit_error,
+                          coefficients=coefficients)
     needs_grad = torch.is_grad_enabled() and (
         y0.requires_grad or any(_wants_grad(x) for x in inputs) or _wants_grad(t0) or _wants_grad(t1)
         or bool(field.trainable_parameters())

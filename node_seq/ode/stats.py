@@ -100,12 +100,14 @@ class CountingField:
     """Calls ``func(t, y, *inputs)`` and counts each call into ``stats``.
 
     Also carries torchdiffeq's step callbacks, which count accepted/rejected steps and enforce
-    ``max_num_steps`` with an error that says where the solve stood.
+    ``max_num_steps`` with an error that says where the solve stood, and a learned block's
+    ``coefficients`` (read by its scheme, differentiated with the field's parameters).
     """
 
     def __init__(self, func: Callable[..., torch.Tensor], inputs: tuple[Any, ...], stats: SolveStats,
-                 *, max_num_steps: int, on_limit: Callable[[str], Exception]):
+                 *, max_num_steps: int, on_limit: Callable[[str], Exception], coefficients: Any = None):
         self.func, self.inputs, self.stats = func, inputs, stats
+        self.coefficients = coefficients
         self.backward_phase = False
         self.max_num_steps = max_num_steps
         self.on_limit = on_limit
@@ -123,10 +125,10 @@ class CountingField:
         return self.func(t, y, *self.inputs)
 
     def trainable_parameters(self) -> tuple[torch.Tensor, ...]:
-        """The parameters of the wrapped field that want gradients (a plain function has none)."""
-        if not isinstance(self.func, nn.Module):
-            return ()
-        return tuple(p for p in self.func.parameters() if p.requires_grad)
+        """The parameters that want gradients: the wrapped field's (a plain function has none),
+        then those of a learned block's coefficients."""
+        modules = [m for m in (self.func, self.coefficients) if isinstance(m, nn.Module)]
+        return tuple(p for module in modules for p in module.parameters() if p.requires_grad)
 
     def count_grid_steps(self, steps: int) -> None:
         """A fixed grid accepts every step; counted once per solve, whichever integrator ran it.

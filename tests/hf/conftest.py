@@ -69,6 +69,15 @@ def variant_run(tmp_path_factory, fairseq_data) -> FairseqRun:
         "--node-time-dependent", "--share-decoder-input-output-embed", "--max-update", "3"])
 
 
+@pytest.fixture(scope="session", params=["rk2_gated", "pc"])
+def learned_run(request, tmp_path_factory, fairseq_data) -> FairseqRun:
+    """A learned block on both sides, two steps (rk2_gated by backprop, pc checkpointed); a few updates."""
+    gradient = {"rk2_gated": "backprop", "pc": "checkpoint"}[request.param]
+    return _run(tmp_path_factory, fairseq_data, request.param, [
+        "--node-method", request.param, "--node-steps", "2", "--node-gradient", gradient, "--share-all-embeddings",
+        "--max-update", "3"])
+
+
 # ----------------------------------------------------------------------------------------------
 # models trained on the user's own preprocessing (plain fairseq-preprocess, no tokenizer.json)
 
