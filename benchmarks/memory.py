@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from node_seq.memory import LiveTensorBytes, plot
+from node_seq.memory import LiveTensorBytes
+from node_seq.plotting import plot
 from node_seq.nn.fields import EncoderField
 from node_seq.ode import solve
 

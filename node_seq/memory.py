@@ -1,4 +1,4 @@
-"""Peak memory of the tensors a piece of code creates, and a plot of it against solver steps.
+"""Peak memory of the tensors a piece of code creates (the plot of it: :mod:`node_seq.plotting`).
 
 On a GPU, ``torch.cuda.max_memory_allocated`` answers. On the CPU, where PyTorch reports no
 allocator statistics, :class:`LiveTensorBytes` watches every tensor an operation creates and counts
@@ -50,28 +50,3 @@ class LiveTensorBytes(TorchDispatchMode):
             if isinstance(t, torch.Tensor) and t.device.type == "cpu":
                 self._track(t)
         return out
-
-
-def plot(rows: list[dict], path: str, title: str, *, xlabel: str = "solver steps per ODE block",
-         ylabel: str = "peak memory of one training step (MiB)", log_y: bool = False) -> None:
-    """Peak memory (MiB) against steps, one line per gradient mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for gradient in dict.fromkeys(r["gradient"] for r in rows):
-        points = [(r["steps"], r["peak_bytes"] / 2**20) for r in rows if r["gradient"] == gradient]
-        ax.plot(*zip(*points), marker="o", label=gradient)
-    ax.set_xscale("log", base=2)
-    if log_y:
-        ax.set_yscale("log", base=2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3, which="both" if log_y else "major")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -14,13 +14,13 @@ from setup_py import REPO, setup_arguments
 
 ARGUMENTS = setup_arguments()
 # extra -> the code it must be enough for (with install_requires); "all" covers tests and benchmarks.
-EXTRA_PACKAGES = {"fairseq": ["node_seq/fairseq", "node_seq/text", "user_dir"], "hf": ["node_seq/hf"]}
+EXTRA_PACKAGES = {"fairseq": ["node_seq/fairseq", "node_seq/text", "user_dir"], "hf": ["node_seq/hf"],
+                  "vision": ["vision", "node_seq/plotting.py"]}
 FEATURES = {
     None: sorted(str(path.relative_to(REPO)) for path in (REPO / "node_seq").iterdir()  # the core: all the rest
                  if path.name != "__pycache__" and (path.suffix == ".py" or path.is_dir())
                  and str(path.relative_to(REPO)) not in sum(EXTRA_PACKAGES.values(), [])),
     **EXTRA_PACKAGES,
-    "vision": ["vision"],
     "all": ["tests", "benchmarks"],
 }
 OWN = {"node_seq", "vision", "benchmarks"} | {path.stem for path in (REPO / "tests").rglob("*.py")}

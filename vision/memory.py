@@ -19,7 +19,8 @@ import time
 
 import torch
 
-from node_seq.memory import LiveTensorBytes, plot
+from node_seq.memory import LiveTensorBytes
+from node_seq.plotting import plot
 from node_seq.ode import SolverConfig
 
 from .models import create_model
