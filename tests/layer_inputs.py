@@ -12,9 +12,23 @@ def euler(steps=1, t1=1.0):
     return SolverConfig(method="euler", steps=steps, t1=t1)
 
 
-def padded_batch():
-    x = torch.randn(3, 7, 16)
+def padded_batch(width: int = 16):
+    """A (3, 7, width) batch and its padding mask: row 0 full, rows 1 and 2 padded from 5 and 2."""
+    x = torch.randn(3, 7, width)
     padding = torch.zeros(3, 7, dtype=torch.bool)
     padding[1, 5:] = True
     padding[2, 2:] = True
     return x, padding
+
+
+def assert_incremental_equals_full(layer, memory, memory_padding, *, length: int = 6) -> dict:
+    """Decode ``length`` positions one at a time through the cache and compare with one full pass
+    under a causal mask; return the cache."""
+    y = torch.randn(memory.shape[0], length, layer.width - layer.augment_dims)
+    causal = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)
+    with torch.no_grad():
+        full = layer(y, memory, memory_padding, self_attn_mask=causal)
+        cache: dict = {}
+        steps = [layer(y[:, i:i + 1], memory, memory_padding, cache=cache) for i in range(length)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    return cache

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layer_inputs import SPEC, euler, padded_batch
+from layer_inputs import SPEC, assert_incremental_equals_full, euler, padded_batch
 from node_seq.nn import LayerSpec, NodeDecoderLayer, NodeEncoderLayer, reorder_cache
 from node_seq.ode import SolverConfig
 
@@ -26,14 +26,7 @@ DECODERS = {
 def test_incremental_decoding_equals_full_decoding(name):
     options = dict(DECODERS[name])
     layer = NodeDecoderLayer(SPEC, options.pop("solver"), **options).eval()
-    encoder_out, encoder_padding = padded_batch()
-    y = torch.randn(3, 6, 16)
-    causal = torch.triu(torch.ones(6, 6, dtype=torch.bool), 1)
-    with torch.no_grad():
-        full = layer(y, encoder_out, encoder_padding, self_attn_mask=causal)
-        cache: dict = {}
-        steps = [layer(y[:, i:i + 1], encoder_out, encoder_padding, cache=cache) for i in range(6)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert_incremental_equals_full(layer, *padded_batch())
 
 
 @pytest.mark.parametrize("name", ["rk4", "rk4-separated"])

@@ -17,6 +17,7 @@ from node_seq.nn.coefficients import EMACoefficients, StageGate, learned_coeffic
 from node_seq.nn.options import FAIRSEQ, HF, VISION, NodeOptions
 from node_seq.ode import OptionError, SolverConfig, current_stage, solve
 
+from layer_inputs import assert_incremental_equals_full, padded_batch
 from ode_fields import Decay
 
 LEARNED = ("rk2_gated", "pc")
@@ -243,14 +244,6 @@ def test_checkpointed_gradients_equal_backprop(method, gradient, snapshots):
 # layers: decoding cache, parameters
 
 
-def padded_memory():
-    memory = torch.randn(3, 7, 8)
-    padding = torch.zeros(3, 7, dtype=torch.bool)
-    padding[1, 5:] = True
-    padding[2, 2:] = True
-    return memory, padding
-
-
 DECODERS = {
     "rk2_gated": dict(solver=SolverConfig(method="rk2_gated", steps=2)),
     "pc": dict(solver=SolverConfig(method="pc", steps=2)),
@@ -268,14 +261,7 @@ def test_incremental_decoding_equals_full_decoding(name):
         with torch.no_grad():
             for parameter in layer.coefficients.parameters():
                 parameter.add_(0.3 * torch.randn_like(parameter))
-    memory, memory_padding = padded_memory()
-    y = torch.randn(3, 6, 8)
-    causal = torch.triu(torch.ones(6, 6, dtype=torch.bool), 1)
-    with torch.no_grad():
-        full = layer(y, memory, memory_padding, self_attn_mask=causal)
-        cache: dict = {}
-        steps = [layer(y[:, i:i + 1], memory, memory_padding, cache=cache) for i in range(6)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    cache = assert_incremental_equals_full(layer, *padded_batch(width=SPEC.embed_dim))
     evaluations = layer.solver.grid_steps * {"rk2_gated": 2, "pc": 3, "rk4_classic": 4}[layer.solver.method]
     assert layer.last_stats.nfe_forward == evaluations  # a new token: one solve of one position
     if not layer.separated:  # one cache per evaluation, the corrector's included

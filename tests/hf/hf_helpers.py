@@ -60,6 +60,20 @@ def fairseq_side(run: FairseqRun):
     return models[0].eval(), task
 
 
+def both_outputs(fairseq_model, model, task, sentences: int):
+    """The first ``sentences`` test pairs through both models, teacher-forced: fairseq's encoder
+    states and logits, and the HF model's output (batch-first, as HF has them)."""
+    dataset = task.dataset("test")
+    sample = dataset.collater([dataset[i] for i in range(sentences)])  # left-padded sources, right-padded targets
+    net = sample["net_input"]
+    with torch.no_grad():
+        encoder = fairseq_model.encoder(net["src_tokens"], net["src_lengths"])["encoder_out"][0].transpose(0, 1)
+        expected, _ = fairseq_model(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])
+        out = model(input_ids=net["src_tokens"], attention_mask=net["src_tokens"].ne(1),
+                    decoder_input_ids=net["prev_output_tokens"])
+    return encoder, expected, out, sample
+
+
 def fairseq_train(bin_dir: Path, save_dir: Path, extra: list[str]) -> Path:
     """Train with fairseq-train in this process; the checkpoint it saved last."""
     from node_seq.fairseq import inprocess

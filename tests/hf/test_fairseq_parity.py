@@ -20,7 +20,7 @@ import node_seq.fairseq  # noqa: F401  (registers the fairseq model; allow-lists
 from node_seq.hf.convert import ConversionError, convert, load_fairseq_checkpoint
 from node_seq.text.tokenizer import encode_lines, load_tokenizer
 
-from hf_helpers import fairseq_side
+from hf_helpers import both_outputs, fairseq_side
 
 RUNS = ["trained_run", "variant_run"]
 
@@ -56,14 +56,9 @@ def test_encoder_states_and_logits_match_fairseq(run_name, request):
     run = request.getfixturevalue(run_name)
     fairseq_model, task = fairseq_side(run)
     model, tokenizer = hf_side(run)
-    dataset = task.dataset("test")
-    sample = dataset.collater([dataset[i] for i in range(16)])  # left-padded sources, right-padded targets
+    encoder, expected, out, sample = both_outputs(fairseq_model, model, task, 16)
     net = sample["net_input"]
     with torch.no_grad():
-        encoder = fairseq_model.encoder(net["src_tokens"], net["src_lengths"])["encoder_out"][0].transpose(0, 1)
-        expected, _ = fairseq_model(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])
-        out = model(input_ids=net["src_tokens"], attention_mask=net["src_tokens"].ne(1),
-                    decoder_input_ids=net["prev_output_tokens"])
         assert torch.allclose(out.encoder_last_hidden_state, encoder, atol=1e-5)
         assert torch.allclose(out.logits, expected, atol=1e-5)
         # the HF way in: raw text, right padding

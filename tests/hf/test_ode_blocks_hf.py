@@ -10,7 +10,7 @@ from transformers import AutoModelForSeq2SeqLM
 from node_seq.hf import NodeTransformerConfig, NodeTransformerForConditionalGeneration
 from node_seq.ode import OptionError
 
-from hf_helpers import SOURCE, TINY, fairseq_side, tiny_model
+from hf_helpers import SOURCE, TINY, both_outputs, fairseq_side, tiny_model
 
 MASK = SOURCE.ne(1)
 TARGET = torch.tensor([[2, 5, 6, 7], [2, 8, 9, 10], [2, 11, 12, 13]])
@@ -111,14 +111,8 @@ def test_a_converted_learned_block_gives_fairseqs_logits_and_tokens(learned_run)
     trained = [key for key in fairseq_weights if key.endswith(("alpha", "gate_linear.bias"))]
     assert trained and all(fairseq_weights[key].ne(0.5 if key.endswith("alpha") else 0.0).all() for key in trained)
 
-    dataset = task.dataset("test")
-    sample = dataset.collater([dataset[i] for i in range(8)])
+    encoder, expected, out, sample = both_outputs(fairseq_model, model, task, 8)
     net = sample["net_input"]
-    with torch.no_grad():
-        encoder = fairseq_model.encoder(net["src_tokens"], net["src_lengths"])["encoder_out"][0].transpose(0, 1)
-        expected, _ = fairseq_model(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])
-        out = model(input_ids=net["src_tokens"], attention_mask=net["src_tokens"].ne(1),
-                    decoder_input_ids=net["prev_output_tokens"])
     torch.testing.assert_close(out.encoder_last_hidden_state, encoder, rtol=0, atol=1e-5)
     torch.testing.assert_close(out.logits, expected, rtol=0, atol=1e-5)
 
