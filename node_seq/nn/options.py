@@ -164,10 +164,6 @@ class NodeOptions:
     def failure(self) -> FailurePolicy:
         return FailurePolicy(self.failure_policy, SolverConfig(method=self.fallback_method, steps=self.fallback_steps))
 
-    def ode_on(self, side: str) -> "NodeOptions | None":
-        """These options for the ``encoder``/``decoder`` side, or None where its layers are plain."""
-        return self if getattr(self, side) else None
-
 
 _SOLVER_FIELDS = ("method", "steps", "step_size", "rtol", "atol", "gradient", "adjoint_rtol", "adjoint_atol",
                   "seminorm", "checkpoint_snapshots", "max_num_steps")
