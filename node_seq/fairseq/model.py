@@ -18,6 +18,7 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerDecoder, TransformerEncoder, TransformerModel
 from fairseq.models.transformer.transformer_legacy import base_architecture, transformer_iwslt_de_en
 
+from ..nn.coefficients import match_coefficients
 from ..nn.factory import configure_ode_layers, decoder_layer, encoder_layer, layer_spec
 from ..nn.layers import NodeDecoderLayer, NodeEncoderLayer, is_ode_layer, reorder_cache
 from ..ode import OptionError
@@ -31,7 +32,8 @@ class FairseqNodeEncoderLayer(NodeEncoderLayer):
         return super().forward(x.transpose(0, 1), encoder_padding_mask, attn_mask).transpose(0, 1)
 
     def upgrade_state_dict_named(self, state_dict, name):
-        """Checkpoints of this layer need no key migrations (fairseq calls this on load)."""
+        """fairseq calls this on load: a learned block's coefficients follow the method loaded with."""
+        match_coefficients(state_dict, name, self)
 
 
 @with_incremental_state
@@ -62,7 +64,8 @@ class FairseqNodeDecoderLayer(NodeDecoderLayer):
         return out.transpose(0, 1), None, None
 
     def upgrade_state_dict_named(self, state_dict, name):
-        """Checkpoints of this layer need no key migrations (fairseq calls this on load)."""
+        """fairseq calls this on load: a learned block's coefficients follow the method loaded with."""
+        match_coefficients(state_dict, name, self)
 
     def reorder_incremental_state(self, incremental_state: Dict[str, Dict[str, Optional[torch.Tensor]]],
                                   new_order: torch.Tensor):

@@ -68,3 +68,23 @@ def learned_coefficients(solver: SolverConfig | None, width: int) -> nn.Module |
     if solver is None or not solver.is_learned:
         return None
     return COEFFICIENTS[solver.method](width)
+
+
+def match_coefficients(state_dict: dict, prefix: str, layer: nn.Module) -> None:
+    """Fit a checkpoint's learned coefficients to ``layer`` before it loads (``prefix``: the layer's
+    key prefix, e.g. ``encoder.layers.0``).
+
+    A model trained with a learned block may be decoded with another method (elastic depth:
+    ``--model-overrides "{'node_method': 'euler'}"``): its coefficients mean nothing to that method,
+    so they are dropped. The reverse cannot work: a layer that needs coefficients the checkpoint
+    does not have would run with untrained ones, so it is refused, naming the method.
+    """
+    key = f"{prefix}.coefficients." if prefix else "coefficients."
+    stored = [name for name in state_dict if name.startswith(key)]
+    if layer.coefficients is None:
+        for name in stored:
+            del state_dict[name]
+    elif not stored:
+        raise ValueError(f"{prefix or 'layer'}: node_method {layer.solver.method!r} is a learned block, but the "
+                         f"checkpoint has no learned coefficients for it (it was trained with another method); "
+                         f"decode it with a method of fixed coefficients")

@@ -1,4 +1,4 @@
-"""Score ``fairseq-generate`` output against raw references: sacreBLEU, exact match, NFE.
+"""Score ``fairseq-generate`` output against raw references: sacreBLEU, chrF2, exact match, NFE.
 
     python -m node_seq.text.score GENERATE_LOG REFERENCE_FILE
 
@@ -44,6 +44,7 @@ def score(generate_log: str | Path, references: str | Path, hypotheses: dict[int
     return {
         "sentences": len(ids),
         "bleu": round(sacrebleu.corpus_bleu(hyps, [gold]).score, 2),
+        "chrf": round(sacrebleu.corpus_chrf(hyps, [gold]).score, 2),
         "exact_match": round(100.0 * sum(h == g for h, g in zip(hyps, gold)) / len(ids), 2),
         "nfe_per_sentence": read_nfe(Path(generate_log).read_text(encoding="utf-8")),
     }
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(f"sentences      {result['sentences']}")
     print(f"sacreBLEU      {result['bleu']:.2f}")
+    print(f"chrF2          {result['chrf']:.2f}")
     print(f"exact match    {result['exact_match']:.2f}%")
     if result["nfe_per_sentence"] is not None:
         print(f"NFE/sentence   {result['nfe_per_sentence']:.1f} (forward evaluations of all ODE blocks)")

@@ -1,0 +1,169 @@
+"""Elastic depth: trained NODE translation models decoded again with other methods and step counts.
+
+    python -m benchmarks.elastic_depth DATA_DIR OUT_DIR --model rk2=runs/rk2/checkpoint_best.pt \\
+        [--model ...] [--settings trained,euler:1,euler:2,euler:4,rk4:1] [-- fairseq-generate options]
+
+Each setting decodes DATA_DIR's test split with ``fairseq-generate --model-overrides`` and scores
+it against ``DATA_DIR/raw/test.<target>`` (sacreBLEU, chrF2, NFE per sentence). A setting is
+``trained`` (the checkpoint as trained), ``METHOD:STEPS`` (a fixed grid of STEPS steps per ODE
+block) or ``METHOD@RTOL`` (an adaptive method at that relative tolerance, absolute tolerance
+RTOL / 10). This is the translation counterpart of ``vision.evaluate``'s solver swap: a model whose
+BLEU holds on a finer grid has learned a vector field; one whose BLEU collapses has learned its
+discretisation. A model trained with a learned block (``rk2_gated``, ``pc``) decoded with another
+method drops its learned coefficients.
+
+Writes ``OUT_DIR/elastic_depth.{json,md,png}`` and each decoding's log under ``OUT_DIR/logs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from node_seq.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, LEARNED_METHODS
+
+DEFAULT_SETTINGS = "trained,euler:1,euler:2,euler:4,midpoint:1,rk4:1"
+GENERATE = ["--gen-subset", "test", "--beam", "5", "--max-tokens", "8000", "--post-process", "sentencepiece",
+            "--num-workers", "0", "--required-batch-size-multiple", "1"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """How a model is decoded: as trained (``method`` None), on a fixed grid, or adaptively."""
+
+    method: str | None = None
+    steps: int | None = None
+    rtol: float | None = None
+
+    @property
+    def label(self) -> str:
+        if self.method is None:
+            return "trained"
+        return f"{self.method}:{self.steps}" if self.steps is not None else f"{self.method}@{self.rtol:g}"
+
+    def overrides(self) -> dict:
+        if self.method is None:
+            return {}
+        if self.steps is not None:
+            return {"node_method": self.method, "node_steps": self.steps, "node_step_size": None}
+        return {"node_method": self.method, "node_rtol": self.rtol, "node_atol": self.rtol / 10}
+
+
+def parse_setting(text: str) -> Setting:
+    """``trained``, ``METHOD:STEPS`` or ``METHOD@RTOL``; a bad one names ``--settings`` and what it allows."""
+    fixed, adaptive = FIXED_GRID_METHODS + LEARNED_METHODS, ADAPTIVE_METHODS
+    allowed = (f"'trained', METHOD:STEPS with METHOD one of {', '.join(fixed)}, or METHOD@RTOL with METHOD one "
+               f"of {', '.join(adaptive)}")
+    try:
+        if text == "trained":
+            return Setting()
+        if ":" in text:
+            method, steps = text.split(":", 1)
+            if method in fixed and int(steps) >= 1:
+                return Setting(method, steps=int(steps))
+        elif "@" in text:
+            method, rtol = text.split("@", 1)
+            if method in adaptive and float(rtol) > 0:
+                return Setting(method, rtol=float(rtol))
+    except ValueError:
+        pass
+    raise SystemExit(f"--settings: {text!r} is not a setting; use {allowed}")
+
+
+def parse_model(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not Path(path).is_file():
+        raise SystemExit(f"--model: {text!r} must be NAME=CHECKPOINT, an existing checkpoint file")
+    return name, Path(path)
+
+
+def target_language(data_dir: Path) -> str:
+    """The target suffix of the binarised test split (``test.de-en.en.bin`` -> ``en``)."""
+    found = sorted((data_dir / "bin").glob("test.*-*.*.bin"))
+    if not found:
+        raise SystemExit(f"DATA_DIR: no binarised test split in {data_dir / 'bin'}")
+    source_target, language = found[0].name.split(".")[1:3]
+    return language if source_target.endswith(f"-{language}") else source_target.split("-")[1]
+
+
+def decode(data_dir: Path, checkpoint: Path, setting: Setting, log: Path, extra: list[str]) -> dict:
+    """One fairseq-generate run, scored: BLEU, chrF2, exact match and NFE per sentence."""
+    from node_seq.fairseq import inprocess
+    from node_seq.text.score import score
+
+    argv = [str(data_dir / "bin"), "--path", str(checkpoint), *GENERATE, *extra]
+    if setting.method is not None:
+        argv += ["--model-overrides", repr(setting.overrides())]
+    log.write_text(inprocess.generate(argv), encoding="utf-8")
+    references = data_dir / "raw" / f"test.{target_language(data_dir)}"
+    return score(log, references)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| model | decoded with | NFE/sentence | BLEU | chrF2 |", "|---|---|---|---|---|"]
+    for r in rows:
+        nfe = f"{r['nfe_per_sentence']:.1f}" if r["nfe_per_sentence"] is not None else "-"
+        lines.append(f"| {r['model']} | {r['setting']} | {nfe} | {r['bleu']:.2f} | {r['chrf']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """BLEU against NFE per sentence, one line per model, each point labelled with its setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        points = sorted((r["nfe_per_sentence"], r["bleu"], r["setting"]) for r in rows
+                        if r["model"] == model and r["nfe_per_sentence"] is not None)
+        if not points:
+            continue
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
+        for nfe, bleu, label in points:
+            ax.annotate(label, (nfe, bleu), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("NFE per sentence (encoder + all decoding steps)")
+    ax.set_ylabel("sacreBLEU")
+    ax.set_title("Elastic depth: decoded with other solvers than trained with", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_dir", type=Path, help="prepared data (bin/ and raw/), e.g. runs/multi30k")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT")
+    parser.add_argument("--settings", default=DEFAULT_SETTINGS, help=f"comma-separated (default {DEFAULT_SETTINGS})")
+    args = parser.parse_args(argv)
+    settings = [parse_setting(s) for s in args.settings.split(",") if s]
+    models = [parse_model(m) for m in args.model]
+    target_language(args.data_dir)  # every check before any decoding
+    (args.out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, checkpoint in models:
+        for setting in settings:
+            log = args.out_dir / "logs" / f"{name}.{setting.label.replace(':', '-').replace('@', '-at-')}.log"
+            result = decode(args.data_dir, checkpoint, setting, log, extra)
+            rows.append({"model": name, "checkpoint": str(checkpoint), "setting": setting.label,
+                         **setting.overrides(), **result})
+            print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    (args.out_dir / "elastic_depth.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    (args.out_dir / "elastic_depth.md").write_text(markdown(rows), encoding="utf-8")
+    plot(rows, args.out_dir / "elastic_depth.png")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Elastic depth (``benchmarks.elastic_depth``): trained models decoded with other solvers.
+
+A tiny ``rk2_gated`` model, trained a few updates on the numbers task, is decoded as trained, with
+its own method spelled out (which must change nothing), and with other methods (which must drop
+its learned coefficients rather than fail to load them).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("fairseq")
+
+from fairseq_helpers import fairseq_train, make_task  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("elastic")
+    bins = make_task(root)
+    models = {}
+    for method in ("rk2_gated", "euler"):
+        fairseq_train(bins, root / method, ["--node-method", method, "--node-steps", "1", "--max-update", "4"])
+        models[method] = root / method / "checkpoint_last.pt"
+    return bins.parent, models
+
+
+def test_a_learned_block_decodes_with_other_methods(trained, tmp_path):
+    from benchmarks import elastic_depth
+
+    data, models = trained
+    rows = elastic_depth.main([str(data), str(tmp_path / "out"), "--model", f"rk2={models['rk2_gated']}",
+                               "--settings", "trained,rk2_gated:1,euler:1,euler:2,dopri5@0.01", "--", "--beam", "2"])
+    assert [r["setting"] for r in rows] == ["trained", "rk2_gated:1", "euler:1", "euler:2", "dopri5@0.01"]
+    as_trained, spelled_out = rows[0], rows[1]
+    assert (spelled_out["bleu"], spelled_out["nfe_per_sentence"]) == (as_trained["bleu"], as_trained["nfe_per_sentence"])
+    assert len(list((tmp_path / "out" / "logs").glob("rk2.*.log"))) == len(rows)
+    assert rows[3]["nfe_per_sentence"] > rows[2]["nfe_per_sentence"]
+    assert rows[4]["node_rtol"] == 0.01 and rows[4]["node_atol"] == pytest.approx(0.001)
+    saved = json.loads((tmp_path / "out" / "elastic_depth.json").read_text())
+    assert saved == rows
+    table = (tmp_path / "out" / "elastic_depth.md").read_text().splitlines()
+    assert len(table) == 2 + len(rows) and "| rk2 | euler:2 |" in table[5]
+    assert (tmp_path / "out" / "elastic_depth.png").stat().st_size > 0
+
+
+def test_a_model_without_learned_coefficients_is_refused_a_learned_block(trained, tmp_path):
+    from benchmarks import elastic_depth
+
+    data, models = trained
+    with pytest.raises(ValueError, match="node_method 'rk2_gated' is a learned block, but the checkpoint has no"):
+        elastic_depth.main([str(data), str(tmp_path / "out"), "--model", f"e={models['euler']}",
+                            "--settings", "rk2_gated:1"])
+
+
+@pytest.mark.parametrize("setting", ["euler", "euler:0", "dopri5:2", "rk4@0.1", "dopri5@-1", "bogus:1"])
+def test_bad_settings_are_refused_before_any_work(trained, tmp_path, setting):
+    from benchmarks import elastic_depth
+
+    data, models = trained
+    with pytest.raises(SystemExit, match=r"--settings: .* is not a setting; use 'trained', METHOD:STEPS with METHOD "
+                                         r"one of euler, .*METHOD@RTOL with METHOD one of dopri5"):
+        elastic_depth.main([str(data), str(tmp_path / "out"), "--model", f"e={models['euler']}", "--settings", setting])
+    assert not (tmp_path / "out").exists()
