@@ -5,28 +5,39 @@
 # and decoded with scripts/evaluate_multi30k.sh (beam 5, sacreBLEU on detokenized test_2016_flickr).
 #
 # Usage: bash benchmarks/multi30k_quality.sh DATA_DIR RUNS_DIR [--variants a,b,...] [--device cuda] [--quick]
-#                                            [-- fairseq-train options shared by every variant]
+#                                            [--results FILE] [-- fairseq-train options shared by every variant]
 #   --quick: 3 updates per variant (a smoke run of the pipeline, not a measurement)
+#   --results: the JSON records file (default RUNS_DIR/quality.json; the project's is
+#              benchmarks/results/multi30k_quality.json), one record per variant and seed, with the
+#              paired bootstrap against RUNS_DIR/baseline when that has been decoded
 #   DATA_DIR: prepared by scripts/prepare_multi30k.sh (holds bin/ and raw/test.en)
-# On 2 CPU cores the baseline takes ~5 min per epoch and a midpoint variant twice that.
-# Results: RUNS_DIR/<variant>/{train.log,generate-test.log,score-test.txt} and RUNS_DIR/quality.md.
+# On 2 CPU cores the baseline takes ~5 min per epoch and a midpoint variant twice that. A run that
+# was cut resumes from its checkpoint_last.pt when started again (its train.log is appended to).
+# Results: RUNS_DIR/<variant>/{train.log,generate-test.log,score-test.txt}, RUNS_DIR/quality.md and
+# the records file.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-usage="usage: $0 DATA_DIR RUNS_DIR [--variants a,b,...] [--device cuda] [--quick] [-- fairseq-train options]"
+usage="usage: $0 DATA_DIR RUNS_DIR [--variants a,b,...] [--device cuda] [--quick] [--results FILE] [-- fairseq-train options]"
 [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }
 data="$1"; runs="$2"; shift 2
 
+# name -> "sides method fairseq-train options"
 declare -A variants=(
-  [baseline]="--no-node-encoder --no-node-decoder"
-  [node-midpoint]="--node-method midpoint --node-steps 1"
-  [node-encoder-midpoint]="--no-node-decoder --node-method midpoint --node-steps 1"
-  [node-decoder-midpoint]="--no-node-encoder --node-method midpoint --node-steps 1"
-  [node-dopri5]="--node-method dopri5 --node-rtol 1e-2 --node-gradient adjoint --node-seminorm"
+  [baseline]="none - --no-node-encoder --no-node-decoder"
+  [node-midpoint]="both midpoint --node-method midpoint --node-steps 1"
+  [node-encoder-midpoint]="encoder midpoint --no-node-decoder --node-method midpoint --node-steps 1"
+  [node-decoder-midpoint]="decoder midpoint --no-node-encoder --node-method midpoint --node-steps 1"
+  [node-encoder-rk2-gated]="encoder rk2_gated --no-node-decoder --node-method rk2_gated --node-steps 1"
+  [node-encoder-rk4-classic]="encoder rk4_classic --no-node-decoder --node-method rk4_classic --node-steps 1"
+  [node-encoder-pc]="encoder pc --no-node-decoder --node-method pc --node-steps 1"
+  [node-dopri5]="both dopri5 --node-method dopri5 --node-rtol 1e-2 --node-gradient adjoint --node-seminorm"
 )
-order=(baseline node-midpoint node-encoder-midpoint node-decoder-midpoint node-dopri5)
+order=(baseline node-midpoint node-encoder-midpoint node-decoder-midpoint node-encoder-rk2-gated
+       node-encoder-rk4-classic node-encoder-pc node-dopri5)
 selected=("${order[@]}")
 device_args=(--cpu)
 quick_args=()
+results="$runs/quality.json"
 while [ $# -gt 0 ]; do
   case "$1" in
     --variants) IFS=, read -r -a selected <<< "$2"; shift 2 ;;
@@ -35,6 +46,7 @@ while [ $# -gt 0 ]; do
         *) echo "--device: '$2' is not one of: cpu, cuda" >&2; exit 2 ;; esac
       shift 2 ;;
     --quick) quick_args=(--max-update 3); shift ;;
+    --results) results="$2"; shift 2 ;;
     --) shift; break ;;
     *) echo "$usage" >&2; exit 2 ;;
   esac
@@ -47,9 +59,16 @@ done
 mkdir -p "$runs"
 for name in "${selected[@]}"; do
   mkdir -p "$runs/$name"
+  read -r sides method options <<< "${variants[$name]}"
   # shellcheck disable=SC2086
-  bash "$root/scripts/train_multi30k.sh" "$data" "$runs/$name" ${variants[$name]} "${device_args[@]}" "${quick_args[@]}" "$@" \
-    > "$runs/$name/train.log" 2>&1
+  bash "$root/scripts/train_multi30k.sh" "$data" "$runs/$name" $options "${device_args[@]}" "${quick_args[@]}" "$@" \
+    >> "$runs/$name/train.log" 2>&1
   bash "$root/scripts/evaluate_multi30k.sh" "$data" "$runs/$name" "${device_args[@]}" > /dev/null
+  baseline_args=()
+  if [ "$name" != baseline ] && [ -f "$runs/baseline/generate-test.log" ]; then baseline_args=(--baseline "$runs/baseline"); fi
+  method_args=()
+  [ "$method" = - ] || method_args=(--method "$method")
+  "$root/.venv/bin/python" -m benchmarks.quality_records "$runs/$name" --variant "$name" --sides "$sides" \
+    "${method_args[@]}" --references "$data/raw/test.en" "${baseline_args[@]}" --results "$results" > /dev/null
 done
 "$root/.venv/bin/python" -m benchmarks.quality_report "$runs" "${selected[@]}" | tee "$runs/quality.md"

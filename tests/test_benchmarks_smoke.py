@@ -118,12 +118,18 @@ def test_multi30k_quality_quick(tmp_path):
 
     data = _prepared_numbers(tmp_path)
     subprocess.run(["bash", str(REPO / "benchmarks" / "multi30k_quality.sh"), str(data), str(tmp_path / "runs"),
-                    "--variants", "baseline,node-midpoint", "--quick"], check=True, capture_output=True, timeout=900)
+                    "--variants", "baseline,node-encoder-rk2-gated", "--quick"], check=True, capture_output=True,
+                   timeout=900)
     rows = _table(tmp_path / "runs" / "quality.md")
-    assert [r["variant"] for r in rows] == ["baseline", "node-midpoint"]
-    assert rows[0]["params"] == rows[1]["params"]  # the variants differ in what a layer does, not in weights
-    assert rows[0]["train_nfe_f"] == "-" and float(rows[1]["train_nfe_f"]) == 12  # 3+3 layers x 2 stages
+    assert [r["variant"] for r in rows] == ["baseline", "node-encoder-rk2-gated"]
+    assert rows[0]["train_nfe_f"] == "-" and float(rows[1]["train_nfe_f"]) == 6  # 3 encoder layers x 2 stages
     assert all(0 <= float(r["bleu"]) <= 100 for r in rows)
+    records = json.loads((tmp_path / "runs" / "quality.json").read_text())
+    assert [(r["variant"], r["method"], r["sides"]) for r in records] == [
+        ("baseline", None, "none"), ("node-encoder-rk2-gated", "rk2_gated", "encoder")]
+    assert records[1]["params"] == records[0]["params"] + 3 * (2 * 256 + 1)  # one gate, Linear(2d, 1), per layer
+    assert records[0]["p_vs_baseline"] is None and 0 < records[1]["p_vs_baseline"] <= 1
+    assert records[1]["nfe_train"] == 6 and records[1]["nfe_decode"] > 0 and records[0]["nfe_decode"] == 0
 
 
 def test_kinetic_quick(tmp_path):

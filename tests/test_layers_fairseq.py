@@ -47,3 +47,36 @@ def test_euler_decoder_layer_is_a_tied_stack_of_fairseq_layers(steps):
         expected, _, _ = reference(expected, encoder_out.transpose(0, 1), encoder_padding, self_attn_mask=causal)
     got = ours(y, encoder_out, encoder_padding, self_attn_mask=causal)
     torch.testing.assert_close(got, expected.transpose(0, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_a_post_norm_plain_encoder_layer_is_fairseqs_post_norm_layer():
+    reference = fairseq_modules.TransformerEncoderLayer(fairseq_args(encoder_normalize_before=False)).eval()
+    ours = NodeEncoderLayer(SPEC, None, post_norm=True).eval()
+    ours.load_state_dict(from_fairseq_layer(reference.state_dict()))
+    x, padding = padded_batch()
+    expected = reference(x.transpose(0, 1), encoder_padding_mask=padding).transpose(0, 1)
+    keep = ~padding
+    torch.testing.assert_close(ours(x, padding)[keep], expected[keep], rtol=1e-5, atol=1e-5)
+    pre_norm = NodeEncoderLayer(SPEC, None).eval()
+    pre_norm.load_state_dict(ours.state_dict())  # same weights, other placement: another function
+    assert not torch.allclose(pre_norm(x, padding)[keep], expected[keep], atol=1e-3)
+
+
+def test_a_post_norm_plain_decoder_layer_is_fairseqs_and_decodes_incrementally():
+    reference = fairseq_modules.TransformerDecoderLayer(fairseq_args(decoder_normalize_before=False)).eval()
+    ours = NodeDecoderLayer(SPEC, None, post_norm=True).eval()
+    ours.load_state_dict(from_fairseq_layer(reference.state_dict()))
+    encoder_out, encoder_padding = padded_batch()
+    y = torch.randn(3, 5, 16)
+    causal = torch.triu(torch.full((5, 5), float("-inf")), 1)
+    expected, _, _ = reference(y.transpose(0, 1), encoder_out.transpose(0, 1), encoder_padding, self_attn_mask=causal)
+    torch.testing.assert_close(ours(y, encoder_out, encoder_padding, self_attn_mask=causal), expected.transpose(0, 1),
+                               rtol=1e-5, atol=1e-5)
+    cache = {}
+    steps = [ours(y[:, i:i + 1], encoder_out, encoder_padding, cache=cache) for i in range(5)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected.transpose(0, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_only_a_plain_layer_can_be_post_norm():
+    with pytest.raises(ValueError, match="post_norm: only a plain layer"):
+        NodeEncoderLayer(SPEC, euler(1), post_norm=True)

@@ -90,7 +90,7 @@ def _other_value(option):
     """A valid value that is not the default, and the companions it needs to be valid."""
     if option.choices is not None:
         value = next(c for c in option.choices if c != option.default)
-        companions = {"gradient": {"method": "rk4"}, "failure_policy": {}}.get(option.name, {})
+        companions = {"gradient": {"method": "rk4"}, "plain_norm": {"decoder": False}}.get(option.name, {})
         return ("fallback" if option.name == "failure_policy" else value), companions
     special = {
         "steps": (3, {"method": "rk4"}), "step_size": (0.25, {"method": "rk4"}), "ts": ((0.0, 2.0), {}),
@@ -128,6 +128,8 @@ def test_a_bad_value_is_refused_naming_the_option_as_the_front_end_spells_it(fro
 def test_the_checks_that_combine_options_live_in_the_schema():
     with pytest.raises(OptionError, match=r"^node_separated_decoder: needs node_decoder"):
         NodeOptions(decoder=False, separated_decoder=True).check(HF)
+    with pytest.raises(OptionError, match=r"^--node-plain-norm: 'post' applies to plain layers, but both sides are ODE"):
+        NodeOptions(plain_norm="post").check(FAIRSEQ)
     with pytest.raises(OptionError, match=r"^--node-fallback-method: unknown value 'dopri5'; choose one of euler"):
         NodeOptions(fallback_method="dopri5").check(FAIRSEQ)
     with pytest.raises(OptionError, match=r"^--augment-dims|^node_augment_dims: encoder width 6 \+ 1"):

@@ -182,9 +182,9 @@ class NodeTransformerModel(TransformerModel):
         return [layer for layer in [*self.encoder.layers, *self.decoder.layers] if is_ode_layer(layer)]
 
 
-def _validated(args) -> None:
+def _validated(args):
     try:
-        options.validate(args)
+        return options.validate(args)
     except OptionError as error:
         raise SystemExit(f"node_transformer: error: {error}") from None
 
@@ -192,11 +192,12 @@ def _validated(args) -> None:
 @register_model_architecture("node_transformer", "node_transformer")
 def node_base_architecture(args):
     options.fill_defaults(args)
-    # ODE blocks need pre-norm layers: the branch, not the normalised sum, is the vector field.
-    args.encoder_normalize_before = True
-    args.decoder_normalize_before = True
     base_architecture(args)
-    _validated(args)
+    node_options = _validated(args)
+    # ODE blocks are pre-norm (the branch, not the normalised sum, is the vector field), and so are
+    # plain layers unless --node-plain-norm post; fairseq adds a side's final LayerNorm for pre-norm.
+    args.encoder_normalize_before = node_options.final_layer_norm("encoder")
+    args.decoder_normalize_before = node_options.final_layer_norm("decoder")
 
 
 def _sizes(args, *, dim: int, ffn: int, heads: int, layers: int) -> None:

@@ -286,7 +286,7 @@ class NodeTransformerEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         spec, options = layer_spec(layer_sizes(config, "encoder"), "encoder"), config.node_options()
         self.layers = nn.ModuleList(encoder_layer(spec, options) for _ in range(config.encoder_layers))
-        self.layer_norm = nn.LayerNorm(dim)
+        self.layer_norm = nn.LayerNorm(dim) if options.final_layer_norm("encoder") else None
         self.last_stats = SolveStats()
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -308,7 +308,8 @@ class NodeTransformerEncoder(nn.Module):
             x = layer(x, padding_mask)
             if states is not None:
                 states.append(x)
-        x = self.layer_norm(x)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
         self.last_stats = collect_stats(self)
         out = BaseModelOutput(last_hidden_state=x, hidden_states=tuple(states) if states is not None else None)
         return out if return_dict else out.to_tuple()
@@ -328,7 +329,7 @@ class NodeTransformerDecoder(nn.Module):
         spec, options = layer_spec(layer_sizes(config, "decoder"), "decoder"), config.node_options()
         self.layers = nn.ModuleList(decoder_layer(spec, options, encoder_dim=config.encoder_embed_dim)
                                     for _ in range(config.decoder_layers))
-        self.layer_norm = nn.LayerNorm(dim)
+        self.layer_norm = nn.LayerNorm(dim) if options.final_layer_norm("decoder") else None
         self.last_stats = SolveStats()
 
     def forward(self, input_ids: torch.Tensor | None, encoder_hidden_states: torch.Tensor,
@@ -369,7 +370,9 @@ class NodeTransformerDecoder(nn.Module):
             if states is not None:
                 states.append(x)
         self.last_stats = collect_stats(self)
-        return self.layer_norm(x), (tuple(states) if states is not None else None)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return x, (tuple(states) if states is not None else None)
 
 
 # --------------------------------------------------------------------------------------------------

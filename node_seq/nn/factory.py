@@ -22,18 +22,20 @@ def layer_spec(sizes: Mapping[str, Any], side: str) -> LayerSpec:
 
 
 def encoder_layer(spec: LayerSpec, options: NodeOptions, layer_class: type = NodeEncoderLayer) -> NodeEncoderLayer:
-    """An ODE encoder layer if ``options.encoder``, else the plain pre-norm layer of the same modules."""
+    """An ODE encoder layer if ``options.encoder``, else the plain layer of the same modules (pre- or
+    post-norm, ``options.plain_norm``)."""
     if not options.encoder:
-        return layer_class(spec, None)
+        return layer_class(spec, None, post_norm=options.plain_norm == "post")
     return layer_class(spec, options.solver(), augment_dims=options.augment_dims,
                        time_dependent=options.time_dependent)
 
 
 def decoder_layer(spec: LayerSpec, options: NodeOptions, *, encoder_dim: int,
                   layer_class: type = NodeDecoderLayer) -> NodeDecoderLayer:
-    """An ODE decoder layer if ``options.decoder``, else the plain pre-norm layer of the same modules."""
+    """An ODE decoder layer if ``options.decoder``, else the plain layer of the same modules (pre- or
+    post-norm, ``options.plain_norm``)."""
     if not options.decoder:
-        return layer_class(spec, None, encoder_dim=encoder_dim)
+        return layer_class(spec, None, encoder_dim=encoder_dim, post_norm=options.plain_norm == "post")
     return layer_class(spec, options.solver(), encoder_dim=encoder_dim, augment_dims=options.augment_dims,
                        time_dependent=options.time_dependent, separated=options.separated_decoder)
 

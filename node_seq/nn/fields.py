@@ -31,7 +31,11 @@ class FeedForward(nn.Module):
         self.activation_dropout = FrozenDropout(activation_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation_dropout(self.activation(self.fc1(self.final_layer_norm(x)))))
+        return self.branch(self.final_layer_norm(x))
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The block without its LayerNorm (a post-norm layer normalises after the residual sum)."""
+        return self.fc2(self.activation_dropout(self.activation(self.fc1(x))))
 
 
 class TimeEmbedding(nn.Module):
@@ -66,6 +70,13 @@ class EncoderField(nn.Module):
         h = self.self_attn_layer_norm(x_in)
         a = self.attn_dropout(self.self_attn.attend(h, *self.self_attn.project_kv(h, h), bias))
         return a + self.ffn_dropout(self.ffn(x_in + a))
+
+    def post_norm_layer(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The same modules as a post-norm layer, ``LN(x + sublayer(x))`` per sublayer (fairseq's
+        ``TransformerEncoderLayer`` without ``normalize_before``); a plain layer only."""
+        x = self.self_attn_layer_norm(x + self.attn_dropout(self.self_attn.attend(x, *self.self_attn.project_kv(x, x),
+                                                                                   bias)))
+        return self.ffn.final_layer_norm(x + self.ffn_dropout(self.ffn.branch(x)))
 
 
 class DecoderField(nn.Module):
@@ -115,6 +126,21 @@ class DecoderField(nn.Module):
                                                         encoder_bias))
         update = c if update is None else update + c
         return update + self.ffn_dropout(self.ffn(x_in + c))
+
+    def post_norm_layer(self, x: torch.Tensor, encoder_k: torch.Tensor, encoder_v: torch.Tensor,
+                        encoder_bias: torch.Tensor | None, self_bias: torch.Tensor | None,
+                        cache: dict | None) -> torch.Tensor:
+        """The same modules as a post-norm layer (fairseq's ``TransformerDecoderLayer`` without
+        ``normalize_before``); a plain layer only, so its cache has the one evaluation."""
+        k, v = self.self_attn.project_kv(x, x)
+        if cache is not None:
+            k, v = extend_cache(cache, evaluation_key(), k, v)
+            if self_bias is None:
+                self_bias = cached_causal_bias(x.shape[1], k.shape[2], x.dtype, x.device)
+        x = self.self_attn_layer_norm(x + self.self_dropout(self.self_attn.attend(x, k, v, self_bias)))
+        x = self.encoder_attn_layer_norm(x + self.cross_dropout(self.encoder_attn.attend(x, encoder_k, encoder_v,
+                                                                                          encoder_bias)))
+        return self.ffn.final_layer_norm(x + self.ffn_dropout(self.ffn.branch(x)))
 
 
 def evaluation_key() -> int:

@@ -82,7 +82,7 @@ class _NodeLayer(nn.Module):
     """What encoder and decoder layers share: augmentation, the solve, dropout resets, stats.
 
     ``solver=None`` makes a plain pre-norm layer (``x + f(x)``, one unit Euler step without a
-    solver's bookkeeping). Whether a layer is an ODE is said this way only, never read off the
+    solver's bookkeeping), or with ``post_norm`` a post-norm layer of the same modules. Whether a layer is an ODE is said this way only, never read off the
     solver's settings: an ODE layer of one Euler step (ResNet-as-ODE) still counts its NFE and
     integrates its regularisers.
 
@@ -90,8 +90,12 @@ class _NodeLayer(nn.Module):
     see :mod:`.coefficients`: one set per layer) and passes them to every solve.
     """
 
-    def __init__(self, spec: LayerSpec, solver: SolverConfig | None, *, augment_dims: int):
+    def __init__(self, spec: LayerSpec, solver: SolverConfig | None, *, augment_dims: int, post_norm: bool = False):
         super().__init__()
+        if post_norm and solver is not None:
+            raise ValueError("post_norm: only a plain layer (solver None) can be post-norm; an ODE layer's field is "
+                             "its pre-norm branch")
+        self.post_norm = post_norm
         self.solver = solver
         self.augment_dims = augment_dims
         self.width = spec.embed_dim + augment_dims
@@ -120,7 +124,7 @@ class _NodeLayer(nn.Module):
         if self.solver is None:  # a plain layer: one unit Euler step, without a solver's bookkeeping
             t = x.new_zeros(())
             with stage_scope(Stage(0, 0, 1, t)):
-                return x + field(t, x, *inputs)
+                return field.post_norm_layer(x, *inputs) if self.post_norm else x + field(t, x, *inputs)
         norm = padding_rms_norm(keep)
         self.last_regularizers = {}
         try:
@@ -147,8 +151,8 @@ class NodeEncoderLayer(_NodeLayer):
     """``x -> x(t1)`` where ``dx/dt = self_attn + ffn`` (a pre-norm encoder layer's branch)."""
 
     def __init__(self, spec: LayerSpec, solver: SolverConfig | None, *, augment_dims: int = 0,
-                 time_dependent: bool = False):
-        super().__init__(spec, solver, augment_dims=augment_dims)
+                 time_dependent: bool = False, post_norm: bool = False):
+        super().__init__(spec, solver, augment_dims=augment_dims, post_norm=post_norm)
         self.field = EncoderField(self.width, spec.num_heads, spec.ffn_dim, dropout=spec.dropout,
                                   attention_dropout=spec.attention_dropout,
                                   activation_dropout=spec.activation_dropout, activation=spec.activation,
@@ -174,8 +178,9 @@ class NodeDecoderLayer(_NodeLayer):
     """
 
     def __init__(self, spec: LayerSpec, solver: SolverConfig | None, *, encoder_dim: int | None = None,
-                 augment_dims: int = 0, time_dependent: bool = False, separated: bool = False):
-        super().__init__(spec, solver, augment_dims=augment_dims)
+                 augment_dims: int = 0, time_dependent: bool = False, separated: bool = False,
+                 post_norm: bool = False):
+        super().__init__(spec, solver, augment_dims=augment_dims, post_norm=post_norm)
         self.separated = separated
         if separated:
             self.self_attn_layer_norm = nn.LayerNorm(self.width)

@@ -28,6 +28,9 @@ SEQUENCE_MODELS = frozenset({FAIRSEQ, HF, TRAIN_HF})
 EVERYWHERE = frozenset(FRONT_ENDS)
 #: Methods a failed solve can fall back to (a fixed grid that needs no special gradient).
 FALLBACK_METHODS = tuple(m for m in FIXED_GRID_METHODS if m != "reversible_heun")
+#: Where plain layers put their LayerNorms. ODE layers are always pre-norm: their field is the
+#: branch, which a LayerNorm after the residual sum would not be.
+PLAIN_NORMS = ("pre", "post")
 
 
 def _option(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
@@ -45,6 +48,9 @@ class NodeOptions:
                             front_ends=SEQUENCE_MODELS)
     decoder: bool = _option(True, "decoder layers are ODE blocks (off: plain pre-norm layers)",
                             front_ends=SEQUENCE_MODELS)
+    plain_norm: str = _option("pre", "where the plain (non-ODE) layers normalise: pre (x + f(LN x), one Euler step "
+                              "of the ODE layer's field) or post (LN(x + f(x)) per sublayer, as fairseq's "
+                              "transformer)", choices=PLAIN_NORMS, front_ends=SEQUENCE_MODELS)
     # the solver (node_seq.ode.SolverConfig)
     method: str = _option("dopri5", "ODE solver: a fixed grid (euler, midpoint, heun, rk4, rk4_classic, "
                           "reversible_heun), a learned block (rk2_gated, pc; sequence models only) or adaptive "
@@ -125,6 +131,9 @@ class NodeOptions:
                 raise OptionError(f"{spell(name)}: must be a finite number >= 0, got {weight!r}")
         if self.method in LEARNED_METHODS:
             self._check_learned_block(front_end, spell)
+        if self.plain_norm == "post" and self.encoder and self.decoder:
+            raise OptionError(f"{spell('plain_norm')}: 'post' applies to plain layers, but both sides are ODE "
+                              f"blocks; turn one off ({spell('encoder')}, {spell('decoder')}) or leave it at 'pre'")
         if self.separated_decoder and not self.decoder:
             raise OptionError(f"{spell('separated_decoder')}: needs {spell('decoder')} (without it the decoder "
                               "is not an ODE)")
@@ -140,6 +149,11 @@ class NodeOptions:
                 raise OptionError(f"{spell(name)}: the regularisers are integrals over the solve, which the learned "
                                   f"block {self.method!r} does not compute; use a method with fixed coefficients "
                                   "or leave it at 0")
+
+    def final_layer_norm(self, side: str) -> bool:
+        """Whether ``side`` ends with a LayerNorm: pre-norm layers leave their sum unnormalised, so a
+        side of them needs one; post-norm layers end normalised (fairseq's ``normalize_before``)."""
+        return getattr(self, side) or self.plain_norm == "pre"
 
     def check_width(self, side: str, width: int, heads: int, heads_option: str, front_end: str) -> None:
         """An augmented ODE layer attends over ``width + augment_dims`` channels: the heads must divide them."""

@@ -69,6 +69,14 @@ def variant_run(tmp_path_factory, fairseq_data) -> FairseqRun:
         "--node-time-dependent", "--share-decoder-input-output-embed", "--max-update", "3"])
 
 
+@pytest.fixture(scope="session")
+def post_norm_run(tmp_path_factory, fairseq_data) -> FairseqRun:
+    """The reference baseline's layers: plain post-norm on both sides (no final LayerNorms); a few updates."""
+    return _run(tmp_path_factory, fairseq_data, "post_norm", [
+        "--no-node-encoder", "--no-node-decoder", "--node-plain-norm", "post", "--share-all-embeddings",
+        "--max-update", "3"])
+
+
 @pytest.fixture(scope="session", params=["rk2_gated", "pc"])
 def learned_run(request, tmp_path_factory, fairseq_data) -> FairseqRun:
     """A learned block on both sides, two steps (rk2_gated by backprop, pc checkpointed); a few updates."""

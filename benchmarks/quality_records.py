@@ -1,0 +1,109 @@
+"""One finished Multi30k run as a record of ``benchmarks/results/multi30k_quality.json``.
+
+    python -m benchmarks.quality_records RUN_DIR --variant NAME --method METHOD --sides encoder \\
+        --references runs/multi30k/raw/test.en [--baseline BASELINE_RUN_DIR] [--train-log LOG] [--note TEXT]
+
+RUN_DIR holds what ``scripts/train_multi30k.sh`` and ``scripts/evaluate_multi30k.sh`` wrote
+(``generate-test.log``; the training log is ``RUN_DIR/train.log`` unless ``--train-log`` says
+otherwise). The record has sacreBLEU and chrF2 on the test set, the p-value of sacreBLEU's paired
+bootstrap (1000 resamples) against the baseline run's hypotheses, the parameter count, epochs and
+seed from the log, the training words/s of the fastest epoch (the machine is often shared, so the
+fastest epoch is the least disturbed), the forward NFE per update of the last epoch, and the
+decoding NFE per sentence. A record with the same variant and seed is replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+from pathlib import Path
+
+from benchmarks.quality_report import _PARAMS, _field
+from node_seq.text.generate_log import read_nfe
+from node_seq.text.score import read_hypotheses, score
+
+RESULTS = Path(__file__).resolve().parent / "results" / "multi30k_quality.json"
+SIDES = ("none", "encoder", "decoder", "both")
+_SEED = re.compile(r"'seed': (\d+)")
+_TRAIN = re.compile(r"\| train \| epoch (\d+) \|.*")
+
+
+def paired_bootstrap(baseline: list[str], system: list[str], references: list[str]) -> float:
+    """sacreBLEU's paired bootstrap p-value of the BLEU difference (1000 resamples, its fixed seed)."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    test = PairedTest([("baseline", baseline), ("system", system)], {"BLEU": BLEU()}, references=[references],
+                      test_type="bs", n_samples=1000)
+    _signatures, scores = test()
+    return round(float(scores["BLEU"][1].p_value), 4)
+
+
+def in_order(generate_log: Path) -> list[str]:
+    hypotheses = read_hypotheses(generate_log)
+    return [hypotheses[i] for i in sorted(hypotheses)]
+
+
+def record(run_dir: Path, *, variant: str, method: str | None, sides: str, references: Path,
+           baseline: Path | None = None, train_log: Path | None = None) -> dict:
+    log = (train_log or run_dir / "train.log").read_text(encoding="utf-8")
+    epochs = [m.group(0) for m in _TRAIN.finditer(log)]
+    if not epochs:
+        raise SystemExit(f"--train-log: no '| train | epoch' line in {train_log or run_dir / 'train.log'}")
+    generate_log = run_dir / "generate-test.log"
+    result = score(generate_log, references)
+    p_value = None
+    if baseline is not None:
+        refs = [line.strip() for line in references.read_text(encoding="utf-8").splitlines()]
+        p_value = paired_bootstrap(in_order(baseline / "generate-test.log"), in_order(generate_log), refs)
+    nfe_train = _field(epochs[-1], "nfe_f")
+    params, seed = _PARAMS.search(log), _SEED.search(log)
+    return {
+        "variant": variant, "method": method, "sides": sides,
+        "params": int(params.group(1).replace(",", "")) if params else None,
+        "epochs": int(_TRAIN.search(epochs[-1]).group(1)), "seed": int(seed.group(1)) if seed else None,
+        "bleu": result["bleu"], "chrf": result["chrf"], "p_vs_baseline": p_value,
+        "train_wps": max(float(_field(line, "wps")) for line in epochs),
+        "nfe_train": float(nfe_train) if nfe_train != "-" else 0,
+        "nfe_decode": read_nfe(generate_log.read_text(encoding="utf-8")) or 0,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def upsert(results: Path, new: dict) -> list[dict]:
+    """Add ``new`` to the results file, replacing the record of the same variant and seed."""
+    records = json.loads(results.read_text(encoding="utf-8")) if results.exists() else []
+    records = [r for r in records if (r["variant"], r["seed"]) != (new["variant"], new["seed"])] + [new]
+    results.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    return records
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--method", default=None, help="the ODE method (none for the baseline)")
+    parser.add_argument("--sides", choices=SIDES, required=True, help="which side has ODE layers")
+    parser.add_argument("--references", type=Path, required=True, help="raw test references, e.g. raw/test.en")
+    parser.add_argument("--baseline", type=Path, help="the baseline's run directory (for the paired bootstrap)")
+    parser.add_argument("--train-log", type=Path)
+    parser.add_argument("--note", help="anything a reader needs to know about this run")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    for flag, path in (("RUN_DIR", args.run_dir / "generate-test.log"), ("--references", args.references),
+                       ("--baseline", args.baseline and args.baseline / "generate-test.log")):
+        if path is not None and not path.is_file():
+            raise SystemExit(f"{flag}: {path} not found")
+    new = record(args.run_dir, variant=args.variant, method=args.method, sides=args.sides,
+                 references=args.references, baseline=args.baseline, train_log=args.train_log)
+    if args.note:
+        new["note"] = args.note
+    upsert(args.results, new)
+    print(json.dumps(new))
+    return new
+
+
+if __name__ == "__main__":
+    main()

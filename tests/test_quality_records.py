@@ -1,0 +1,66 @@
+"""``benchmarks.quality_records``: a run's logs as a results record, with the paired bootstrap."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import quality_records
+
+REFERENCES = [f"a small dog number {i} runs across the green field" for i in range(60)]
+
+
+def _run(path, hypotheses, *, nfe=None, params="7,285,760", wps=(900.0, 1400.5), nfe_f=None):
+    path.mkdir()
+    lines = [f"D-{i}\t-0.5\t{h}" for i, h in reversed(list(enumerate(hypotheses)))]  # fairseq's order is not ours
+    if nfe is not None:
+        lines.append(f"INFO:fairseq_cli.generate:NODE NFE: {nfe} function evaluations per sentence (encoder + ...)")
+    (path / "generate-test.log").write_text("\n".join(lines) + "\n")
+    extra = f" | nfe_f {nfe_f} | nfe_b 0" if nfe_f is not None else ""
+    log = [f"{{'seed': 2, 'arch': 'x'}}", f"num. shared model params: {params} (num. trained: {params})"]
+    log += [f"2026-12-01 | INFO | train | epoch {e:03d} | loss 3.1 | wps {w} | ups 0.3{extra} | train_wall 9"
+            for e, w in enumerate(wps, 1)]
+    (path / "train.log").write_text("\n".join(log) + "\n")
+    return path
+
+
+def test_a_record_reads_the_logs_and_tests_against_the_baseline(tmp_path):
+    refs = tmp_path / "test.en"
+    refs.write_text("\n".join(REFERENCES) + "\n")
+    worse = [r.replace("green", "red").replace("runs", "walks") for r in REFERENCES]
+    baseline = _run(tmp_path / "base", worse)
+    system = _run(tmp_path / "node", REFERENCES, nfe=42.5, nfe_f=6)
+    results = tmp_path / "results.json"
+    new = quality_records.main([str(system), "--variant", "node-encoder-rk2-gated", "--method", "rk2_gated",
+                                "--sides", "encoder", "--references", str(refs), "--baseline", str(baseline),
+                                "--results", str(results)])
+    assert (new["bleu"], new["params"], new["epochs"], new["seed"]) == (100.0, 7285760, 2, 2)
+    assert (new["train_wps"], new["nfe_train"], new["nfe_decode"]) == (1400.5, 6.0, 42.5)
+    assert new["p_vs_baseline"] < 0.05  # every sentence better: the bootstrap sees it every time
+    one_better = _run(tmp_path / "one", [REFERENCES[0], *worse[1:]])  # a difference chance explains
+    close = quality_records.main([str(one_better), "--variant", "close", "--sides", "none", "--references",
+                                  str(refs), "--baseline", str(baseline), "--results", str(results)])
+    assert close["p_vs_baseline"] > 0.05 and close["nfe_train"] == 0 and close["nfe_decode"] == 0
+    assert [r["variant"] for r in json.loads(results.read_text())] == ["node-encoder-rk2-gated", "close"]
+
+
+def test_a_rerun_replaces_its_record(tmp_path):
+    refs = tmp_path / "test.en"
+    refs.write_text("\n".join(REFERENCES) + "\n")
+    run = _run(tmp_path / "base", REFERENCES)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"variant": "baseline", "seed": 2, "bleu": 1.0},
+                                   {"variant": "baseline", "seed": 1, "bleu": 2.0}]))
+    quality_records.main([str(run), "--variant", "baseline", "--sides", "none", "--references", str(refs),
+                          "--results", str(results), "--note", "rerun"])
+    records = json.loads(results.read_text())
+    assert [(r["seed"], r["bleu"]) for r in records] == [(1, 2.0), (2, 100.0)] and records[1]["note"] == "rerun"
+
+
+def test_missing_inputs_are_named_before_anything_is_written(tmp_path):
+    results = tmp_path / "results.json"
+    with pytest.raises(SystemExit, match="--references: .*nope.en not found"):
+        quality_records.main([str(_run(tmp_path / "r", REFERENCES)), "--variant", "v", "--sides", "none",
+                              "--references", str(tmp_path / "nope.en"), "--results", str(results)])
+    assert not results.exists()
