@@ -18,7 +18,7 @@ def _run(path, hypotheses, *, nfe=None, params="7,285,760", wps=(900.0, 1400.5),
         lines.append(f"INFO:fairseq_cli.generate:NODE NFE: {nfe} function evaluations per sentence (encoder + ...)")
     (path / "generate-test.log").write_text("\n".join(lines) + "\n")
     extra = f" | nfe_f {nfe_f} | nfe_b 0" if nfe_f is not None else ""
-    log = [f"{{'seed': 2, 'arch': 'x'}}", f"num. shared model params: {params} (num. trained: {params})"]
+    log = ["{'seed': 2, 'arch': 'x'}", f"num. shared model params: {params} (num. trained: {params})"]
     log += [f"2026-12-01 | INFO | train | epoch {e:03d} | loss 3.1 | wps {w} | ups 0.3{extra} | train_wall 9"
             for e, w in enumerate(wps, 1)]
     (path / "train.log").write_text("\n".join(log) + "\n")

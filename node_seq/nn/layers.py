@@ -82,9 +82,9 @@ class _NodeLayer(nn.Module):
     """What encoder and decoder layers share: augmentation, the solve, dropout resets, stats.
 
     ``solver=None`` makes a plain pre-norm layer (``x + f(x)``, one unit Euler step without a
-    solver's bookkeeping), or with ``post_norm`` a post-norm layer of the same modules. Whether a layer is an ODE is said this way only, never read off the
-    solver's settings: an ODE layer of one Euler step (ResNet-as-ODE) still counts its NFE and
-    integrates its regularisers.
+    solver's bookkeeping), or with ``post_norm`` a post-norm layer of the same modules. Whether a
+    layer is an ODE is said this way only, never read off the solver's settings: an ODE layer of
+    one Euler step (ResNet-as-ODE) still counts its NFE and integrates its regularisers.
 
     A learned block (``rk2_gated``, ``pc``) owns its learned coefficients (``self.coefficients``,
     see :mod:`.coefficients`: one set per layer) and passes them to every solve.
