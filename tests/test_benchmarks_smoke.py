@@ -142,3 +142,25 @@ def test_kinetic_quick(tmp_path):
     assert [r["variant"] for r in rows] == ["w0", "w0.5"]
     assert rows[0]["train_kinetic"] == "-" and float(rows[1]["train_kinetic"]) > 0
     assert all(float(r["decode_nfe"]) > 0 for r in rows)
+
+
+def test_adaptive_path_quick(tmp_path):
+    from benchmarks import adaptive_path
+
+    out = tmp_path / "adaptive"
+    assert adaptive_path.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    rows = {row["variant"]: row for row in _load(out)["rows"]}
+    assert set(rows) == set(adaptive_path.VARIANTS)
+    assert rows[adaptive_path.BASELINE]["nfe_f_per_update"] == 0
+    for name, row in rows.items():
+        if name == adaptive_path.BASELINE:
+            continue
+        stages = 3 if "bosh3" in name else 6
+        per_solve_start = 2 if "estimate" in row["flags"] else 1  # f0, and the estimate's probe
+        for run in row["runs"]:  # every evaluation is accounted for by the steps taken
+            assert run["nfe_f"] == per_solve_start * run["solves"] + stages * (run["accepted"] + run["rejected"])
+            assert run["nfe_b"] == 0  # backprop: autograd re-evaluates nothing
+        assert row["time_ratio_to_plain"] > 0 and row["relative_rms_deviation_from_tight_solve"] >= 0
+    # what the change is for: no more evaluations than before, from the same weights and batches
+    assert rows["after: own loop, first step = interval (default)"]["nfe_f_per_update"] <= \
+        rows[adaptive_path.BEFORE]["nfe_f_per_update"]

@@ -271,7 +271,7 @@ def test_options_are_listed_with_their_defaults():
     for option in ("--node-encoder", "--node-decoder", "--node-rtol", "--node-atol", "--node-ts",
                    "--node-augment-dims", "--node-time-dependent", "--node-separated-decoder", "--node-method",
                    "--node-steps", "--node-step-size", "--node-gradient", "--node-adjoint-rtol", "--node-seminorm",
-                   "--node-checkpoint-snapshots", "--node-max-num-steps", "--node-failure-policy"):
+                   "--node-checkpoint-snapshots", "--node-max-num-steps", "--node-failure-policy", "--node-initial-step"):
         assert option in text
     assert "relative tolerance of adaptive methods (default: 0.001)" in text
     assert "integration interval of every ODE block (default: 0,1)" in text

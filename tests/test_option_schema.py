@@ -141,3 +141,14 @@ def test_fixed_grids_get_whole_steps_and_adaptive_methods_no_grid():
     assert NodeOptions(method="rk4", step_size=0.3).solver().steps == 4
     assert NodeOptions(method="rk4").solver().steps == 1
     assert NodeOptions(method="dopri5", steps=3).solver().steps is None
+
+
+def test_adaptive_methods_start_with_the_whole_interval_unless_told_to_estimate():
+    """``initial_step`` is the solver's ``first_step``: the interval's length, or None (Hairer's estimate);
+    fixed grids have none."""
+    assert NodeOptions().solver().first_step == 1.0
+    assert NodeOptions(method="bosh3", ts=(0.0, 2.5)).solver(FAIRSEQ).first_step == 2.5
+    assert NodeOptions(initial_step="estimate").solver().first_step is None
+    assert NodeOptions(method="rk4").solver().first_step is None
+    with pytest.raises(OptionError, match=r"^--node-initial-step: unknown value 'tiny'"):
+        NodeOptions(initial_step="tiny").check(FAIRSEQ)

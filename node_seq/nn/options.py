@@ -18,7 +18,7 @@ import typing
 from typing import Any, Callable, Iterator, Mapping
 
 from ..ode import (
-    FIXED_GRID_METHODS, GRADIENTS, LEARNED_METHODS, METHODS, OptionError, SolverConfig, parse_time_points,
+    ADAPTIVE_METHODS, FIXED_GRID_METHODS, GRADIENTS, LEARNED_METHODS, METHODS, OptionError, SolverConfig, parse_time_points,
 )
 from .layers import FAILURE_POLICIES, FailurePolicy
 
@@ -31,6 +31,8 @@ FALLBACK_METHODS = tuple(m for m in FIXED_GRID_METHODS if m != "reversible_heun"
 #: Where plain layers put their LayerNorms. ODE layers are always pre-norm: their field is the
 #: branch, which a LayerNorm after the residual sum would not be.
 PLAIN_NORMS = ("pre", "post")
+#: How adaptive methods choose their first step (``initial_step``).
+INITIAL_STEPS = ("interval", "estimate")
 
 
 def _option(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
@@ -60,6 +62,10 @@ class NodeOptions:
                                       "so that the grid is uniform)", metavar="H")
     rtol: float = _option(1e-3, "relative tolerance of adaptive methods")
     atol: float = _option(1e-4, "absolute tolerance of adaptive methods")
+    initial_step: str = _option("interval", "first step of adaptive methods: the whole interval (shrunk by the "
+                                "step-size controller if it fails the error test) or an estimate from the field "
+                                "(Hairer's rule: one more evaluation, and usually a far smaller step)",
+                                choices=INITIAL_STEPS)
     ts: tuple[float, float] = _option((0.0, 1.0), "integration interval of every ODE block", metavar="T0,T1",
                                       front_ends=SEQUENCE_MODELS)
     gradient: str = _option("backprop", "how gradients are computed: backprop, checkpoint (recompute steps), "
@@ -168,7 +174,11 @@ class NodeOptions:
         """The solver of every ODE block, validated; a fixed grid's size is whole ``steps``."""
         spelled = {name: OPTIONS[name].spelled(front_end) for name in _SOLVER_FIELDS}
         t0, t1 = self.ts
-        config = SolverConfig(**{name: getattr(self, name) for name in _SOLVER_FIELDS}, t0=t0, t1=t1)
+        # A layer's field starts near zero and a Transformer needs few steps through it: trying the
+        # whole interval first is usually one accepted step, where the estimate took 3-5 (BENCHMARKS.md).
+        first_step = t1 - t0 if self.initial_step == "interval" and self.method in ADAPTIVE_METHODS else None
+        config = SolverConfig(**{name: getattr(self, name) for name in _SOLVER_FIELDS}, t0=t0, t1=t1,
+                              first_step=first_step)
         config = config.validate({**spelled, "t0": OPTIONS["ts"].spelled(front_end),
                                   "t1": OPTIONS["ts"].spelled(front_end)}).with_uniform_grid()
         if config.is_fixed_grid:  # one step unless told otherwise

@@ -17,6 +17,7 @@ import torch
 import torchdiffeq
 
 from .config import SolverConfig
+from .embedded import PAIRS, integrate_embedded
 from .stats import CountingField
 
 #: Our fixed-grid names, in torchdiffeq's words (its "rk4" is the 3/8 rule, as is ours).
@@ -59,7 +60,11 @@ class _AdjointSolve(torch.autograd.Function):
 
 def integrate_adaptive(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1,
                        norm: Callable | None = None) -> torch.Tensor:
-    """An adaptive solve with ``torchdiffeq.odeint``, differentiated by autograd through its steps."""
+    """An adaptive solve differentiated by autograd through its steps: dopri5 and bosh3 by our own
+    loop (:mod:`.embedded`: fewer evaluations, none of them wasted on the backward pass), the other
+    methods by ``torchdiffeq.odeint``."""
+    if config.method in PAIRS:
+        return integrate_embedded(field, y0, config, t0, t1, norm)
     return _odeint(field, y0, config, t0, t1, norm, adjoint=False)
 
 
@@ -84,6 +89,8 @@ def _odeint(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1
     else:
         # Our own callbacks enforce max_num_steps with a better message; torchdiffeq's cap is a backstop.
         options = {"max_num_steps": config.max_num_steps + 1}
+        if config.first_step is not None:
+            options["first_step"] = min(config.first_step, config.t1 - config.t0)
         if norm is not None:
             options["norm"] = norm
     try:

@@ -40,7 +40,9 @@ class SolverConfig:
 
     Fixed-grid methods (learned blocks included) use ``steps`` (or ``step_size``, rounded so the
     grid is uniform) over ``[t0, t1]``; adaptive methods use ``rtol``/``atol`` and stop with an
-    error after ``max_num_steps`` steps.
+    error after ``max_num_steps`` steps. Their first step is ``first_step`` (at most the interval;
+    the controller shrinks it if it fails the error test), or, when ``None``, Hairer's estimate,
+    which costs one more evaluation and is usually far smaller.
     """
 
     method: str = "rk4"
@@ -48,6 +50,7 @@ class SolverConfig:
     step_size: float | None = None
     rtol: float = 1e-3
     atol: float = 1e-4
+    first_step: float | None = None
     gradient: str = "backprop"
     adjoint_rtol: float | None = None
     adjoint_atol: float | None = None
@@ -90,7 +93,7 @@ class SolverConfig:
             _fail(names, "steps", f"must be an integer >= 1, got {self.steps!r}")
         if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
             _fail(names, "step_size", f"must be a finite number > 0, got {self.step_size!r}")
-        for field in ("rtol", "atol", "adjoint_rtol", "adjoint_atol"):
+        for field in ("rtol", "atol", "adjoint_rtol", "adjoint_atol", "first_step"):
             value = getattr(self, field)
             if value is not None and not (math.isfinite(value) and value > 0):
                 _fail(names, field, f"must be a finite number > 0, got {value!r}")
@@ -98,6 +101,9 @@ class SolverConfig:
             _fail(names, "max_num_steps", f"must be an integer >= 1, got {self.max_num_steps!r}")
         if not (math.isfinite(self.t0) and math.isfinite(self.t1) and self.t1 > self.t0):
             _fail(names, "t1", f"the time interval must be increasing and finite, got [{self.t0!r}, {self.t1!r}]")
+        if self.first_step is not None and self.is_fixed_grid:
+            _fail(names, "first_step", f"applies to adaptive methods only; {self.method!r} steps on a fixed grid "
+                  f"(set {names.get('steps', 'steps')} or {names.get('step_size', 'step_size')})")
         if self.gradient in ("checkpoint", "reversible") and not self.is_fixed_grid:
             _fail(names, "gradient", f"{self.gradient!r} needs a fixed-grid method "
                   f"({', '.join(FIXED_GRID_METHODS)}); with {self.method!r} use 'backprop' or 'adjoint'")

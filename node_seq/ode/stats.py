@@ -167,7 +167,8 @@ class CountingField:
     # torchdiffeq looks these up on the function it is given.
     def callback_accept_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
         self.stats.num_accepted += 1
-        self.stats.t_reached = float((t0 + dt).detach())
+        end = t0 + dt  # tensors from torchdiffeq, numbers from our own loop
+        self.stats.t_reached = float(end.detach() if isinstance(end, torch.Tensor) else end)
         self._count_step()
 
     def callback_reject_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:

@@ -1,0 +1,194 @@
+"""Our own step loop for the embedded Runge-Kutta pairs dopri5 and bosh3 (gradient ``backprop``).
+
+Why not torchdiffeq's loop, which the adjoint and the other adaptive methods still use:
+
+* **The first step is the config's** (``first_step``, e.g. the whole interval), so a block whose
+  field is gentle costs one step: ``f0`` plus the stages. torchdiffeq's estimate (Hairer's rule)
+  spends an evaluation on a probe and, on a near-identity Transformer layer at rtol 1e-2, starts
+  with 1-10% of the interval, so the solve takes 3-5 steps where one passes the error test.
+* **The last step lands on t1**: ``y(t1)`` is that step's error-controlled solution, and autograd
+  never goes through its FSAL evaluation ``f(t1, y1)``, which only feeds the error estimate.
+  torchdiffeq steps past t1 and interpolates, through every stage.
+* **Step sizes are plain numbers**: accept/reject and the next step are decided without a graph
+  (one host read per step, the error ratio), so no gradient flows through the controller.
+  torchdiffeq's first-step estimate keeps a graph, and its probe evaluation is backpropagated.
+
+What is solved is unchanged: the same tableaux (torchdiffeq's error estimates), the same error
+test ``norm(err / (atol + rtol * max(|y0|, |y1|))) <= 1`` with the caller's norm, and the same
+step-size controller (safety 0.9, growth at most 10x, shrink at most 5x on a rejection).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import torch
+
+from .config import SolverConfig
+from .stats import CountingField
+
+SAFETY, MAX_GROWTH, MAX_SHRINK = 0.9, 10.0, 0.2
+#: A step below this fraction of the interval cannot move the time: the solve has underflowed.
+MIN_STEP_FRACTION = 1e-14
+#: A step that ends this close to t1 (as a fraction of the interval) is stretched to land on it.
+LANDING_SLACK = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedPair:
+    """An explicit FSAL Runge-Kutta pair: the last stage is ``f(t1, y1)``, reused as the next ``f0``.
+
+    ``nodes[i]`` and ``coupling[i]`` make stage ``i + 2``; the last row of ``coupling`` is the
+    propagated solution's weights. ``error`` weighs all stages into ``y1 - y1_embedded``.
+    ``order`` sets the controller's exponent ``1 / order``.
+    """
+
+    order: int
+    nodes: tuple[float, ...]
+    coupling: tuple[tuple[float, ...], ...]
+    error: tuple[float, ...]
+
+    @property
+    def stages(self) -> int:
+        return len(self.nodes) + 1
+
+
+PAIRS = {
+    # Dormand-Prince 5(4) with Shampine's embedded solution (torchdiffeq's dopri5).
+    "dopri5": EmbeddedPair(
+        order=5,
+        nodes=(1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
+        coupling=(
+            (1 / 5,),
+            (3 / 40, 9 / 40),
+            (44 / 45, -56 / 15, 32 / 9),
+            (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+            (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+            (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+        ),
+        error=(35 / 384 - 1951 / 21600, 0.0, 500 / 1113 - 22642 / 50085, 125 / 192 - 451 / 720,
+               -2187 / 6784 + 12231 / 42400, 11 / 84 - 649 / 6300, -1 / 60),
+    ),
+    # Bogacki-Shampine 3(2).
+    "bosh3": EmbeddedPair(
+        order=3,
+        nodes=(1 / 2, 3 / 4, 1.0),
+        coupling=((1 / 2,), (0.0, 3 / 4), (2 / 9, 1 / 3, 4 / 9)),
+        error=(2 / 9 - 7 / 24, 1 / 3 - 1 / 4, 4 / 9 - 1 / 3, -1 / 8),
+    ),
+}
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2).mean().sqrt()
+
+
+def integrate_embedded(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1,
+                       norm: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Solve from ``t0`` to ``t1`` with ``config.method`` (a key of :data:`PAIRS`); return ``y(t1)``.
+
+    The loop runs on the fraction ``s`` of the interval (``t = t0 + s (t1 - t0)``, ``dy/ds = (t1 -
+    t0) f``), so tensor end points keep their graph (time gradients) while steps stay numbers.
+    """
+    pair = PAIRS[config.method]
+    norm = norm or rms_norm
+    times = _Times(t0, t1, y0)
+    rtol, atol = config.rtol, config.atol
+
+    def slope(s: float, y: torch.Tensor) -> torch.Tensor:
+        return times.scale(field(times.at(s), y))
+
+    def error_ratio(y: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], h: float) -> float:
+        with torch.no_grad():
+            err = _combine(None, ks, pair.error, h)
+            scale = torch.maximum(y.abs(), y1.abs()).mul_(rtol).add_(atol)
+            return float(norm(err.div_(scale)))
+
+    s, y, f0 = 0.0, y0, slope(0.0, y0)
+    h = _first_step(slope, y0, f0, pair.order, rtol, atol, norm) if config.first_step is None else \
+        config.first_step / times.length
+    while s < 1.0:
+        if not h >= MIN_STEP_FRACTION or s + h <= s:  # also a nan step (from a non-finite state)
+            raise field.on_limit("underflow")
+        lands = s + h >= 1.0 - LANDING_SLACK  # never leave a sliver of the interval for a last step
+        if lands:
+            h = 1.0 - s
+        ks = [f0]
+        for node, row in zip(pair.nodes, pair.coupling):
+            y_stage = _combine(y, ks, row, h)
+            ks.append(slope(1.0 if lands and node == 1.0 else s + node * h, y_stage))
+        y1 = y_stage  # FSAL: the last stage is evaluated at the step's solution
+        ratio = error_ratio(y, y1, ks, h)
+        accepted = ratio <= 1.0  # False for nan: a non-finite stage shrinks the step
+        if accepted:
+            field.callback_accept_step(times.at_float(s), y, times.length * h)
+            s, y, f0 = (1.0 if lands else s + h), y1, ks[-1]
+        else:
+            field.callback_reject_step(times.at_float(s), y, times.length * h)
+        h *= _step_factor(ratio, accepted, pair.order)
+    return y
+
+
+def _combine(y: torch.Tensor | None, ks: list[torch.Tensor], weights: tuple[float, ...], h: float) -> torch.Tensor:
+    """``y + h * sum(w_j k_j)`` (or the sum alone without ``y``), skipping zero weights."""
+    out = y
+    for w, k in zip(weights, ks):
+        if w != 0.0:
+            out = k * (h * w) if out is None else out.add(k, alpha=h * w)
+    return out
+
+
+def _step_factor(ratio: float, accepted: bool, order: int) -> float:
+    """The controller: aim at ratio 0.9 ** order, grow at most 10x, never shrink an accepted step."""
+    if not math.isfinite(ratio):
+        return MAX_SHRINK
+    if ratio == 0.0:
+        return MAX_GROWTH
+    return min(MAX_GROWTH, max(SAFETY * ratio ** (-1.0 / order), 1.0 if accepted else MAX_SHRINK))
+
+
+def _first_step(slope, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol: float, atol: float, norm) -> float:
+    """Hairer, Norsett and Wanner's starting step (Solving ODEs I, II.4), as a fraction of the
+    interval: a size from ``|y0| / |f0|``, one Euler probe for the second derivative. One extra
+    evaluation, no graph."""
+    with torch.no_grad():
+        scale = y0.abs().mul(rtol).add_(atol)
+        d0, d1 = float(norm(y0 / scale)), float(norm(f0 / scale))
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        f1 = slope(h0, y0 + h0 * f0)
+        d2 = float(norm((f1 - f0) / scale)) / h0
+    if max(d1, d2) <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / order)
+    return min(100 * h0, h1)
+
+
+class _Times:
+    """Times of the interval ``[t0, t1]`` at fractions ``s``, as the 0-d tensors the field reads."""
+
+    def __init__(self, t0, t1, y0: torch.Tensor):
+        self.tensors = isinstance(t0, torch.Tensor) or isinstance(t1, torch.Tensor)
+        as_tensor = lambda t: torch.as_tensor(t, dtype=y0.dtype, device=y0.device).reshape(())  # noqa: E731
+        self.t0, self.t1 = (as_tensor(t0), as_tensor(t1)) if self.tensors else (float(t0), float(t1))
+        self.start = float(self.t0.detach()) if self.tensors else self.t0
+        self.length = (float(self.t1.detach()) if self.tensors else self.t1) - self.start
+        self.span = self.t1 - self.t0  # a tensor with the end points' graph, or a number
+        self.dtype, self.device = y0.dtype, y0.device
+
+    def at(self, s: float) -> torch.Tensor:
+        if self.tensors:
+            return self.t0 if s == 0.0 else self.t1 if s == 1.0 else self.t0 + self.span * s
+        t = self.t1 if s == 1.0 else self.t0 + self.length * s
+        return torch.tensor(t, dtype=self.dtype, device=self.device)
+
+    def at_float(self, s: float) -> float:
+        return self.start + self.length * s
+
+    def scale(self, f: torch.Tensor) -> torch.Tensor:
+        """``dy/ds = (t1 - t0) f``: free when the interval has length one and no graph."""
+        if not self.tensors and self.length == 1.0:
+            return f
+        return f * self.span
