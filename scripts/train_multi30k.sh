@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train on prepared Multi30k (see prepare_multi30k.sh) with the reference recipe; extra arguments go
 # to fairseq-train and override it, e.g.
-#   bash scripts/train_multi30k.sh runs/multi30k runs/m30k-base --no-node-encoder --no-node-decoder
+#   bash scripts/train_multi30k.sh runs/multi30k runs/m30k-base --no-node-encoder --no-node-decoder --node-plain-norm post
 #   bash scripts/train_multi30k.sh runs/multi30k runs/m30k-node --node-rtol 0.01
 # The reference recipe (fairseq's `transformer` with it: 35.8 sacreBLEU on test_2016_flickr here):
 # 3+3 layers, width 256, FFN 1024, 4 heads (node_transformer_small), shared embeddings, dropout 0.3,

@@ -127,7 +127,8 @@ def test_multi30k_quality_quick(tmp_path):
     records = json.loads((tmp_path / "runs" / "quality.json").read_text())
     assert [(r["variant"], r["method"], r["sides"]) for r in records] == [
         ("baseline", None, "none"), ("node-encoder-rk2-gated", "rk2_gated", "encoder")]
-    assert records[1]["params"] == records[0]["params"] + 3 * (2 * 256 + 1)  # one gate, Linear(2d, 1), per layer
+    # one gate, Linear(2d, 1), per ODE layer, and the pre-norm encoder's final LayerNorm (the baseline is post-norm)
+    assert records[1]["params"] == records[0]["params"] + 3 * (2 * 256 + 1) + 2 * 256
     assert records[0]["p_vs_baseline"] is None and 0 < records[1]["p_vs_baseline"] <= 1
     assert records[1]["nfe_train"] == 6 and records[1]["nfe_decode"] > 0 and records[0]["nfe_decode"] == 0
 
