@@ -136,3 +136,30 @@ def test_kinetic_quick(tmp_path):
     assert [r["variant"] for r in rows] == ["w0", "w0.5"]
     assert rows[0]["train_kinetic"] == "-" and float(rows[1]["train_kinetic"]) > 0
     assert all(float(r["decode_nfe"]) > 0 for r in rows)
+
+
+def test_compile_quick(tmp_path):
+    from benchmarks import compile as compile_benchmark
+
+    out = tmp_path / "compile"
+    assert compile_benchmark.main(["--quick", "--backend", "aot_eager", "--out", str(out)]) == 0
+    rows = _load(out)["rows"]
+    assert [(r["cell"], r["variant"]) for r in rows] == [
+        (cell, variant) for cell in ("train", "decode") for variant in compile_benchmark.VARIANTS]
+    for r in rows:
+        assert r["median_ms"] > 0 and r["first_calls_s"] > 0
+        if r["variant"] == compile_benchmark.BASELINE:
+            assert r["ratio_to_plain_compiled"] == 1.0
+
+
+def test_gpu_suite_smoke_on_cpu(tmp_path):
+    """The GPU session's one script, at its smallest sizes on the CPU: every part runs and is summarised."""
+    from benchmarks import gpu_suite
+
+    out = tmp_path / "gpu"
+    assert gpu_suite.main(["--device", "cpu", "--quick", "--out-dir", str(out), "--work", str(tmp_path / "work")]) == 0
+    summary = _load(out / "gpu_suite")
+    assert {"solver overhead", "compile", "training", "decoding", "odenet4"} == {r["benchmark"] for r in summary["rows"]}
+    assert set(summary["meta"]["seconds"]) == {"solver_overhead", "compile", "fairseq_train", "decoding", "odenet4"}
+    for name in ("solver_overhead", "compile", "fairseq_train", "decoding", "odenet4"):
+        _load(out / name)
