@@ -7,7 +7,8 @@ Runs, each writing its own ``<name>.{json,md}`` under ``--out-dir`` (default ``b
   and NODE; on CUDA a second decoding run with ``mode="reduce-overhead"`` (CUDA graphs);
 * ``fairseq_train``: NODE training tokens/s against fairseq's Transformer (same evaluations);
 * ``decoding``: fairseq-generate sentences/s with the per-stage cache;
-* ``odenet4``: ODENet4 training images/s on CIFAR-sized inputs, fp32 and bf16 autocast (AMP).
+* ``odenet4``: ODENet4 training images/s on CIFAR-sized inputs, fp32 and bf16 autocast (AMP), by
+  ``python -m vision.throughput``.
 
 then ``gpu_suite.{json,md}``: one line per headline figure. Meant to finish well inside ten
 minutes on one GPU; ``--device cpu --quick`` is its smoke test::
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,43 +29,20 @@ import torch
 
 from . import compile as compile_benchmark
 from . import decoding, fairseq_train, solver_overhead
-from .common import command_line, machine, markdown_table, synchronize, write_outputs
+from .common import command_line, machine, markdown_table, write_outputs
 
 
-def odenet4_throughput(out: str, *, device: str, quick: bool, repeats: int) -> dict:
-    """ODENet4 training steps on random CIFAR-sized batches: images/s in fp32 and with bf16 autocast."""
-    from vision.models import create_model
-
-    batch_size = 8 if quick else 128
-    torch.manual_seed(0)
-    model = create_model("odenet4").to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    images = torch.randn(batch_size, 3, 32, 32, device=device)
-    labels = torch.randint(0, 10, (batch_size,), device=device)
-    rows = []
-    for precision in ("fp32", "bf16 autocast"):
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision != "fp32"):
-                loss = torch.nn.functional.cross_entropy(model(images), labels)
-            loss.backward()
-            optimizer.step()
-
-        step()
-        samples = []
-        for _ in range(repeats):
-            synchronize(device)
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            samples.append(time.perf_counter() - start)
-        rows.append({"precision": precision, "batch": batch_size,
-                     "images_per_s": batch_size / statistics.median(samples)})
+def odenet4_throughput(out: str, *, device: str, quick: bool, repeats: int) -> None:
+    """``python -m vision.throughput`` (vision sits beside the benchmarks: run, not imported), then
+    its rows as a table with this suite's header."""
+    batch = 8 if quick else 128
+    subprocess.run([sys.executable, "-m", "vision.throughput", "--model", "odenet4", "--device", device,
+                    "--batch-size", str(batch), "--repeats", str(repeats), "--out", out], check=True)
+    rows = json.loads(Path(out + ".json").read_text(encoding="utf-8"))["rows"]
     table = markdown_table(["precision", "batch", "images/s (median)"],
                            [[r["precision"], r["batch"], r["images_per_s"]] for r in rows])
-    write_outputs(out, command=f"python -m benchmarks.gpu_suite (odenet4, device {device})",
+    write_outputs(out, command=f"python -m vision.throughput --model odenet4 --device {device} --batch-size {batch}",
                   meta={"machine": machine(), "device": device, "repeats": repeats}, rows=rows, table=table)
-    return {"rows": rows}
 
 
 def _rows(prefix: Path) -> list[dict]:
