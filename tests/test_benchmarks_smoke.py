@@ -165,3 +165,30 @@ def test_adaptive_path_quick(tmp_path):
     # what the change is for: no more evaluations than before, from the same weights and batches
     assert rows["after: own loop, first step = interval (default)"]["nfe_f_per_update"] <= \
         rows[adaptive_path.BEFORE]["nfe_f_per_update"]
+
+
+def test_compile_quick(tmp_path):
+    from benchmarks import compile as compile_benchmark
+
+    out = tmp_path / "compile"
+    assert compile_benchmark.main(["--quick", "--backend", "aot_eager", "--out", str(out)]) == 0
+    rows = _load(out)["rows"]
+    assert [(r["cell"], r["variant"]) for r in rows] == [
+        (cell, variant) for cell in ("train", "decode") for variant in compile_benchmark.VARIANTS]
+    for r in rows:
+        assert r["median_ms"] > 0 and r["first_calls_s"] > 0
+        if r["variant"] == compile_benchmark.BASELINE:
+            assert r["ratio_to_plain_compiled"] == 1.0
+
+
+def test_gpu_suite_smoke_on_cpu(tmp_path):
+    """The GPU session's one script, at its smallest sizes on the CPU: every part runs and is summarised."""
+    from benchmarks import gpu_suite
+
+    out = tmp_path / "gpu"
+    assert gpu_suite.main(["--device", "cpu", "--quick", "--out-dir", str(out), "--work", str(tmp_path / "work")]) == 0
+    summary = _load(out / "gpu_suite")
+    assert {"solver overhead", "compile", "training", "decoding", "odenet4"} == {r["benchmark"] for r in summary["rows"]}
+    assert set(summary["meta"]["seconds"]) == {"solver_overhead", "compile", "fairseq_train", "decoding", "odenet4"}
+    for name in ("solver_overhead", "compile", "fairseq_train", "decoding", "odenet4"):
+        _load(out / name)

@@ -9,6 +9,7 @@ layout, and the HF model loads any of them.
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, Optional
 
 import torch
@@ -20,8 +21,8 @@ from fairseq.models.transformer.transformer_legacy import base_architecture, tra
 
 from ..nn.coefficients import match_coefficients
 from ..nn.factory import configure_ode_layers, decoder_layer, encoder_layer, layer_spec
-from ..nn.layers import NodeDecoderLayer, NodeEncoderLayer, is_ode_layer, reorder_cache
-from ..ode import OptionError
+from ..nn.layers import NodeDecoderLayer, NodeEncoderLayer, check_finite, is_ode_layer, reorder_cache
+from ..ode import NonFiniteState, OptionError, compile_settings
 from . import options
 from .nfe_logging import BackwardNFELogger, GenerationNFE, count_generation_nfe, log_forward_nfe
 
@@ -84,6 +85,7 @@ class NodeTransformerEncoder(TransformerEncoder):
 
     def forward(self, src_tokens, src_lengths=None, return_all_hiddens: bool = False, token_embeddings=None):
         out = super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
+        check_finite(self)  # compiled layers (--node-compile) leave it to here: one look per pass, not per solve
         if self.generation_nfe is not None:
             self.generation_nfe.sentences += src_tokens.shape[0]
             self.generation_nfe.add(sum(layer.last_stats.nfe_forward for layer in self.layers if is_ode_layer(layer)),
@@ -109,6 +111,7 @@ class NodeTransformerDecoder(TransformerDecoder):
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
         out = super().forward(prev_output_tokens, encoder_out=encoder_out, incremental_state=incremental_state,
                               **kwargs)
+        check_finite(self)
         if self.generation_nfe is not None and incremental_state is not None:  # one decoding step
             nfe = sum(layer.last_stats.nfe_forward for layer in self.layers if is_ode_layer(layer))
             self.generation_nfe.add(nfe, prev_output_tokens.shape[0] / max(self.beam_size, 1))
@@ -126,6 +129,8 @@ class NodeTransformerModel(TransformerModel):
         self.nfe_logged_by_task = False  # --task node_translation logs NFE summed over workers
         # node_translation adds the regularisers to the loss; the layers integrate them while training
         self.regularizer_weights = configure_ode_layers(self, options.node_options(args))
+        if options.node_options(args).compile:
+            compile_layers(self)
 
     @staticmethod
     def add_args(parser):
@@ -157,10 +162,20 @@ class NodeTransformerModel(TransformerModel):
         inputs: list[torch.Tensor] = []
         hooks = [layer.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
                  for layer in self.ode_layers()]
+        run = functools.partial(super().forward, src_tokens, src_lengths, prev_output_tokens,
+                                return_all_hiddens=return_all_hiddens, features_only=features_only,
+                                alignment_layer=alignment_layer, alignment_heads=alignment_heads)
         try:
-            out = super().forward(src_tokens, src_lengths, prev_output_tokens, return_all_hiddens=return_all_hiddens,
-                                  features_only=features_only, alignment_layer=alignment_layer,
-                                  alignment_heads=alignment_heads)
+            with compile_settings():
+                out = run()
+        except NonFiniteState:
+            # A compiled layer's solve failed; it could not fall back inside its graph. Redo the pass
+            # eagerly, where every solve checks itself and the policy acts as it does uncompiled.
+            if _policy(self) != "fallback":
+                raise
+            inputs.clear()
+            with torch.compiler.set_stance("force_eager"):
+                out = run()
         finally:
             for hook in hooks:
                 hook.remove()
@@ -180,6 +195,27 @@ class NodeTransformerModel(TransformerModel):
 
     def ode_layers(self):
         return [layer for layer in [*self.encoder.layers, *self.decoder.layers] if is_ode_layer(layer)]
+
+
+#: torch.compile's arguments for ``--node-compile`` besides ``fullgraph`` (the tests pick a quicker backend).
+COMPILE_OPTIONS = {"backend": "inductor"}
+
+
+def compile_layers(model: TransformerModel) -> None:
+    """``--node-compile``: compile the ``forward`` of every node-seq layer, fullgraph on a fixed grid.
+
+    The layers, not the model: fairseq's own code around them (embeddings, logging, beam search)
+    stays as it is, and the per-stage decoding cache lives in fairseq's ``incremental_state``.
+    Only ``forward`` is replaced, so the module (its hooks, ``state_dict`` and checkpoints) is unchanged.
+    """
+    for layer in [*model.encoder.layers, *model.decoder.layers]:
+        fixed = layer.solver is None or layer.solver.is_fixed_grid
+        layer.forward = torch.compile(layer.forward, fullgraph=fixed, **COMPILE_OPTIONS)
+
+
+def _policy(model) -> str:
+    layers = model.ode_layers()
+    return layers[0].failure.policy if layers else "raise"
 
 
 def _validated(args):

@@ -591,7 +591,7 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
                 "model.decoder.embed_tokens.weight": "model.encoder.embed_tokens.weight",
             }
         self.generation_nfe = NodeNFE()
-        self._tally: NodeNFE | None = None
+        self._tally: list[SolveStats] | None = None  # while generating: each forward pass's decoder stats
         self.regularizer_weights = configure_ode_layers(self, config.node_options())
         self.post_init()
         defaults = dict(FAIRSEQ_GENERATION_DEFAULTS, forced_eos_token_id=config.eos_token_id,
@@ -679,8 +679,6 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
                 value = total_regularizer(self, name)  # None outside training mode
                 if value is not None:  # both are means per token
                     loss = loss + weight * value
-        if self._tally is not None:
-            self._tally = self._tally + NodeNFE(decoder=self.model.last_nfe.decoder, decoder_passes=1)
         out = Seq2SeqLMOutput(
             loss=loss, logits=logits, cache=outputs.cache,
             decoder_hidden_states=outputs.decoder_hidden_states,
@@ -713,14 +711,21 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
             kwargs["early_stopping"] = False  # a beam-search flag; silence the warning for greedy
         encoder = self.get_encoder()
         encoder.last_stats = SolveStats()
-        self._tally = NodeNFE()
+        self._tally = []
         try:
             result = super().generate(inputs, generation_config, **kwargs)
         finally:
             tally, self._tally = self._tally, None
-            self.generation_nfe = NodeNFE(encoder=encoder.last_stats, decoder=tally.decoder,
-                                          decoder_passes=tally.decoder_passes)
+            self.generation_nfe = NodeNFE(encoder=encoder.last_stats, decoder=sum(tally, SolveStats()),
+                                          decoder_passes=len(tally))
         return result
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs: dict, *args, **kwargs) -> dict:
+        """Counts each decoding pass's NFE: generate calls this after every forward pass, outside it,
+        so a compiled forward stays one graph."""
+        if self._tally is not None:
+            self._tally.append(self.model.last_nfe.decoder)
+        return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
 
     def _get_logits_processor(self, generation_config, *args, **kwargs):
         processors = super()._get_logits_processor(generation_config, *args, **kwargs)

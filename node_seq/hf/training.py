@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from transformers import Seq2SeqTrainer
 
-from ..nn.layers import collect_stats
+from ..nn.layers import check_finite, collect_stats
+from ..ode import compile_settings
 
 
 def load_parallel_text(data_dir: str | Path, src: str, tgt: str, *, splits=("train", "valid", "test"),
@@ -76,6 +77,9 @@ class NodeSeq2SeqTrainer(Seq2SeqTrainer):
     ``nfe_f``/``nfe_b``: function evaluations of one training step's forward and backward pass
     (all ODE layers), averaged over the steps since the last log line. ``eval_nfe``: NFE per
     sentence of evaluation (with ``predict_with_generate``: the encoder plus every decoding step).
+
+    With ``torch_compile`` the model's solves do not stop the graph to check for inf/nan; each
+    step checks them all at once afterwards (:func:`~node_seq.nn.layers.check_finite`).
     """
 
     def __init__(self, *args, **kwargs):
@@ -88,7 +92,9 @@ class NodeSeq2SeqTrainer(Seq2SeqTrainer):
         return self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
 
     def training_step(self, model, inputs, *args, **kwargs):
-        loss = super().training_step(model, inputs, *args, **kwargs)
+        with compile_settings():  # read only when ``torch_compile`` traces the model
+            loss = super().training_step(model, inputs, *args, **kwargs)
+        check_finite(self._node_model(model))  # a compiled model's solves left their check for now
         stats = collect_stats(self._node_model(model))  # backward NFE is complete once backward returned
         self._train_nfe[0] += stats.nfe_forward
         self._train_nfe[1] += stats.nfe_backward
@@ -96,8 +102,10 @@ class NodeSeq2SeqTrainer(Seq2SeqTrainer):
         return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **kwargs):
-        result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **kwargs)
+        with compile_settings():
+            result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **kwargs)
         node_model = self._node_model(model)
+        check_finite(node_model)
         generated = self.args.predict_with_generate and not prediction_loss_only
         nfe = node_model.generation_nfe if generated else node_model.last_nfe
         sentences = inputs["input_ids"].shape[0]

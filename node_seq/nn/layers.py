@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ode import ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_scope
+from ..ode.solve import non_finite_error
 from ..ode.regularization import solve_with_regularizers
 from .attention import MultiheadAttention, attention_bias, twice_differentiable
 from .coefficients import EMACoefficients, learned_coefficients
@@ -291,6 +292,22 @@ def collect_stats(module: nn.Module) -> SolveStats:
     for layer in node_layers(module):
         total = total + layer.last_stats
     return total
+
+
+def check_finite(module: nn.Module) -> None:
+    """Raise :class:`~node_seq.ode.NonFiniteState`, naming the layer, if a compiled solve of the last
+    forward pass ended in inf/nan.
+
+    A solve inside ``torch.compile`` cannot stop the graph to look (that is a host synchronisation
+    per solve); it leaves its answer in ``last_stats.finite`` instead. This reads every layer's
+    at once, one synchronisation per call: call it once per step, after the forward pass. Eager
+    solves have checked themselves already (and left nothing to read), so this costs nothing there.
+    """
+    flagged = [layer for layer in node_layers(module) if layer.last_stats.finite is not None]
+    if not flagged or bool(torch.stack([layer.last_stats.finite for layer in flagged]).all()):
+        return
+    layer = next(layer for layer in flagged if not bool(layer.last_stats.finite))
+    raise non_finite_error(layer.solver, layer.last_stats).in_layer(layer.layer_name)
 
 
 def total_regularizer(module: nn.Module, name: str) -> torch.Tensor | None:

@@ -92,6 +92,10 @@ class NodeOptions:
     fallback_method: str = _option("rk4", "fixed-grid method of the fallback", choices=FALLBACK_METHODS,
                                    front_ends=frozenset({FAIRSEQ}))
     fallback_steps: int = _option(4, "steps of the fallback", front_ends=frozenset({FAIRSEQ}))
+    # how the layers run (HF and train_hf use the Trainer's own torch_compile instead)
+    compile: bool = _option(False, "torch.compile every NODE-Transformer layer (a fixed-grid solve, forward and "
+                            "backward, becomes one graph; inf/nan is checked once per forward pass)",
+                            front_ends=frozenset({FAIRSEQ}))
     # regularisers (training loss terms)
     kinetic_weight: float = _option(0.0, "add W x the kinetic energy of every ODE block (integral of |f|^2 dt, per "
                                     "token) to the training loss", metavar="W", front_ends=SEQUENCE_MODELS)

@@ -81,7 +81,8 @@ def stage_times(t0, t1, steps: int, c: Sequence[float], like: torch.Tensor) -> t
     usual case) are cached per grid, dtype and device, so repeated solves skip building them.
     """
     dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
-    if isinstance(t0, torch.Tensor) or isinstance(t1, torch.Tensor):
+    if isinstance(t0, torch.Tensor) or isinstance(t1, torch.Tensor) or torch.compiler.is_compiling():
+        # (a compiled graph holds the times as constants: the cache would only be traced through)
         return _as_tuples(_stage_time_tensor(t0, t1, steps, c, dtype, like.device))
     return _cached_stage_times(float(t0), float(t1), steps, tuple(c), dtype, like.device)
 

@@ -76,7 +76,9 @@ def solve(
             gradients ("backprop", "checkpoint", "adjoint"). With a ``config`` they must equal
             its ``t0``/``t1``: they only carry the graph.
         check_finite: raise :class:`~node_seq.ode.NonFiniteState` if ``y(t1)`` holds inf/nan
-            (one host synchronisation per solve, none per step).
+            (one host synchronisation per solve, none per step). Inside ``torch.compile`` nothing
+            is raised: ``stats.finite`` holds the answer as a tensor, for the caller to check once
+            per step (:func:`node_seq.nn.layers.check_finite`).
         options: without a ``config``, its fields (``method``, ``steps``, ``step_size``,
             ``rtol``, ``atol``, ``gradient``, ``adjoint_rtol``, ``adjoint_atol``, ``seminorm``,
             ``checkpoint_snapshots``, ``max_num_steps``).
@@ -124,17 +126,30 @@ def solve(
         y0.requires_grad or any(_wants_grad(x) for x in inputs) or _wants_grad(t0) or _wants_grad(t1)
         or bool(field.trainable_parameters())
     )
-    y1 = INTEGRATORS[_gradient_mode(config, needs_grad), _method_kind(config.method)](field, y0, config, t0, t1, norm)
+    mode = _gradient_mode(config, needs_grad)
+    y1 = INTEGRATORS[mode, _method_kind(config.method)](field, y0, config, t0, t1, norm)
     if config.is_fixed_grid:
         field.count_grid_steps(config.grid_steps)
+        if mode == "checkpoint" and torch.compiler.is_compiling():
+            # the compiled backward recomputes every step once, where no Python sees it: count it now
+            stats.nfe_backward = stats.nfe_forward
     stats.t_reached = config.t1
     field.backward_phase = True  # any later evaluation comes from autograd
-    if check_finite and not _all_finite(y1):
-        fixed = config.is_fixed_grid
-        raise NonFiniteState(method=config.method, rtol=None if fixed else config.rtol,
-                             atol=None if fixed else config.atol, t_reached=None, t1=config.t1,
-                             nfe=stats.nfe_forward, detail="the state at t1 holds inf or nan")
+    if check_finite:
+        if torch.compiler.is_compiling():  # no host synchronisation in a graph: the caller checks later
+            stats.finite = torch.isfinite(y1).all()
+        elif not _all_finite(y1):
+            raise non_finite_error(config, stats)
     return y1, stats
+
+
+def non_finite_error(config: SolverConfig, stats: SolveStats) -> NonFiniteState:
+    """The error of a solve whose state at ``t1`` holds inf or nan (raised at once, or later from
+    ``stats.finite`` when the solve was compiled)."""
+    fixed = config.is_fixed_grid
+    return NonFiniteState(method=config.method, rtol=None if fixed else config.rtol,
+                          atol=None if fixed else config.atol, t_reached=None, t1=config.t1,
+                          nfe=stats.nfe_forward, detail="the state at t1 holds inf or nan")
 
 
 def _gradient_mode(config: SolverConfig, needs_grad: bool) -> str:

@@ -11,8 +11,8 @@ statistics alone when it is recomputed.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
+import threading
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -35,6 +35,10 @@ class SolveStats:
     num_accepted: int = 0
     num_rejected: int = 0
     t_reached: float | None = None
+    #: Set instead of raising when the solve runs inside ``torch.compile``: a 0-d bool tensor,
+    #: ``True`` if the final state is finite. Reading it is the host synchronisation that the
+    #: compiled solve leaves out; :func:`node_seq.nn.layers.check_finite` reads every layer's at once.
+    finite: torch.Tensor | None = None
 
     def __add__(self, other: "SolveStats") -> "SolveStats":
         methods = {m for m in (self.method, other.method) if m}
@@ -65,25 +69,35 @@ class Stage(NamedTuple):
         return self.step * self.num_stages + self.stage
 
 
-_CURRENT_STAGE: contextvars.ContextVar[Stage | None] = contextvars.ContextVar("node_seq_stage", default=None)
+class _SolveContext(threading.local):
+    """Where the running solve stands, per thread: the stage being evaluated, and whether the
+    evaluation comes from a gradient mode inside ``.backward()``.
+
+    A thread-local object rather than context variables: ``torch.compile`` traces attribute writes
+    on it (it cannot trace ``ContextVar.set``), so a compiled solve keeps the per-stage decoder
+    cache and the backward-phase flag without a graph break.
+    """
+
+    stage: Stage | None = None
+    in_backward: bool = False
+
+
+_CONTEXT = _SolveContext()
 
 
 def current_stage() -> Stage | None:
     """The fixed-grid stage being evaluated, or ``None`` inside an adaptive solve (or none at all)."""
-    return _CURRENT_STAGE.get()
+    return _CONTEXT.stage
 
 
 @contextlib.contextmanager
 def stage_scope(stage: Stage):
     """Evaluate a field "at" ``stage`` outside a solve (e.g. a plain layer's single Euler step)."""
-    token = _CURRENT_STAGE.set(stage)
+    previous, _CONTEXT.stage = _CONTEXT.stage, stage
     try:
         yield stage
     finally:
-        _CURRENT_STAGE.reset(token)
-
-
-_IN_BACKWARD_SOLVE: contextvars.ContextVar[bool] = contextvars.ContextVar("node_seq_backward_solve", default=False)
+        _CONTEXT.stage = previous
 
 
 def in_backward_solve() -> bool:
@@ -93,7 +107,7 @@ def in_backward_solve() -> bool:
     computed; a field whose forward has side effects (batch-norm running statistics) can skip
     them there. ``False`` in the forward solve and outside any solve.
     """
-    return _IN_BACKWARD_SOLVE.get()
+    return _CONTEXT.in_backward
 
 
 class CountingField:
@@ -116,11 +130,11 @@ class CountingField:
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.backward_phase:
             self.stats.nfe_backward += 1
-            token = _IN_BACKWARD_SOLVE.set(True)
+            previous, _CONTEXT.in_backward = _CONTEXT.in_backward, True
             try:
                 return self.func(t, y, *self.inputs)
             finally:
-                _IN_BACKWARD_SOLVE.reset(token)
+                _CONTEXT.in_backward = previous
         self.stats.nfe_forward += 1
         return self.func(t, y, *self.inputs)
 
@@ -158,11 +172,11 @@ class CountingField:
         return originals, leaves
 
     def call_at_stage(self, stage: Stage, y: torch.Tensor) -> torch.Tensor:
-        token = _CURRENT_STAGE.set(stage)  # what stage_scope does, without a generator per evaluation
+        previous, _CONTEXT.stage = _CONTEXT.stage, stage  # stage_scope, without a generator per evaluation
         try:
             return self(stage.t, y)
         finally:
-            _CURRENT_STAGE.reset(token)
+            _CONTEXT.stage = previous
 
     # torchdiffeq looks these up on the function it is given.
     def callback_accept_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:

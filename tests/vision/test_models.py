@@ -5,8 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from node_seq.ode import FIXED_GRID_METHODS, OptionError, SolverConfig, Stage
-from node_seq.ode.stats import _CURRENT_STAGE
+from node_seq.ode import FIXED_GRID_METHODS, OptionError, SolverConfig, Stage, stage_scope
 from vision.models import (ODEBlock, PiecewiseField, ConvField, create_model, list_models, model_options,
                            piece_index)
 from vision.norms import NormSpec, parse_norm
@@ -142,12 +141,9 @@ def test_piecewise_field_uses_its_steps_piece():
     assert piece_index(torch.tensor(0.3), 4, None) == 1
     assert piece_index(torch.tensor(1.0), 4, None) == 3
     # rk4's last stage of step 1 (of 4) lands on t = 0.5 but belongs to piece 1, not 2
-    token = _CURRENT_STAGE.set(Stage(1, 3, 4, torch.tensor(0.5)))
-    try:
+    with stage_scope(Stage(1, 3, 4, torch.tensor(0.5))):
         assert piece_index(torch.tensor(0.5), 4, 4) == 1
         assert piece_index(torch.tensor(0.5), 2, 4) == 0
-    finally:
-        _CURRENT_STAGE.reset(token)
     block = ODEBlock(field, SolverConfig(method="euler", steps=4))
     calls = []
     for k, piece in enumerate(field.pieces):

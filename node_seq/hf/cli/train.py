@@ -55,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--seed", type=int, default=1)
     add("--threads", type=int, default=1, help="torch CPU threads")
     add("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
+    add("--torch-compile", action="store_true",
+        help="compile the model for training (the Trainer's torch_compile; fixed-grid solves compile whole)")
+    add("--torch-compile-backend", default=None, help="torch.compile backend (default inductor; implies --torch-compile)")
+    add("--torch-compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (implies --torch-compile)")
     args = parser.parse_args(argv)
     if not Path(args.data).is_dir():
         parser.error(f"--data: not a directory: {args.data}")
@@ -113,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
         predict_with_generate=True, generation_num_beams=args.beam,
         generation_max_length=args.max_target_length, dataloader_num_workers=0, disable_tqdm=True,
         ddp_find_unused_parameters=False,  # every parameter takes part in every forward pass
+        torch_compile=args.torch_compile, torch_compile_backend=args.torch_compile_backend,
+        torch_compile_mode=args.torch_compile_mode,
     )
     trainer = NodeSeq2SeqTrainer(
         model=model, args=training_args, train_dataset=encoded["train"],
