@@ -20,9 +20,12 @@ DEV = ["pytest>=9,<10", "hypothesis>=6.170,<7", "sentencepiece>=0.2.3,<0.3", "su
 CONSOLE_SCRIPTS = [
     "node-seq-numbers = node_seq.text.numbers:main",
     "node-seq-prepare = node_seq.text.prepare:main",
+    "node-seq-prepare-lm = node_seq.text.prepare_lm:main",
     "node-seq-score = node_seq.text.score:main",
     "node-seq-train-hf = node_seq.hf.cli.train:cli",
+    "node-seq-train-hf-lm = node_seq.hf.cli.train_lm:cli",
     "node-seq-convert = node_seq.hf.cli.convert:main",
+    "node-seq-convert-lm = node_seq.hf.cli.convert_lm:main",
     "node-seq-translate = node_seq.hf.cli.translate:main",
     "node-seq-vision-train = vision.train:main",
     "node-seq-vision-evaluate = vision.evaluate:main",
