@@ -27,6 +27,7 @@ CONSOLE_SCRIPTS = [
     "node-seq-convert = node_seq.hf.cli.convert:main",
     "node-seq-convert-lm = node_seq.hf.cli.convert_lm:main",
     "node-seq-translate = node_seq.hf.cli.translate:main",
+    "node-seq-elastic-lm = node_seq.fairseq.elastic_lm:main",
     "node-seq-vision-train = vision.train:main",
     "node-seq-vision-evaluate = vision.evaluate:main",
     "node-seq-vision-memory = vision.memory:main",

@@ -129,3 +129,34 @@ def test_bad_options_are_refused_while_parsing_naming_the_option(argv, message, 
         options.parse_args_and_arch(options.get_training_parser(),
                                     [str(data), "--task", "language_modeling", *TINY_LM, *argv])
     assert message in str(info.value.code) + capsys.readouterr().err
+
+
+def test_elastic_depth_sweep_scores_what_eval_lm_scores(data, rk4_checkpoint, tmp_path):
+    """The sweep's evaluation at the trained solver is fairseq-eval-lm's perplexity; other solvers
+    change the NFE as their grids say, and the layers keep their trained solver afterwards."""
+    from node_seq.fairseq import elastic_lm, inprocess
+
+    model, task = _load(data, rk4_checkpoint)
+    task.load_dataset("test")
+    rows = elastic_lm.sweep(model, task, "test", methods=["rk4", "euler"], factors=[1.0, 2.0])
+    out = inprocess.eval_lm([str(data), "--path", str(rk4_checkpoint), "--sample-break-mode", "eos",
+                             "--gen-subset", "test", "--max-tokens", "2000", "--num-workers", "0", "--cpu"])
+    expected = float(out.rsplit("Perplexity:", 1)[1].split()[0])
+    trained = next(r for r in rows if r["trained"])
+    assert trained["perplexity"] == pytest.approx(expected, abs=0.01)
+    assert [(r["method"], r["steps"], r["nfe"]) for r in rows] == [
+        ("rk4", 1, 8.0), ("rk4", 2, 16.0), ("euler", 1, 2.0), ("euler", 2, 4.0)]
+    assert all(layer.solver.method == "rk4" and layer.solver.steps == 1 for layer in model.decoder.layers)
+    elastic_lm.write(rows, tmp_path, title="test")
+    assert (tmp_path / "elastic.csv").read_text().count("\n") == 5 and (tmp_path / "elastic.md").exists()
+
+
+def test_elastic_depth_refuses_bad_options_naming_them(data, tmp_path, capsys):
+    from node_seq.fairseq import elastic_lm
+
+    for argv, message in ((["--methods", "rk5"], "--methods: unknown method 'rk5'"),
+                          (["--factors", "0,2"], "--factors: factors must be numbers > 0")):
+        with pytest.raises(SystemExit):
+            elastic_lm.main(["--checkpoint", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "o"), *argv])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
