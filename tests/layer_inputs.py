@@ -21,10 +21,10 @@ def padded_batch(width: int = 16):
     return x, padding
 
 
-def assert_incremental_equals_full(layer, memory, memory_padding, *, length: int = 6) -> dict:
+def assert_incremental_equals_full(layer, memory, memory_padding, *, length: int = 6, batch: int = 3) -> dict:
     """Decode ``length`` positions one at a time through the cache and compare with one full pass
-    under a causal mask; return the cache."""
-    y = torch.randn(memory.shape[0], length, layer.width - layer.augment_dims)
+    under a causal mask; return the cache. ``memory=None``: a layer without cross-attention."""
+    y = torch.randn(memory.shape[0] if memory is not None else batch, length, layer.width - layer.augment_dims)
     causal = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)
     with torch.no_grad():
         full = layer(y, memory, memory_padding, self_attn_mask=causal)

@@ -35,7 +35,7 @@ SCRIPTS = console_scripts()
 
 
 def test_console_scripts_are_named_after_the_project():
-    assert len(SCRIPTS) == 9 and all(name.startswith("node-seq-") for name in SCRIPTS)
+    assert len(SCRIPTS) == 13 and all(name.startswith("node-seq-") for name in SCRIPTS)
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from node_seq.nn.options import (
-    FAIRSEQ, FRONT_ENDS, HF, OPTIONS, TRAIN_HF, VISION, NodeOptions, format_time_points, options_of,
+    FAIRSEQ, FAIRSEQ_LM, FRONT_ENDS, HF, HF_LM, OPTIONS, TRAIN_HF, TRAIN_HF_LM, VISION, NodeOptions,
+    format_time_points, options_of,
 )
 from node_seq.ode import OptionError
 
@@ -21,14 +22,22 @@ def _train_hf():
     return train
 
 
-def _fairseq_namespace(argv):
+def _train_hf_lm(tmp_path, argv):
+    from node_seq.hf.cli import train_lm
+
+    (tmp_path / "train.txt").write_text("a sentence\n")
+    return train_lm.parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "out"), *argv])
+
+
+def _fairseq_namespace(argv, front_end=FAIRSEQ):
     from fairseq import options
 
     from node_seq.fairseq import options as node_options  # noqa: F401  (registers the model)
 
     parser = options.get_training_parser()
-    return options.parse_args_and_arch(parser, [str(REPO), "--task", "node_translation", "--arch", "node_transformer_tiny",
-                                                *argv])
+    model = (["--task", "node_translation", "--arch", "node_transformer_tiny"] if front_end == FAIRSEQ else
+             ["--task", "node_language_modeling", "--arch", "node_transformer_lm_tiny"])
+    return options.parse_args_and_arch(parser, [str(REPO), *model, *argv])
 
 
 def _flags(front_end, values):
@@ -47,13 +56,15 @@ def _flags(front_end, values):
 
 def read_back(front_end, values, tmp_path):
     """Give ``values`` (schema names) to a front end the way its user would; read its options back."""
-    if front_end == FAIRSEQ:
-        return NodeOptions.from_front_end(_fairseq_namespace(_flags(FAIRSEQ, values)), FAIRSEQ)
-    if front_end == HF:
-        from node_seq.hf import NodeTransformerConfig
+    if front_end in (FAIRSEQ, FAIRSEQ_LM):
+        return NodeOptions.from_front_end(_fairseq_namespace(_flags(front_end, values), front_end), front_end)
+    if front_end in (HF, HF_LM):
+        from node_seq.hf import NodeTransformerConfig, NodeTransformerLMConfig
 
-        fields = {OPTIONS[name].spelled(HF): value for name, value in values.items()}
-        return NodeTransformerConfig(**fields).node_options()
+        fields = {OPTIONS[name].spelled(front_end): value for name, value in values.items()}
+        return (NodeTransformerConfig if front_end == HF else NodeTransformerLMConfig)(**fields).node_options()
+    if front_end == TRAIN_HF_LM:
+        return _train_hf_lm(tmp_path, _flags(TRAIN_HF_LM, values)).node_options
     if front_end == TRAIN_HF:
         args = _train_hf().parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "out"),
                                        *_flags(TRAIN_HF, values)])
@@ -67,14 +78,19 @@ def read_back(front_end, values, tmp_path):
 
 def exposed_names(front_end, tmp_path):
     """The NODE options a front end actually has, in schema names."""
-    if front_end in (FAIRSEQ, TRAIN_HF):
-        args = _fairseq_namespace([]) if front_end == FAIRSEQ else _train_hf().parse_args(
-            ["--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    if front_end in (FAIRSEQ, TRAIN_HF, FAIRSEQ_LM, TRAIN_HF_LM):
+        if front_end in (FAIRSEQ, FAIRSEQ_LM):
+            args = _fairseq_namespace([], front_end)
+        elif front_end == TRAIN_HF:
+            args = _train_hf().parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "out")])
+        else:
+            args = _train_hf_lm(tmp_path, [])
         return {key[len("node_"):] for key in vars(args) if key.startswith("node_") and key != "node_options"}
-    if front_end == HF:
-        from node_seq.hf import NodeTransformerConfig
+    if front_end in (HF, HF_LM):
+        from node_seq.hf import NodeTransformerConfig, NodeTransformerLMConfig
 
-        return {f.name[len("node_"):] for f in dataclasses.fields(NodeTransformerConfig) if f.name.startswith("node_")}
+        config = NodeTransformerConfig if front_end == HF else NodeTransformerLMConfig
+        return {f.name[len("node_"):] for f in dataclasses.fields(config) if f.name.startswith("node_")}
     from vision.config import TrainConfig
 
     return {f.name for f in dataclasses.fields(TrainConfig)} & set(OPTIONS)
@@ -117,7 +133,8 @@ def test_a_value_given_to_a_front_end_arrives_unchanged(front_end, name, tmp_pat
 
 
 @pytest.mark.parametrize("front_end, spelled", [
-    (FAIRSEQ, "--node-steps"), (HF, "node_steps"), (TRAIN_HF, "--node-steps"), (VISION, "--steps")])
+    (FAIRSEQ, "--node-steps"), (HF, "node_steps"), (TRAIN_HF, "--node-steps"), (VISION, "--steps"),
+    (FAIRSEQ_LM, "--node-steps"), (HF_LM, "node_steps"), (TRAIN_HF_LM, "--node-steps")])
 def test_a_bad_value_is_refused_naming_the_option_as_the_front_end_spells_it(front_end, spelled, tmp_path, capsys):
     with pytest.raises((OptionError, SystemExit)) as info:
         read_back(front_end, {"method": "rk4", "steps": 0}, tmp_path)
@@ -135,6 +152,12 @@ def test_the_checks_that_combine_options_live_in_the_schema():
     with pytest.raises(OptionError, match=r"^--augment-dims|^node_augment_dims: encoder width 6 \+ 1"):
         NodeOptions(augment_dims=1).check_width("encoder", 6, 2, "heads", HF)
     NodeOptions(augment_dims=1, encoder=False).check_width("encoder", 6, 2, "heads", HF)  # plain side: unused
+
+
+def test_the_language_models_have_every_option_but_the_encoders():
+    for lm, seq2seq in ((FAIRSEQ_LM, FAIRSEQ), (HF_LM, HF), (TRAIN_HF_LM, TRAIN_HF)):
+        assert {o.name for o in options_of(seq2seq)} - {o.name for o in options_of(lm)} == {"encoder"}
+        assert all(o.spelled(lm) == o.spelled(seq2seq) for o in options_of(lm))
 
 
 def test_fixed_grids_get_whole_steps_and_adaptive_methods_no_grid():

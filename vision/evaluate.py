@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -26,7 +25,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from node_seq.ode import ODESolveError, OptionError, SolverConfig
+from node_seq.ode import ODESolveError, OptionError, SolverConfig, swap_solver
 
 from .checkpoint import load_checkpoint, write_text_atomic
 from .data import Dataset, Split, batches
@@ -55,19 +54,6 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, split: Split, *, batch_si
         model.train(was_training)
     n = len(split)
     return {"accuracy": correct / n, "loss": loss / n, "nfe_forward": nfe / max(1, num_batches)}
-
-
-def swap_solver(train: SolverConfig, method: str, factor: float) -> SolverConfig:
-    """The solver a sweep tests with: step ``h_train / factor`` (tolerances ``tol / factor``).
-
-    A model trained with an adaptive solver has no training step; its fixed-grid tests take
-    ``factor`` steps over [0, 1] (at least one).
-    """
-    base = dataclasses.replace(train, method=method, gradient="backprop", checkpoint_snapshots=None, step_size=None)
-    if SolverConfig(method=method).is_fixed_grid:
-        train_steps = train.steps if train.is_fixed_grid else 1
-        return dataclasses.replace(base, steps=max(1, round((train_steps or 1) * factor)))
-    return dataclasses.replace(base, steps=None, rtol=train.rtol / factor, atol=train.atol / factor)
 
 
 def solver_sweep(model: torch.nn.Module, dataset: Dataset, split: Split, *, train_solver: SolverConfig,

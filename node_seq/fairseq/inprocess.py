@@ -1,4 +1,5 @@
-"""fairseq's command lines run in this process: ``fairseq-preprocess``, ``fairseq-train``, ``fairseq-generate``.
+"""fairseq's command lines run in this process: ``fairseq-preprocess``, ``fairseq-train``, ``fairseq-generate``,
+``fairseq-eval-lm``.
 
 The tests and the benchmarks run fairseq through these: no interpreter and import start-up per run,
 and one ``torch.set_num_threads`` for all of them. Each takes the command's own arguments. Importing
@@ -44,16 +45,28 @@ def generate(argv: list[str]) -> str:
     """fairseq-generate; what it printed and logged, as one text (hypotheses, summary, ``NODE NFE``)."""
     from fairseq_cli import generate as command
 
-    args = parse(argv, options.get_generation_parser)
+    return _captured(command.main, parse(argv, options.get_generation_parser), "fairseq_cli.generate")
+
+
+def eval_lm(argv: list[str]) -> str:
+    """fairseq-eval-lm; what it logged, as one text (``Loss (base 2): ..., Perplexity: ...``)."""
+    from fairseq_cli import eval_lm as command
+
+    args = parse(argv, options.get_eval_lm_parser)
+    return _captured(lambda a: command.main(convert_namespace_to_omegaconf(a)), args, "fairseq_cli.eval_lm")
+
+
+def _captured(main: Callable[[argparse.Namespace], object], args: argparse.Namespace, logger_name: str) -> str:
+    """Run a fairseq command's ``main``; what it printed and what ``logger_name`` logged."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    logger = logging.getLogger("fairseq_cli.generate")
+    logger = logging.getLogger(logger_name)
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
         with _fairseq_logging(), contextlib.redirect_stdout(stream):
-            command.main(args)
+            main(args)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

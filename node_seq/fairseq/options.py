@@ -14,20 +14,21 @@ from ..nn.options import FAIRSEQ, NodeOptions, add_arguments, fill_missing
 from ..ode import OptionError
 
 
-def add_node_args(parser: argparse.ArgumentParser) -> None:
-    """fairseq hands models an argument group of its own; a plain parser (``--help`` below) gets one."""
+def add_node_args(parser: argparse.ArgumentParser, front_end: str = FAIRSEQ) -> None:
+    """fairseq hands models an argument group of its own; a plain parser (``--help`` below) gets one.
+    ``front_end``: ``FAIRSEQ_LM`` for the language model (no ``--node-encoder``)."""
     is_group = not isinstance(parser, argparse.ArgumentParser)
-    add_arguments(parser if is_group else parser.add_argument_group("NODE-Transformer (node-seq)"), FAIRSEQ)
+    add_arguments(parser if is_group else parser.add_argument_group("NODE-Transformer (node-seq)"), front_end)
 
 
-def fill_defaults(args: argparse.Namespace) -> None:
+def fill_defaults(args: argparse.Namespace, front_end: str = FAIRSEQ) -> None:
     """Give a namespace (e.g. from an older checkpoint) every NODE option."""
-    fill_missing(args, FAIRSEQ, lambda name, value: setattr(args, name, value))
+    fill_missing(args, front_end, lambda name, value: setattr(args, name, value))
 
 
-def node_options(args: argparse.Namespace) -> NodeOptions:
+def node_options(args: argparse.Namespace, front_end: str = FAIRSEQ) -> NodeOptions:
     """The NODE options of a (filled) namespace, checked; errors name the ``--node-*`` flag."""
-    return NodeOptions.from_front_end(args, FAIRSEQ)
+    return NodeOptions.from_front_end(args, front_end)
 
 
 def layer_sizes(args: argparse.Namespace, side: str) -> dict:
@@ -42,20 +43,23 @@ def layer_sizes(args: argparse.Namespace, side: str) -> dict:
     }
 
 
-def validate(args: argparse.Namespace) -> NodeOptions:
-    """Check every NODE option and how they combine with fairseq's; raise OptionError naming the flag."""
-    options = node_options(args)
-    for side in ("encoder", "decoder"):
+def validate(args: argparse.Namespace, *, front_end: str = FAIRSEQ, sides: tuple[str, ...] = ("encoder", "decoder"),
+             node_task: str = "node_translation") -> NodeOptions:
+    """Check every NODE option and how they combine with fairseq's; raise OptionError naming the flag.
+
+    The language model passes its own front end, its one side and its task (``node_language_modeling``)."""
+    options = NodeOptions.from_front_end(args, front_end)
+    for side in sides:
         options.check_width(side, getattr(args, f"{side}_embed_dim"), getattr(args, f"{side}_attention_heads"),
                             f"--{side}-attention-heads", FAIRSEQ)
     task = getattr(args, "task", None)
     for flag, weight in (("--node-kinetic-weight", options.kinetic_weight),
                          ("--node-jacobian-weight", options.jacobian_weight)):
-        if weight > 0 and task is not None and task != "node_translation":
-            raise OptionError(f"{flag}: needs --task node_translation (the task adds the term to the loss), "
+        if weight > 0 and task is not None and task != node_task:
+            raise OptionError(f"{flag}: needs --task {node_task} (the task adds the term to the loss), "
                               f"got --task {task}")
-    if options.failure_policy == "skip" and task is not None and task != "node_translation":
-        raise OptionError(f"--node-failure-policy skip: needs --task node_translation (the task skips the "
+    if options.failure_policy == "skip" and task is not None and task != node_task:
+        raise OptionError(f"--node-failure-policy skip: needs --task {node_task} (the task skips the "
                           f"batch), got --task {task}")
     return options
 

@@ -39,12 +39,12 @@ logger = logging.getLogger(__name__)
 NODE_KEYS = ("node_batches", "nfe_f", "nfe_b", "node_fallbacks", "node_skipped", "node_kinetic", "node_jacobian")
 
 
-@register_task("node_translation", dataclass=TranslationConfig)
-class NodeTranslationTask(TranslationTask):
-    """Translation whose NFE and solver failures are counted across workers (see module docstring)."""
+class NodeTaskMixin:
+    """What a NODE task adds to a fairseq task (see module docstring); mixed in before the task class
+    (translation here, language modelling in :mod:`.lm_task`)."""
 
-    def __init__(self, cfg, src_dict, tgt_dict):
-        super().__init__(cfg, src_dict, tgt_dict)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self._batches_in_update = 0
         self._skipped_in_update = 0
 
@@ -122,6 +122,11 @@ class NodeTranslationTask(TranslationTask):
         for key in ("node_fallbacks", "node_skipped"):
             if total[key]:
                 metrics.log_scalar_sum(key, total[key], priority=702)
+
+
+@register_task("node_translation", dataclass=TranslationConfig)
+class NodeTranslationTask(NodeTaskMixin, TranslationTask):
+    """Translation whose NFE and solver failures are counted across workers (see module docstring)."""
 
 
 def _counts(model, fallbacks_before: int, *, backward: bool = True) -> dict:

@@ -22,18 +22,18 @@ def _fail(field: str, message: str) -> None:
     raise OptionError(f"{field}: {message}")
 
 
-def _node_option_fields() -> type:
-    """A config base class with one field per NODE option (``node_method``, ...), generated from
-    :class:`~node_seq.nn.options.NodeOptions`, the options' one description."""
-    options = list(options_of(HF))
-    namespace = {option.spelled(HF): option.default for option in options}
-    namespace["__annotations__"] = {option.spelled(HF): hf_annotation(option) for option in options}
+def node_option_fields(front_end: str = HF, name: str = "NodeOptionFields") -> type:
+    """A config base class with one field per NODE option of ``front_end`` (``node_method``, ...),
+    generated from :class:`~node_seq.nn.options.NodeOptions`, the options' one description."""
+    options = list(options_of(front_end))
+    namespace = {option.spelled(front_end): option.default for option in options}
+    namespace["__annotations__"] = {option.spelled(front_end): hf_annotation(option) for option in options}
     namespace["__module__"] = __name__
-    namespace["__doc__"] = _node_option_fields.__doc__
-    return type("NodeOptionFields", (PreTrainedConfig,), namespace)
+    namespace["__doc__"] = node_option_fields.__doc__
+    return type(name, (PreTrainedConfig,), namespace)
 
 
-NodeOptionFields = _node_option_fields()
+NodeOptionFields = node_option_fields()
 
 
 @strict

@@ -35,7 +35,7 @@ from ..nn.options import FAIRSEQ, HF, NodeOptions, fill_missing
 from . import fairseq_vocabulary
 from .configuration_node_transformer import NodeTransformerConfig
 from .sentencepiece_model import read_sentencepiece_model
-from .tokenization_node_transformer import build_fairseq_tokenizer, build_tokenizer, read_fairseq_dictionary
+from .tokenization_node_transformer import SEQ2SEQ, build_fairseq_tokenizer, build_tokenizer, read_fairseq_dictionary
 
 #: fairseq options whose non-default values the HF model does not implement.
 _UNSUPPORTED = {
@@ -71,11 +71,19 @@ def _allowed_while_loading(extra: list):
         yield
 
 
-def load_fairseq_checkpoint(path: str | Path) -> tuple[argparse.Namespace, dict[str, torch.Tensor]]:
+#: The fairseq architectures of the language model (``--arch node_transformer_lm*``), converted by
+#: :mod:`.convert_lm`; every other ``node_transformer*`` architecture is the encoder-decoder's.
+LM_ARCH_PREFIX = "node_transformer_lm"
+
+
+def load_fairseq_checkpoint(path: str | Path, *, language_model: bool = False
+                            ) -> tuple[argparse.Namespace, dict[str, torch.Tensor]]:
     """The model options and weights of a fairseq checkpoint, read with ``weights_only=True``.
 
-    Neither fairseq nor ``node_seq.fairseq`` is imported: converting needs none of their import side
-    effects (registries, torch's process-wide allow-list).
+    ``language_model``: the checkpoint must be a ``node_transformer_lm``'s (else a
+    ``node_transformer``'s); the other kind is refused, naming the converter it needs. Neither
+    fairseq nor ``node_seq.fairseq`` is imported: converting needs none of their import side effects
+    (registries, torch's process-wide allow-list).
     """
     with _allowed_while_loading(_CHECKPOINT_GLOBALS):
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -85,6 +93,12 @@ def load_fairseq_checkpoint(path: str | Path) -> tuple[argparse.Namespace, dict[
     if not isinstance(args, argparse.Namespace) or getattr(args, "arch", "").split("_")[:2] != ["node", "transformer"]:
         raise ConversionError(f"{path}: not a fairseq node_transformer checkpoint (arch "
                               f"{getattr(args, 'arch', None)!r})")
+    is_lm = args.arch.startswith(LM_ARCH_PREFIX) or not any(key.startswith("encoder.") for key in state["model"])
+    if is_lm != language_model:
+        kind, command = (("a language model (node_transformer_lm)", "node_seq.hf.cli.convert_lm") if is_lm else
+                         ("an encoder-decoder (node_transformer)", "node_seq.hf.cli.convert"))
+        raise ConversionError(f"{path}: arch {args.arch!r} is {kind} checkpoint; convert it with "
+                              f"python -m {command}")
     task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
     for side in ("source_lang", "target_lang"):  # the task resolves languages left out of the command line
         if getattr(args, side, None) is None:
@@ -189,8 +203,10 @@ def check_tokenizer_options(*, spm_model=None, bpe_codes=None, tokenizer_json=No
 
 
 def build_converted_tokenizer(source: tuple[Path, list[str]], target: tuple[Path, list[str]], data_bin: Path, *,
-                              spm_model=None, bpe_codes=None, tokenizer_json=None, model_max_length: int = 1024):
-    """The tokenizer of the first route that applies (see the module docstring)."""
+                              spm_model=None, bpe_codes=None, tokenizer_json=None, model_max_length: int = 1024,
+                              kind: tuple = SEQ2SEQ):
+    """The tokenizer of the first route that applies (see the module docstring); ``kind``: ``SEQ2SEQ``
+    or ``LANGUAGE_MODEL`` (see :func:`~.tokenization_node_transformer.build_tokenizer`)."""
     check_tokenizer_options(spm_model=spm_model, bpe_codes=bpe_codes, tokenizer_json=tokenizer_json)
     (source_path, source_words), (target_path, target_words) = source, target
     own = Path(tokenizer_json) if tokenizer_json else data_bin / "tokenizer.json"
@@ -201,7 +217,7 @@ def build_converted_tokenizer(source: tuple[Path, list[str]], target: tuple[Path
                               f"differ; {fix} to convert from the dictionaries, or give --spm-model or --bpe-codes")
     try:
         if use_own:
-            return build_tokenizer(own, dictionary=source_words, model_max_length=model_max_length)
+            return build_tokenizer(own, dictionary=source_words, model_max_length=model_max_length, kind=kind)
         if spm_model:
             build = functools.partial(fairseq_vocabulary.sentencepiece, read_sentencepiece_model(spm_model))
             where = f"--spm-model {spm_model} with {{}}"
@@ -212,7 +228,7 @@ def build_converted_tokenizer(source: tuple[Path, list[str]], target: tuple[Path
             build, where = fairseq_vocabulary.word_level, "--data-bin {}"
         source_side = build(source_words, where.format(source_path))
         target_side = None if target_words == source_words else build(target_words, where.format(target_path))
-        return build_fairseq_tokenizer(source_side, target_side, model_max_length=model_max_length)
+        return build_fairseq_tokenizer(source_side, target_side, model_max_length=model_max_length, kind=kind)
     except ValueError as error:  # VocabularyError, or a file that is no sentencepiece model or BPE codes
         raise ConversionError(str(error)) from None
 

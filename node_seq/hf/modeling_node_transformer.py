@@ -318,7 +318,8 @@ class NodeTransformerEncoder(nn.Module):
 class NodeTransformerDecoder(nn.Module):
     """Embeddings, the decoder layers (per-stage cache while generating) and a final LayerNorm."""
 
-    def __init__(self, config: NodeTransformerConfig, embed_tokens: nn.Embedding):
+    def __init__(self, config: NodeTransformerConfig, embed_tokens: nn.Embedding, *, cross_attention: bool = True):
+        """``cross_attention=False``: the layers of a decoder-only LM (``encoder_hidden_states`` is None)."""
         super().__init__()
         self.config = config
         dim, self.padding_idx = config.decoder_embed_dim, config.pad_token_id
@@ -327,12 +328,13 @@ class NodeTransformerDecoder(nn.Module):
         self.embed_positions = SinusoidalPositions(dim, self.padding_idx, config.max_position_embeddings)
         self.dropout = nn.Dropout(config.dropout)
         spec, options = layer_spec(layer_sizes(config, "decoder"), "decoder"), config.node_options()
-        self.layers = nn.ModuleList(decoder_layer(spec, options, encoder_dim=config.encoder_embed_dim)
+        encoder_dim = config.encoder_embed_dim if cross_attention else None
+        self.layers = nn.ModuleList(decoder_layer(spec, options, encoder_dim=encoder_dim)
                                     for _ in range(config.decoder_layers))
         self.layer_norm = nn.LayerNorm(dim) if options.final_layer_norm("decoder") else None
         self.last_stats = SolveStats()
 
-    def forward(self, input_ids: torch.Tensor | None, encoder_hidden_states: torch.Tensor,
+    def forward(self, input_ids: torch.Tensor | None, encoder_hidden_states: torch.Tensor | None,
                 encoder_padding_mask: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 cache: NodeCache | None = None, inputs_embeds: torch.Tensor | None = None,
                 output_hidden_states: bool = False) -> tuple[torch.Tensor, tuple | None]:

@@ -166,6 +166,16 @@ def eos_appended(eos: int) -> processors.TemplateProcessing:
                                          special_tokens=[("</s>", eos)])
 
 
+def eos_prepended(eos: int) -> processors.TemplateProcessing:
+    """A fairseq language model reads every sentence after ``</s>`` (its beginning-of-sentence)."""
+    return processors.TemplateProcessing(single="</s>:0 $A:0", pair="</s>:0 $A:0 </s>:0 $B:0",
+                                         special_tokens=[("</s>", eos)])
+
+
+#: How each kind of model marks sentences: ``post_processor(eos id)`` and the side to pad prompts on.
+SEQ2SEQ, LANGUAGE_MODEL = (eos_appended, "right"), (eos_prepended, "left")
+
+
 def renumbered(tokenizer_json: dict, symbols: list[str]) -> dict:
     """``tokenizer.json`` with the dictionary's ids; pieces it lacks numbered from ``len(symbols)`` on."""
     ids = {symbol: index for index, symbol in enumerate(symbols)}
@@ -182,12 +192,14 @@ def renumbered(tokenizer_json: dict, symbols: list[str]) -> dict:
 
 
 def build_tokenizer(tokenizer_json: str | Path | dict, *, dictionary: str | Path | list[str] | None = None,
-                    model_max_length: int = 1024) -> NodeTransformerTokenizerFast:
+                    model_max_length: int = 1024, kind: tuple = SEQ2SEQ) -> NodeTransformerTokenizerFast:
     """A fast tokenizer from the experiment's ``tokenizer.json``: BPE ids, or a fairseq dictionary's.
 
     ``dictionary`` is a fairseq ``dict.txt`` (or its symbol list); with it, ids are exactly those
-    ``fairseq-preprocess`` writes.
+    ``fairseq-preprocess`` writes. ``kind``: ``SEQ2SEQ`` (``</s>`` appended, right padding) or
+    ``LANGUAGE_MODEL`` (``</s>`` first, left padding for batched prompts).
     """
+    post_processor, padding_side = kind
     tok = tokenizer_json if isinstance(tokenizer_json, dict) else json.loads(Path(tokenizer_json).read_text("utf-8"))
     if tok["model"].get("type") != "BPE":
         raise ValueError(f"expected a BPE tokenizer.json, got {tok['model'].get('type')!r}")
@@ -201,21 +213,23 @@ def build_tokenizer(tokenizer_json: str | Path | dict, *, dictionary: str | Path
     if [specials.get(s) for s in SPECIALS] != list(range(len(SPECIALS))):
         raise ValueError(f"the tokenizer's special tokens must be {SPECIALS} with ids 0-3 (node_seq.text.tokenizer's)")
     backend = Tokenizer.from_str(json.dumps(tok))
-    backend.post_processor = eos_appended(specials["</s>"])
+    backend.post_processor = post_processor(specials["</s>"])
     return NodeTransformerTokenizerFast(
         tokenizer_object=backend, dictionary_size=size, bos_token="<s>",
         pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=model_max_length,
-        padding_side="right",
+        padding_side=padding_side,
     )
 
 
 def build_fairseq_tokenizer(source: FairseqVocabulary, target: FairseqVocabulary | None = None, *,
-                            model_max_length: int = 1024) -> NodeTransformerTokenizerFast:
-    """A fast tokenizer over fairseq dictionaries (see :mod:`.fairseq_vocabulary`); ``target`` when it differs."""
+                            model_max_length: int = 1024, kind: tuple = SEQ2SEQ) -> NodeTransformerTokenizerFast:
+    """A fast tokenizer over fairseq dictionaries (see :mod:`.fairseq_vocabulary`); ``target`` when it
+    differs; ``kind`` as in :func:`build_tokenizer`."""
+    post_processor, padding_side = kind
     eos = SPECIALS.index("</s>")
     for side in (source, target):
         if side is not None:
-            side.tokenizer.post_processor = eos_appended(eos)
+            side.tokenizer.post_processor = post_processor(eos)
     sides = {"": source} if target is None else {"": source, "target_": target}
     extra = {f"{prefix}dictionary_size": side.dictionary_size for prefix, side in sides.items()}
     extra.update({f"{prefix}dictionary_aliases": {str(k): v for k, v in side.aliases.items()}
@@ -223,7 +237,7 @@ def build_fairseq_tokenizer(source: FairseqVocabulary, target: FairseqVocabulary
     extra.update({f"{prefix}uncovered_words": side.uncovered for prefix, side in sides.items() if side.uncovered})
     tokenizer = NodeTransformerTokenizerFast(
         tokenizer_object=source.tokenizer, bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-        model_max_length=model_max_length, padding_side="right", split_special_tokens=True,
+        model_max_length=model_max_length, padding_side=padding_side, split_special_tokens=True,
         clean_up_tokenization_spaces=False, **extra,
     )
     if target is not None:
@@ -231,4 +245,5 @@ def build_fairseq_tokenizer(source: FairseqVocabulary, target: FairseqVocabulary
     return tokenizer
 
 
-__all__ = ["NodeTransformerTokenizerFast", "build_fairseq_tokenizer", "build_tokenizer", "read_fairseq_dictionary"]
+__all__ = ["LANGUAGE_MODEL", "SEQ2SEQ", "NodeTransformerTokenizerFast", "build_fairseq_tokenizer", "build_tokenizer",
+           "read_fairseq_dictionary"]

@@ -1,6 +1,9 @@
-"""Training a NODE-Transformer the HF way: ``datasets``, ``Seq2SeqTrainer``, sacrebleu, NFE in the logs.
+"""Training a NODE-Transformer the HF way: ``datasets``, ``Seq2SeqTrainer``/``Trainer``, sacrebleu or
+perplexity, NFE in the logs.
 
-``node_seq.hf.cli.train`` is the command line; the pieces live here so tests can call them.
+``node_seq.hf.cli.train`` (translation) and ``node_seq.hf.cli.train_lm`` (language model) are the
+command lines; the pieces live here so tests can call them. Language models: :func:`load_text`,
+:func:`tokenize_lm`, :class:`NodeTrainer`, :func:`perplexities`.
 
 * :func:`load_parallel_text`: ``{split}.{src}``/``{split}.{tgt}`` files -> a ``DatasetDict`` with a
   column per language (the ``text`` loader of ``datasets``, local files only);
@@ -15,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from transformers import Seq2SeqTrainer
+from transformers import Seq2SeqTrainer, Trainer
 
 from ..nn.layers import check_finite, collect_stats
 from ..ode import compile_settings
@@ -71,8 +74,8 @@ def bleu_metrics(tokenizer):
     return compute
 
 
-class NodeSeq2SeqTrainer(Seq2SeqTrainer):
-    """``Seq2SeqTrainer`` that reports the ODE blocks' work.
+class NodeNFELogging:
+    """Mixed into a ``Trainer``: reports the ODE blocks' work.
 
     ``nfe_f``/``nfe_b``: function evaluations of one training step's forward and backward pass
     (all ODE layers), averaged over the steps since the last log line. ``eval_nfe``: NFE per
@@ -106,7 +109,7 @@ class NodeSeq2SeqTrainer(Seq2SeqTrainer):
             result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **kwargs)
         node_model = self._node_model(model)
         check_finite(node_model)
-        generated = self.args.predict_with_generate and not prediction_loss_only
+        generated = getattr(self.args, "predict_with_generate", False) and not prediction_loss_only
         nfe = node_model.generation_nfe if generated else node_model.last_nfe
         sentences = inputs["input_ids"].shape[0]
         self._eval_nfe[0] += nfe.nfe_forward * sentences
@@ -129,4 +132,53 @@ class NodeSeq2SeqTrainer(Seq2SeqTrainer):
         return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **kwargs)
 
 
-__all__ = ["NodeSeq2SeqTrainer", "bleu_metrics", "load_parallel_text", "tokenize"]
+class NodeSeq2SeqTrainer(NodeNFELogging, Seq2SeqTrainer):
+    """``Seq2SeqTrainer`` that reports the ODE blocks' work (:class:`NodeNFELogging`)."""
+
+
+class NodeTrainer(NodeNFELogging, Trainer):
+    """``Trainer`` (the language model's) that reports the ODE blocks' work (:class:`NodeNFELogging`)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# language modelling
+
+
+def load_text(data_dir: str | Path, lang: str, *, splits=("train", "valid", "test"),
+              cache_dir: str | Path | None = None):
+    """A ``DatasetDict`` with a ``text`` column of the splits present as ``data_dir/{split}.{lang}``
+    (``train`` is required)."""
+    from datasets import DatasetDict, load_dataset
+
+    data_dir, out = Path(data_dir), {}
+    for split in splits:
+        path = data_dir / f"{split}.{lang}"
+        if not path.exists():
+            if split == "train":
+                raise FileNotFoundError(f"missing {path}")
+            continue
+        out[split] = load_dataset("text", data_files=str(path), split="train",
+                                  cache_dir=None if cache_dir is None else str(cache_dir))
+    return DatasetDict(out)
+
+
+def tokenize_lm(datasets, tokenizer, *, max_length: int = 256):
+    """``input_ids`` per sentence as fairseq's LM reads it (``--sample-break-mode eos``): ``</s>``, the
+    pieces, ``</s>`` (the tokenizer puts the first, the last is appended here); at most ``max_length``."""
+    eos = tokenizer.eos_token_id
+
+    def encode(batch):
+        ids = tokenizer(batch["text"], truncation=True, max_length=max_length - 1)["input_ids"]
+        return {"input_ids": [sentence + [eos] for sentence in ids]}
+
+    return datasets.map(encode, batched=True, remove_columns=["text"])
+
+
+def perplexities(results: dict) -> dict:
+    """``{split}_perplexity`` (e to the mean token loss) for every ``{split}_loss`` of an evaluation."""
+    return {key[: -len("loss")] + "perplexity": float(np.exp(value)) for key, value in results.items()
+            if key.endswith("_loss")}
+
+
+__all__ = ["NodeNFELogging", "NodeSeq2SeqTrainer", "NodeTrainer", "bleu_metrics", "load_parallel_text", "load_text",
+           "perplexities", "tokenize", "tokenize_lm"]

@@ -30,14 +30,16 @@ def encoder_layer(spec: LayerSpec, options: NodeOptions, layer_class: type = Nod
                        time_dependent=options.time_dependent)
 
 
-def decoder_layer(spec: LayerSpec, options: NodeOptions, *, encoder_dim: int,
+def decoder_layer(spec: LayerSpec, options: NodeOptions, *, encoder_dim: int | None,
                   layer_class: type = NodeDecoderLayer) -> NodeDecoderLayer:
     """An ODE decoder layer if ``options.decoder``, else the plain layer of the same modules (pre- or
-    post-norm, ``options.plain_norm``)."""
+    post-norm, ``options.plain_norm``); ``encoder_dim=None``: no cross-attention (a decoder-only
+    language model's layer)."""
+    cross = dict(encoder_dim=encoder_dim, cross_attention=encoder_dim is not None)
     if not options.decoder:
-        return layer_class(spec, None, encoder_dim=encoder_dim, post_norm=options.plain_norm == "post")
-    return layer_class(spec, options.solver(), encoder_dim=encoder_dim, augment_dims=options.augment_dims,
-                       time_dependent=options.time_dependent, separated=options.separated_decoder)
+        return layer_class(spec, None, post_norm=options.plain_norm == "post", **cross)
+    return layer_class(spec, options.solver(), augment_dims=options.augment_dims,
+                       time_dependent=options.time_dependent, separated=options.separated_decoder, **cross)
 
 
 def configure_ode_layers(model: nn.Module, options: NodeOptions) -> dict[str, float]:

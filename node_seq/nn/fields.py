@@ -83,7 +83,9 @@ class DecoderField(nn.Module):
     """``f(t, x) = a + c + ffn(x + a + c)``: self-attention, cross-attention, feed-forward.
 
     With ``self_attention=False`` (the separated decoder) the field keeps only cross-attention and
-    the feed-forward block; the layer applies self-attention once, outside the ODE.
+    the feed-forward block; the layer applies self-attention once, outside the ODE. With
+    ``cross_attention=False`` (a decoder-only language model) there is no ``c``: the field of a
+    pre-norm GPT-style block, whose encoder arguments are ``None``.
 
     ``cache`` (a dict, only while decoding incrementally on a fixed grid) holds this field's keys
     and values per evaluation index: the state of earlier positions at step ``i``, stage ``j`` is
@@ -92,7 +94,7 @@ class DecoderField(nn.Module):
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, *, encoder_dim: int, dropout: float,
                  attention_dropout: float, activation_dropout: float, activation: str, time_dependent: bool,
-                 self_attention: bool = True):
+                 self_attention: bool = True, cross_attention: bool = True):
         super().__init__()
         self.time = TimeEmbedding(dim) if time_dependent else None
         if self_attention:
@@ -101,11 +103,14 @@ class DecoderField(nn.Module):
             self.self_dropout = FrozenDropout(dropout)
         else:
             self.self_attn = None
-        self.encoder_attn_layer_norm = nn.LayerNorm(dim)
-        self.encoder_attn = MultiheadAttention(dim, heads, dropout=attention_dropout, kdim=encoder_dim,
-                                               vdim=encoder_dim)
+        if cross_attention:
+            self.encoder_attn_layer_norm = nn.LayerNorm(dim)
+            self.encoder_attn = MultiheadAttention(dim, heads, dropout=attention_dropout, kdim=encoder_dim,
+                                                   vdim=encoder_dim)
+        else:
+            self.encoder_attn = None
         self.ffn = FeedForward(dim, ffn_dim, activation=activation, activation_dropout=activation_dropout)
-        self.cross_dropout = FrozenDropout(dropout)
+        self.cross_dropout = FrozenDropout(dropout) if cross_attention else None
         self.ffn_dropout = FrozenDropout(dropout)
 
     def forward(self, t: torch.Tensor, x: torch.Tensor, encoder_k: torch.Tensor, encoder_v: torch.Tensor,
@@ -122,10 +127,14 @@ class DecoderField(nn.Module):
                     self_bias = cached_causal_bias(h.shape[1], k.shape[2], h.dtype, h.device)
             update = self.self_dropout(self.self_attn.attend(h, k, v, self_bias))
             x_in = x_in + update
-        c = self.cross_dropout(self.encoder_attn.attend(self.encoder_attn_layer_norm(x_in), encoder_k, encoder_v,
-                                                        encoder_bias))
-        update = c if update is None else update + c
-        return update + self.ffn_dropout(self.ffn(x_in + c))
+        if self.encoder_attn is not None:
+            c = self.cross_dropout(self.encoder_attn.attend(self.encoder_attn_layer_norm(x_in), encoder_k, encoder_v,
+                                                            encoder_bias))
+            update = c if update is None else update + c
+            x_in = x_in + c
+        if update is None:  # neither attention inside the field: a separated decoder-only layer
+            return self.ffn_dropout(self.ffn(x_in))
+        return update + self.ffn_dropout(self.ffn(x_in))
 
     def post_norm_layer(self, x: torch.Tensor, encoder_k: torch.Tensor, encoder_v: torch.Tensor,
                         encoder_bias: torch.Tensor | None, self_bias: torch.Tensor | None,

@@ -180,9 +180,10 @@ class NodeDecoderLayer(_NodeLayer):
 
     def __init__(self, spec: LayerSpec, solver: SolverConfig | None, *, encoder_dim: int | None = None,
                  augment_dims: int = 0, time_dependent: bool = False, separated: bool = False,
-                 post_norm: bool = False):
+                 post_norm: bool = False, cross_attention: bool = True):
         super().__init__(spec, solver, augment_dims=augment_dims, post_norm=post_norm)
         self.separated = separated
+        self.cross_attention = cross_attention  # False: a decoder-only LM's layer (``encoder_out`` is None)
         if separated:
             self.self_attn_layer_norm = nn.LayerNorm(self.width)
             self.self_attn = MultiheadAttention(self.width, spec.num_heads, dropout=spec.attention_dropout)
@@ -190,16 +191,18 @@ class NodeDecoderLayer(_NodeLayer):
         self.field = DecoderField(self.width, spec.num_heads, spec.ffn_dim, encoder_dim=encoder_dim or spec.embed_dim,
                                   dropout=spec.dropout, attention_dropout=spec.attention_dropout,
                                   activation_dropout=spec.activation_dropout, activation=spec.activation,
-                                  time_dependent=time_dependent, self_attention=not separated)
+                                  time_dependent=time_dependent, self_attention=not separated,
+                                  cross_attention=cross_attention)
 
     @property
     def caches_per_stage(self) -> bool:
         return self.solver is None or self.solver.is_fixed_grid
 
-    def forward(self, x: torch.Tensor, encoder_out: torch.Tensor, encoder_padding_mask: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, encoder_out: torch.Tensor | None, encoder_padding_mask: torch.Tensor | None = None,
                 self_attn_mask: torch.Tensor | None = None, self_attn_padding_mask: torch.Tensor | None = None,
                 cache: dict | None = None) -> torch.Tensor:
-        """``x``: (batch, length, embed) target states; ``encoder_out``: (batch, source, enc_embed).
+        """``x``: (batch, length, embed) target states; ``encoder_out``: (batch, source, enc_embed), or
+        ``None`` for a layer without cross-attention.
 
         Without ``cache`` the layer sees the whole target prefix and needs ``self_attn_mask``
         (causal). With ``cache`` it sees only the new positions; the masks then cover every key,
@@ -227,8 +230,10 @@ class NodeDecoderLayer(_NodeLayer):
         y = self.integrate(self.field, x, (enc_k, enc_v, enc_bias, self_bias, field_cache), keep)
         return self.project_back(y)
 
-    def _encoder_kv(self, encoder_out: torch.Tensor, cache: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encoder_kv(self, encoder_out: torch.Tensor | None, cache: dict | None) -> tuple:
         """Project the encoder output once per solve (once per sentence when decoding)."""
+        if not self.cross_attention:
+            return None, None
         if cache is not None and "encoder_kv" in cache:
             return cache["encoder_kv"]
         kv = self.field.encoder_attn.project_kv(encoder_out, encoder_out)

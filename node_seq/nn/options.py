@@ -23,8 +23,15 @@ from ..ode import (
 from .layers import FAILURE_POLICIES, FailurePolicy
 
 FAIRSEQ, HF, TRAIN_HF, VISION = "fairseq", "hf", "train_hf", "vision"
-FRONT_ENDS = (FAIRSEQ, HF, TRAIN_HF, VISION)
-SEQUENCE_MODELS = frozenset({FAIRSEQ, HF, TRAIN_HF})
+# The decoder-only language models' front ends: spelled as their seq2seq counterparts, without the encoder.
+FAIRSEQ_LM, HF_LM, TRAIN_HF_LM = "fairseq_lm", "hf_lm", "train_hf_lm"
+FRONT_ENDS = (FAIRSEQ, HF, TRAIN_HF, VISION, FAIRSEQ_LM, HF_LM, TRAIN_HF_LM)
+#: How a front end spells the options (an LM front end as its seq2seq counterpart).
+SPELLED_LIKE = {FAIRSEQ_LM: FAIRSEQ, HF_LM: HF, TRAIN_HF_LM: TRAIN_HF}
+SEQUENCE_MODELS = frozenset({FAIRSEQ, HF, TRAIN_HF, FAIRSEQ_LM, HF_LM, TRAIN_HF_LM})
+ENCODER_DECODER = frozenset({FAIRSEQ, HF, TRAIN_HF})
+FAIRSEQ_ONLY = frozenset({FAIRSEQ, FAIRSEQ_LM})
+SEQUENCE_TO_SEQUENCE = frozenset({FAIRSEQ, HF, TRAIN_HF})
 EVERYWHERE = frozenset(FRONT_ENDS)
 #: Methods a failed solve can fall back to (a fixed grid that needs no special gradient).
 FALLBACK_METHODS = tuple(m for m in FIXED_GRID_METHODS if m != "reversible_heun")
@@ -47,12 +54,12 @@ class NodeOptions:
 
     # which layers are ODE blocks
     encoder: bool = _option(True, "encoder layers are ODE blocks (off: plain pre-norm layers)",
-                            front_ends=SEQUENCE_MODELS)
+                            front_ends=ENCODER_DECODER)
     decoder: bool = _option(True, "decoder layers are ODE blocks (off: plain pre-norm layers)",
                             front_ends=SEQUENCE_MODELS)
     plain_norm: str = _option("pre", "where the plain (non-ODE) layers normalise: pre (x + f(LN x), one Euler step "
                               "of the ODE layer's field) or post (LN(x + f(x)) per sublayer, as fairseq's "
-                              "transformer)", choices=PLAIN_NORMS, front_ends=SEQUENCE_MODELS)
+                              "transformer)", choices=PLAIN_NORMS, front_ends=SEQUENCE_TO_SEQUENCE)
     # the solver (node_seq.ode.SolverConfig)
     method: str = _option("dopri5", "ODE solver: a fixed grid (euler, midpoint, heun, rk4, rk4_classic, "
                           "reversible_heun), a learned block (rk2_gated, pc; sequence models only) or adaptive "
@@ -85,13 +92,13 @@ class NodeOptions:
                                       front_ends=SEQUENCE_MODELS)
     # decoding and failures
     incremental_cache: bool = _option(True, "fixed-grid decoders cache keys/values per solver stage while "
-                                      "generating (off: recompute the prefix)", front_ends=frozenset({FAIRSEQ}))
+                                      "generating (off: recompute the prefix)", front_ends=FAIRSEQ_ONLY)
     failure_policy: str = _option(
         "raise", "when a solve fails (max steps, step underflow, inf/nan): raise an error naming the layer, fall back "
-        "to a fixed grid for that solve, or skip the batch", choices=FAILURE_POLICIES, front_ends=frozenset({FAIRSEQ}))
+        "to a fixed grid for that solve, or skip the batch", choices=FAILURE_POLICIES, front_ends=FAIRSEQ_ONLY)
     fallback_method: str = _option("rk4", "fixed-grid method of the fallback", choices=FALLBACK_METHODS,
-                                   front_ends=frozenset({FAIRSEQ}))
-    fallback_steps: int = _option(4, "steps of the fallback", front_ends=frozenset({FAIRSEQ}))
+                                   front_ends=FAIRSEQ_ONLY)
+    fallback_steps: int = _option(4, "steps of the fallback", front_ends=FAIRSEQ_ONLY)
     # how the layers run (HF and train_hf use the Trainer's own torch_compile instead)
     compile: bool = _option(False, "torch.compile every NODE-Transformer layer (a fixed-grid solve, forward and "
                             "backward, becomes one graph; inf/nan is checked once per forward pass)",
@@ -233,6 +240,7 @@ class Option:
     def spelled(self, front_end: str, *, attribute: bool = False) -> str:
         """How the user writes this option: ``--node-step-size`` (fairseq, train_hf), ``node_step_size``
         (HF config), ``--step-size`` (vision); ``attribute``: the name it is stored under."""
+        front_end = SPELLED_LIKE.get(front_end, front_end)
         if front_end == HF or (attribute and front_end in (FAIRSEQ, TRAIN_HF)):
             return f"node_{self.name}"
         if front_end == VISION:

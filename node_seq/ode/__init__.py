@@ -9,6 +9,7 @@ from .config import (
     OptionError as OptionError,
     SolverConfig as SolverConfig,
     parse_time_points as parse_time_points,
+    swap_solver as swap_solver,
 )
 from .compiling import compile_settings as compile_settings
 from .errors import (

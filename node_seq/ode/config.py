@@ -153,6 +153,20 @@ class SolverConfig:
         return dataclasses.replace(self, steps=steps, step_size=None)
 
 
+def swap_solver(train: SolverConfig, method: str, factor: float) -> SolverConfig:
+    """The solver an elastic-depth test uses: step ``h_train / factor`` (tolerances ``tol / factor``).
+
+    A model trained with an adaptive solver has no training step; its fixed-grid tests take
+    ``factor`` steps over the interval (at least one). Used by ``vision.evaluate`` (images) and
+    ``node_seq.fairseq.elastic_lm`` (language models).
+    """
+    base = dataclasses.replace(train, method=method, gradient="backprop", checkpoint_snapshots=None, step_size=None)
+    if SolverConfig(method=method).is_fixed_grid:
+        train_steps = train.steps if train.is_fixed_grid else 1
+        return dataclasses.replace(base, steps=max(1, round((train_steps or 1) * factor)))
+    return dataclasses.replace(base, steps=None, rtol=train.rtol / factor, atol=train.atol / factor)
+
+
 def steps_for_step_size(t0: float, t1: float, step_size: float) -> int:
     """The number of uniform steps a ``step_size`` asks for: rounded up, never below one.
 

@@ -23,35 +23,36 @@ from node_seq.nn.options import HF, TRAIN_HF, NodeOptions, add_arguments
 from node_seq.ode import OptionError
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """The data and tokenizer options both trainers share (``what``: the examples, e.g. "pairs")."""
     add = parser.add_argument
-    add("--data", required=True, help="folder with {train,valid,test}.{src,tgt}")
-    add("--src", default="src")
-    add("--tgt", default="tgt")
     add("--out", required=True, help="output folder (checkpoints, tokenizer, final model)")
     add("--tokenizer", default=None, help="tokenizer.json to use (default: learn a BPE on the training split)")
     add("--vocab-size", type=int, default=128, help="BPE vocabulary size when learning one")
-    add("--train-limit", type=int, default=None, help="use only the first N training pairs")
-    add("--eval-limit", type=int, default=200, help="evaluate on the first N validation/test pairs")
-    # model
+    add("--train-limit", type=int, default=None, help=f"use only the first N training {what}")
+    add("--eval-limit", type=int, default=200, help=f"evaluate on the first N validation/test {what}")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, front_end: str) -> None:
+    """Sizes (every layer the same) and ``front_end``'s NODE options."""
+    add = parser.add_argument
     add("--embed-dim", type=int, default=64)
     add("--ffn-dim", type=int, default=128)
     add("--layers", type=int, default=2)
     add("--heads", type=int, default=4)
     add("--dropout", type=float, default=0.1)
-    add_arguments(parser.add_argument_group("NODE options (node_seq.nn.options)"), TRAIN_HF)
-    # training
+    add_arguments(parser.add_argument_group("NODE options (node_seq.nn.options)"), front_end)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
     add("--epochs", type=float, default=3.0)
     add("--max-steps", type=int, default=-1, help="stop after this many updates (overrides --epochs)")
     add("--batch-size", type=int, default=64)
     add("--lr", type=float, default=3e-3)
     add("--warmup-steps", type=int, default=100)
-    add("--label-smoothing", type=float, default=0.1)
     add("--eval-steps", type=int, default=200)
     add("--logging-steps", type=int, default=50)
-    add("--beam", type=int, default=4, help="beam size of evaluation decoding")
-    add("--max-target-length", type=int, default=64, help="longest generated output during evaluation")
     add("--seed", type=int, default=1)
     add("--threads", type=int, default=1, help="torch CPU threads")
     add("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
@@ -59,14 +60,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="compile the model for training (the Trainer's torch_compile; fixed-grid solves compile whole)")
     add("--torch-compile-backend", default=None, help="torch.compile backend (default inductor; implies --torch-compile)")
     add("--torch-compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (implies --torch-compile)")
-    args = parser.parse_args(argv)
+
+
+def checked(parser: argparse.ArgumentParser, args: argparse.Namespace, front_end: str) -> argparse.Namespace:
+    """Refuse a missing data folder and invalid NODE options (naming the flag) before any work."""
     if not Path(args.data).is_dir():
         parser.error(f"--data: not a directory: {args.data}")
+    for flag in ("embed_dim", "ffn_dim", "layers", "heads", "batch_size", "threads"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')}: must be an integer >= 1, got {getattr(args, flag)}")
+    if args.embed_dim % args.heads:
+        parser.error(f"--heads: must divide --embed-dim {args.embed_dim}, got {args.heads}")
     try:
-        args.node_options = NodeOptions.from_front_end(args, TRAIN_HF)
+        args.node_options = NodeOptions.from_front_end(args, front_end)
     except OptionError as error:
         parser.error(str(error))
     return args
+
+
+def training_arguments(args: argparse.Namespace, out: Path, *, has_valid: bool) -> dict:
+    """The ``TrainingArguments`` both trainers share, from the shared options."""
+    return dict(
+        output_dir=str(out), use_cpu=args.cpu, report_to=[], seed=args.seed, num_train_epochs=args.epochs,
+        max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup_steps,
+        lr_scheduler_type="inverse_sqrt", adam_beta2=0.98, weight_decay=0.0, logging_steps=args.logging_steps,
+        eval_strategy="steps" if has_valid else "no", eval_steps=args.eval_steps, save_strategy="no",
+        dataloader_num_workers=0, disable_tqdm=True,
+        ddp_find_unused_parameters=False,  # every parameter takes part in every forward pass
+        torch_compile=args.torch_compile, torch_compile_backend=args.torch_compile_backend,
+        torch_compile_mode=args.torch_compile_mode,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--data", required=True, help="folder with {train,valid,test}.{src,tgt}")
+    add("--src", default="src")
+    add("--tgt", default="tgt")
+    add_data_arguments(parser, "pairs")
+    add_model_arguments(parser, TRAIN_HF)
+    add_training_arguments(parser)
+    add("--label-smoothing", type=float, default=0.1)
+    add("--beam", type=int, default=4, help="beam size of evaluation decoding")
+    add("--max-target-length", type=int, default=64, help="longest generated output during evaluation")
+    return checked(parser, parser.parse_args(argv), TRAIN_HF)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -108,17 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = NodeTransformerForConditionalGeneration(config)
     has_valid = "valid" in encoded
     training_args = Seq2SeqTrainingArguments(
-        output_dir=str(out), use_cpu=args.cpu, report_to=[], seed=args.seed, num_train_epochs=args.epochs,
-        max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup_steps,
-        lr_scheduler_type="inverse_sqrt", adam_beta2=0.98, weight_decay=0.0,
-        label_smoothing_factor=args.label_smoothing, logging_steps=args.logging_steps,
-        eval_strategy="steps" if has_valid else "no", eval_steps=args.eval_steps, save_strategy="no",
-        predict_with_generate=True, generation_num_beams=args.beam,
-        generation_max_length=args.max_target_length, dataloader_num_workers=0, disable_tqdm=True,
-        ddp_find_unused_parameters=False,  # every parameter takes part in every forward pass
-        torch_compile=args.torch_compile, torch_compile_backend=args.torch_compile_backend,
-        torch_compile_mode=args.torch_compile_mode,
+        **training_arguments(args, out, has_valid=has_valid), label_smoothing_factor=args.label_smoothing,
+        predict_with_generate=True, generation_num_beams=args.beam, generation_max_length=args.max_target_length,
     )
     trainer = NodeSeq2SeqTrainer(
         model=model, args=training_args, train_dataset=encoded["train"],

@@ -1,0 +1,158 @@
+"""Perplexity and NFE of a fairseq LM checkpoint, and its elastic-depth sweep: other solvers, other steps.
+
+Each ODE layer of a trained ``node_transformer_lm`` is re-run with every method in ``--methods`` at
+step ``h_train / factor`` for every ``--factors`` entry (adaptive methods: tolerances ``tol /
+factor``; :func:`node_seq.ode.swap_solver`, the rule ``vision.evaluate`` applies to images). A
+model whose perplexity holds when the step shrinks has learned a vector field; one whose
+perplexity collapses has learned its training grid. Learned blocks (``rk2_gated``, ``pc``) own
+coefficients of their method and are swept on their own method only.
+
+    python -m node_seq.fairseq.elastic_lm --checkpoint CK/checkpoint_best.pt --data DATA/bin \\
+        --methods euler,midpoint,rk4,dopri5 --factors 0.5,1,2,4 --out OUT
+
+writes ``OUT/elastic.csv``, ``OUT/elastic.md`` and ``OUT/elastic.png`` (perplexity against NFE,
+one line per method). Perplexity is e to the mean token loss over ``--split`` (every sentence
+after ``</s>``, as ``fairseq-eval-lm --sample-break-mode eos`` scores them; the tests check the
+two agree), NFE the forward evaluations of all ODE layers per forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..nn.layers import collect_stats, node_layers
+from ..ode import LEARNED_METHODS, METHODS, OptionError, SolverConfig, swap_solver
+
+
+@torch.no_grad()
+def evaluate(model, task, split: str, *, max_tokens: int = 4096) -> dict:
+    """``loss`` (nats per token), ``perplexity``, ``nfe`` (per forward pass, averaged over batches),
+    ``tokens``, ``tokens_per_second`` of ``model`` on ``split`` (loaded into ``task``)."""
+    model.eval()
+    dataset = task.dataset(split)
+    batches = task.get_batch_iterator(dataset=dataset, max_tokens=max_tokens, ignore_invalid_inputs=False,
+                                      num_workers=0).next_epoch_itr(shuffle=False)
+    loss, tokens, nfe, passes = 0.0, 0, 0, 0
+    start = time.perf_counter()
+    for sample in batches:
+        lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
+        target = sample["target"]
+        keep = target.ne(task.target_dictionary.pad())
+        loss -= lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)[keep].double().sum().item()
+        tokens += int(keep.sum())
+        nfe += collect_stats(model).nfe_forward
+        passes += 1
+    seconds = time.perf_counter() - start
+    return {"loss": loss / tokens, "perplexity": math.exp(loss / tokens), "nfe": nfe / max(passes, 1),
+            "tokens": tokens, "tokens_per_second": tokens / seconds}
+
+
+def sweep(model, task, split: str, *, methods: list[str], factors: list[float], max_tokens: int = 4096) -> list[dict]:
+    """One row per (method, factor): the solver used, perplexity, NFE per forward pass."""
+    layers = node_layers(model)
+    if not layers:
+        raise OptionError("--checkpoint: the model has no ODE layers (trained with --no-node-decoder): "
+                          "nothing to sweep")
+    trained: SolverConfig = layers[0].solver
+    if trained.method in LEARNED_METHODS and set(methods) != {trained.method}:
+        raise OptionError(f"--methods: a {trained.method!r} model owns that block's coefficients; sweep "
+                          f"--methods {trained.method} only")
+    rows = []
+    try:
+        for method in methods:
+            for factor in factors:
+                solver = swap_solver(trained, method, factor).validate()
+                for layer in layers:
+                    layer.solver = solver
+                row = {"method": method, "factor": factor, "steps": solver.steps,
+                       "trained": method == trained.method and factor == 1}
+                rows.append({**row, **evaluate(model, task, split, max_tokens=max_tokens)})
+    finally:
+        for layer in layers:
+            layer.solver = trained
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = ["| method | factor | steps | perplexity | NFE per forward pass |", "|---|---|---|---|---|"]
+    for r in rows:
+        mark = " (trained)" if r["trained"] else ""
+        steps = "adaptive" if r["steps"] is None else str(r["steps"])
+        lines.append(f"| {r['method']}{mark} | {r['factor']:g} | {steps} | {r['perplexity']:.2f} | {r['nfe']:.1f} |")
+    return "\n".join(lines)
+
+
+def write(rows: list[dict], out: Path, *, title: str) -> None:
+    """``elastic.csv``, ``elastic.md`` and, with matplotlib (the ``vision`` extra), ``elastic.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "elastic.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "elastic.md").write_text(f"{title}\n\n{format_rows(rows)}\n")
+    try:
+        from ..plotting import plot_lines
+    except ImportError:  # pragma: no cover (matplotlib missing)
+        return
+    series = {method: [(r["nfe"], r["perplexity"]) for r in rows if r["method"] == method]
+              for method in dict.fromkeys(r["method"] for r in rows)}
+    plot_lines(series, str(out / "elastic.png"), title=title, xlabel="NFE per forward pass (all ODE layers)",
+               ylabel="perplexity")
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise OptionError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise OptionError(f"{option}: factors must be numbers > 0, got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="a fairseq node_transformer_lm checkpoint")
+    parser.add_argument("--data", required=True, help="its fairseq data folder (dict.txt, SPLIT.bin)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--methods", default="euler,midpoint,rk4,dopri5", help="comma-separated")
+    parser.add_argument("--factors", default="0.5,1,2,4", help="test step = train step / factor")
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--out", required=True, help="folder for elastic.csv, elastic.md, elastic.png")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    try:
+        methods = [m for m in args.methods.split(",") if m]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise OptionError(f"--methods: unknown method {unknown[0] if unknown else args.methods!r}; choose from "
+                              f"{', '.join(METHODS)}")
+        factors = _floats(args.factors, "--factors")
+        for name in ("checkpoint", "data"):
+            if not Path(getattr(args, name)).exists():
+                raise OptionError(f"--{name}: not found: {getattr(args, name)}")
+    except OptionError as error:
+        parser.error(str(error))
+    from fairseq import checkpoint_utils
+
+    from . import lm  # noqa: F401  (registers node_transformer_lm)
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [args.checkpoint], arg_overrides={"data": args.data, "sample_break_mode": "eos"})
+    task.load_dataset(args.split)
+    try:
+        rows = sweep(models[0], task, args.split, methods=methods, factors=factors, max_tokens=args.max_tokens)
+    except OptionError as error:
+        parser.error(str(error))
+    write(rows, Path(args.out), title=args.title or f"{args.checkpoint} ({args.split})")
+    print(format_rows(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""fairseq ``node_transformer_lm`` checkpoint -> HF model folder (``NodeTransformerForCausalLM``, tokenizer).
+
+The LM counterpart of :mod:`.convert`, with its machinery: the checkpoint is read with
+``weights_only=True`` without importing fairseq, the keys are renamed the same way
+(``decoder.*`` -> ``model.decoder.*``, the output projection -> ``lm_head``), and the tokenizer
+comes from the same routes (``tokenizer.json`` in the data folder or ``--tokenizer``,
+``--spm-model``, ``--bpe-codes``, else the dictionary's words), over the LM's one ``dict.txt``, with
+``</s>`` put first as fairseq's LM reads it. A ``node_transformer`` (encoder-decoder) checkpoint is
+refused, naming the converter it needs, and so is a fairseq option the HF model does not implement.
+
+    python -m node_seq.hf.cli.convert_lm --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from ..nn.options import FAIRSEQ_LM, HF_LM, NodeOptions, fill_missing
+from .configuration_node_transformer_lm import NodeTransformerLMConfig
+from .convert import (
+    _UNSUPPORTED, ConversionError, build_converted_tokenizer, check_tokenizer_options, convert_state_dict,
+    load_fairseq_checkpoint,
+)
+from .tokenization_node_transformer import LANGUAGE_MODEL, read_fairseq_dictionary
+
+#: fairseq LM options whose non-default values the HF model does not implement (beyond the seq2seq ones).
+_UNSUPPORTED_LM = {**_UNSUPPORTED, "character_embeddings": False, "add_bos_token": False,
+                   "decoder_layers_to_keep": None}
+
+
+def config_from_fairseq_lm(args: argparse.Namespace, vocab_size: int) -> NodeTransformerLMConfig:
+    """The HF config of a fairseq LM, with its solver resolved exactly as fairseq resolves it."""
+    fill_missing(args, FAIRSEQ_LM, lambda name, value: setattr(args, name, value))
+    for name, supported in _UNSUPPORTED_LM.items():
+        if getattr(args, name, supported) not in (supported, None, False, ""):
+            raise ConversionError(f"--{name.replace('_', '-')} is not supported by the HF model")
+    for side in ("decoder_input_dim", "decoder_output_dim"):
+        if getattr(args, side, args.decoder_embed_dim) != args.decoder_embed_dim:
+            raise ConversionError(f"--{side.replace('_', '-')} must equal --decoder-embed-dim")
+    options = NodeOptions.from_front_end(args, FAIRSEQ_LM)
+    solver = options.solver()  # step sizes become whole steps here, as in fairseq
+    options = dataclasses.replace(options, steps=solver.steps, step_size=None)
+    return NodeTransformerLMConfig(
+        vocab_size=vocab_size, decoder_embed_dim=args.decoder_embed_dim, decoder_ffn_dim=args.decoder_ffn_embed_dim,
+        decoder_layers=args.decoder_layers, decoder_attention_heads=args.decoder_attention_heads,
+        dropout=args.dropout, attention_dropout=args.attention_dropout,
+        activation_dropout=getattr(args, "activation_dropout", 0.0) or getattr(args, "relu_dropout", 0.0) or 0.0,
+        activation_function=getattr(args, "activation_fn", "relu"), max_position_embeddings=args.max_target_positions,
+        scale_embedding=not args.no_scale_embedding, tie_word_embeddings=bool(args.share_decoder_input_output_embed),
+        **options.to_front_end(HF_LM),
+        use_cache=options.incremental_cache and (not options.decoder or solver.is_fixed_grid),
+    )
+
+
+def convert_lm(checkpoint: str | Path, data_bin: str | Path, out: str | Path, *,
+               tokenizer_json: str | Path | None = None, spm_model: str | Path | None = None,
+               bpe_codes: str | Path | None = None):
+    """Write ``out/`` (config.json, model.safetensors, generation_config.json, tokenizer files); everything
+    is checked before anything is written. Returns the converted model and tokenizer."""
+    from .modeling_node_transformer_lm import NodeTransformerForCausalLM
+
+    data_bin, out = Path(data_bin), Path(out)
+    check_tokenizer_options(spm_model=spm_model, bpe_codes=bpe_codes, tokenizer_json=tokenizer_json)
+    args, state_dict = load_fairseq_checkpoint(checkpoint, language_model=True)
+    path = data_bin / "dict.txt"
+    if not path.exists():
+        raise ConversionError(f"--data-bin: {path} is missing (fairseq-preprocess --only-source writes dict.txt)")
+    try:
+        words = read_fairseq_dictionary(path)
+    except ValueError as error:
+        raise ConversionError(f"--data-bin: {error}") from None
+    rows = state_dict["decoder.embed_tokens.weight"].shape[0]
+    if rows != len(words):
+        raise ConversionError(f"--data-bin: {path} has {len(words)} words but the checkpoint has {rows} embeddings: "
+                              "not the dictionary this model was trained with")
+    tokenizer = build_converted_tokenizer((path, words), (path, words), data_bin, spm_model=spm_model,
+                                          bpe_codes=bpe_codes, tokenizer_json=tokenizer_json,
+                                          model_max_length=args.max_target_positions, kind=LANGUAGE_MODEL)
+    config = config_from_fairseq_lm(args, len(words))
+    model = NodeTransformerForCausalLM(config)
+    result = model.load_state_dict(convert_state_dict(state_dict), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConversionError(f"weights do not fit: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return model, tokenizer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Convert a fairseq node_transformer_lm checkpoint to an HF folder.")
+    parser.add_argument("--checkpoint", required=True, help="fairseq checkpoint (e.g. CK/checkpoint_best.pt)")
+    parser.add_argument("--data-bin", required=True, help="the fairseq LM data folder (dict.txt)")
+    parser.add_argument("--out", required=True, help="the HF folder to write")
+    tokenizers = parser.add_argument_group("tokenizer (default: DATA_BIN/tokenizer.json, else the dictionary's words)")
+    tokenizers.add_argument("--spm-model", default=None, help="the sentencepiece model the text was encoded with")
+    tokenizers.add_argument("--bpe-codes", default=None, help="the subword-nmt codes the text was split with")
+    tokenizers.add_argument("--tokenizer", default=None, help="node-seq's tokenizer.json (node_seq.text.prepare_lm)")
+    args = parser.parse_args(argv)
+    for name in ("checkpoint", "data_bin"):
+        if not Path(getattr(args, name)).exists():
+            parser.error(f"--{name.replace('_', '-')}: not found: {getattr(args, name)}")
+    try:
+        convert_lm(args.checkpoint, args.data_bin, args.out, tokenizer_json=args.tokenizer, spm_model=args.spm_model,
+                   bpe_codes=args.bpe_codes)
+    except ConversionError as error:
+        parser.error(str(error))
+    print(f"wrote {args.out}")

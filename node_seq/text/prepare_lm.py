@@ -1,0 +1,90 @@
+"""Prepare one side of a corpus as language-model data: the project's BPE, fairseq binaries, raw text.
+
+    python -m node_seq.text.prepare_lm RAW_DIR OUT_DIR --lang en \\
+        --splits train=train,valid=val,test=test_2016_flickr --vocab-size 4000
+
+reads ``RAW_DIR/{name}.{lang}`` (plain or ``.gz``) and writes to ``OUT_DIR``: ``raw/{split}.{lang}``
+(the text), ``tokenizer.json`` (the BPE of :mod:`node_seq.text.tokenizer`, learnt on the training
+split, or ``--tokenizer`` reused), ``bpe/{split}.{lang}`` and ``bin/`` (``fairseq-preprocess
+--only-source``: ``dict.txt``, ``train.bin``, ..., and a copy of ``tokenizer.json``), ready for
+``fairseq-train OUT_DIR/bin --task language_modeling``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shutil
+from pathlib import Path
+
+from .prepare import _read_raw, parse_splits
+from .tokenizer import encode_file, load_tokenizer, train_tokenizer
+
+
+def prepare_lm(raw_dir: str | Path, out_dir: str | Path, *, lang: str, splits: dict[str, str], vocab_size: int,
+               tokenizer: str | Path | None = None, workers: int = 1) -> Path:
+    """Returns ``OUT_DIR/bin``. Every input is read and checked before anything is written."""
+    raw_dir, out = Path(raw_dir), Path(out_dir)
+    texts = {split: _read_raw(raw_dir, name, lang) for split, name in splits.items()}
+    for split, text in texts.items():
+        lines = text.splitlines()
+        if not lines or any(not line.strip() for line in lines):
+            raise ValueError(f"{split}.{lang}: empty file or empty lines (line "
+                             f"{next((n + 1 for n, line in enumerate(lines) if not line.strip()), 1)})")
+    for sub in ("raw", "bpe"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for split, text in texts.items():
+        (out / "raw" / f"{split}.{lang}").write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    bpe = load_tokenizer(tokenizer) if tokenizer else train_tokenizer([out / "raw" / f"train.{lang}"],
+                                                                         vocab_size=vocab_size)
+    bpe.save(str(out / "tokenizer.json"))
+    for split in splits:
+        encode_file(bpe, out / "raw" / f"{split}.{lang}", out / "bpe" / f"{split}.{lang}")
+
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    if (out / "bin").exists():
+        shutil.rmtree(out / "bin")
+    argv = ["--only-source", "--destdir", str(out / "bin"), "--workers", str(workers),
+            "--trainpref", str(out / "bpe" / f"train.{lang}")]
+    for split in ("valid", "test"):
+        if split in splits:
+            argv += [f"--{split}pref", str(out / "bpe" / f"{split}.{lang}")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        preprocess.main(options.get_preprocessing_parser().parse_args(argv))
+    shutil.copy(out / "tokenizer.json", out / "bin" / "tokenizer.json")
+    return out / "bin"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("raw_dir")
+    parser.add_argument("out_dir")
+    parser.add_argument("--lang", required=True, help="the side to model: files RAW_DIR/{name}.{lang}")
+    parser.add_argument("--splits", default="train,valid,test", help="split=file-stem pairs, e.g. valid=val")
+    parser.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary size when learning one")
+    parser.add_argument("--tokenizer", default=None, help="reuse this tokenizer.json instead of learning a BPE")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        splits = parse_splits(args.splits)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.vocab_size < 8:
+        parser.error(f"--vocab-size: must be >= 8, got {args.vocab_size}")
+    if not Path(args.raw_dir).is_dir():
+        parser.error(f"raw_dir: not a directory: {args.raw_dir}")
+    if args.tokenizer and not Path(args.tokenizer).is_file():
+        parser.error(f"--tokenizer: not found: {args.tokenizer}")
+    try:
+        bin_dir = prepare_lm(args.raw_dir, args.out_dir, lang=args.lang, splits=splits, vocab_size=args.vocab_size,
+                             tokenizer=args.tokenizer, workers=args.workers)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    print(f"fairseq LM data in {bin_dir}")
+
+
+if __name__ == "__main__":
+    main()
