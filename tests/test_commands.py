@@ -18,6 +18,7 @@ from setup_py import REPO, setup_arguments
 # Modules run with ``python -m`` that are not console scripts, and why.
 NOT_CONSOLE_SCRIPTS = {
     "node_seq.fairseq.options": "lists fairseq-train's --node-* options (fairseq-train --help cannot); no function",
+    "vision.throughput": "a benchmark that benchmarks.gpu_suite runs as a command (benchmarks may not import vision)",
 }
 
 
