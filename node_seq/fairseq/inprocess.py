@@ -101,7 +101,8 @@ def _fairseq_logging() -> Iterator[None]:
         root.setLevel(level)
         for handler, handler_level in quieted:
             handler.setLevel(handler_level)
-        for handler in list(root.handlers):
-            if isinstance(handler, logging.FileHandler):  # fairseq-train's --log-file
-                root.removeHandler(handler)
-                handler.close()
+        for logger in (root, logging.getLogger("fairseq_cli.train")):  # fairseq-train's --log-file goes on the latter
+            for handler in list(logger.handlers):
+                if isinstance(handler, logging.FileHandler):
+                    logger.removeHandler(handler)
+                    handler.close()
