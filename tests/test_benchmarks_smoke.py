@@ -136,3 +136,24 @@ def test_kinetic_quick(tmp_path):
     assert [r["variant"] for r in rows] == ["w0", "w0.5"]
     assert rows[0]["train_kinetic"] == "-" and float(rows[1]["train_kinetic"]) > 0
     assert all(float(r["decode_nfe"]) > 0 for r in rows)
+
+
+def test_multi30k_lm_quick(tmp_path):
+    """The LM comparison's pipeline on a tiny corpus in Multi30k's file names (the real one is not in the repo)."""
+    from benchmarks import multi30k_lm
+    from node_seq.text.numbers import write_task
+
+    write_task(tmp_path / "task", sizes={"train": 200, "valid": 12, "test": 12}, max_digits=3)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, name in (("train", "train"), ("valid", "val"), ("test", "test_2016_flickr")):
+        (corpus / f"{name}.en").write_text((tmp_path / "task" / f"{split}.tgt").read_text())
+    out = tmp_path / "results" / "multi30k_lm"
+    multi30k_lm.main(["--quick", "--data-dir", str(corpus), "--runs", str(tmp_path / "runs"), "--vocab-size", "64",
+                      "--variants", "plain,midpoint", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [row["variant"] for row in result["rows"]] == ["plain", "midpoint"]
+    assert len({row["parameters"] for row in result["rows"]}) == 1  # the same weights
+    assert result["rows"][1]["test_nfe"] == 4.0  # 2 layers x 2 midpoint stages
+    assert (tmp_path / "results" / "multi30k_lm_elastic" / "midpoint" / "elastic.csv").exists()
+    assert out.with_suffix(".md").read_text().startswith("Command: `python -m benchmarks.multi30k_lm")
