@@ -193,3 +193,24 @@ def test_gpu_suite_smoke_on_cpu(tmp_path):
     for name in ("solver_overhead", "compile", "fairseq_train", "decoding"):
         _load(out / name)
     _load(out / "odenet4", package="vision")  # vision.throughput: benchmarks may not import vision
+
+
+def test_multi30k_lm_quick(tmp_path):
+    """The LM comparison's pipeline on a tiny corpus in Multi30k's file names (the real one is not in the repo)."""
+    from benchmarks import multi30k_lm
+    from node_seq.text.numbers import write_task
+
+    write_task(tmp_path / "task", sizes={"train": 200, "valid": 12, "test": 12}, max_digits=3)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, name in (("train", "train"), ("valid", "val"), ("test", "test_2016_flickr")):
+        (corpus / f"{name}.en").write_text((tmp_path / "task" / f"{split}.tgt").read_text())
+    out = tmp_path / "results" / "multi30k_lm"
+    multi30k_lm.main(["--quick", "--data-dir", str(corpus), "--runs", str(tmp_path / "runs"), "--vocab-size", "64",
+                      "--variants", "plain,midpoint", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [row["variant"] for row in result["rows"]] == ["plain", "midpoint"]
+    assert len({row["parameters"] for row in result["rows"]}) == 1  # the same weights
+    assert result["rows"][1]["test_nfe"] == 4.0  # 2 layers x 2 midpoint stages
+    assert (tmp_path / "results" / "multi30k_lm_elastic" / "midpoint" / "elastic.csv").exists()
+    assert out.with_suffix(".md").read_text().startswith("Command: `python -m benchmarks.multi30k_lm")

@@ -46,6 +46,7 @@ def test_plain_and_kinetic_runs_log_what_they_are(data, tmp_path):
     train_lm(data, tmp_path / "kinetic", ["--task", "node_language_modeling", "--node-method", "euler",
                                           "--node-steps", "2", "--node-kinetic-weight", "0.1"], log_file=log, updates=2)
     assert float(_records(log, "train")[-1]["train_node_kinetic"]) > 0
+    assert "train_node_kinetic" not in (tmp_path / "plain.log").read_text()  # each --log-file holds its own run
 
 
 def test_eval_lm_reports_the_perplexity_of_the_test_set(data, rk4_checkpoint):

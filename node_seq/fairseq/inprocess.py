@@ -101,7 +101,12 @@ def _fairseq_logging() -> Iterator[None]:
         root.setLevel(level)
         for handler, handler_level in quieted:
             handler.setLevel(handler_level)
-        for handler in list(root.handlers):
-            if isinstance(handler, logging.FileHandler):  # fairseq-train's --log-file
-                root.removeHandler(handler)
-                handler.close()
+        # fairseq-train's --log-file handlers sit on fairseq_cli.train's logger and on the progress bar's
+        # (one per epoch): a later run in this process would write into every earlier run's file
+        fairseq_loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+                           if name.split(".")[0] in ("fairseq", "fairseq_cli")]
+        for logger in (root, *fairseq_loggers):
+            for handler in list(logger.handlers):
+                if isinstance(handler, logging.FileHandler):
+                    logger.removeHandler(handler)
+                    handler.close()
