@@ -1,0 +1,95 @@
+"""What the HF configs of the seq2seq model and the LM share: the NODE fields, generated from the
+option schema, and the checks of sizes, rates, widths and special token ids.
+
+Each config says which of its fields are sizes, which sides have layers and which fields are token
+ids; :meth:`NodeConfigBase.check` does the rest, so both refuse a bad value with the same words.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+from ..nn.fields import ACTIVATIONS
+from ..nn.options import NodeOptions, hf_annotation, options_of
+from ..ode import OptionError, SolverConfig, parse_time_points
+
+
+def fail(field: str, message: str) -> None:
+    raise OptionError(f"{field}: {message}")
+
+
+class NodeConfigBase(PreTrainedConfig):
+    """The methods of a config with NODE fields; :func:`node_option_fields` adds the fields."""
+
+    # Class attributes, not annotated: an annotation would make them config fields.
+    _front_end = ""  # the schema's front end whose NODE options are this config's fields
+    _size_fields = ()  # integers >= 1
+    _sides = ()  # "encoder"/"decoder": each has {side}_embed_dim and {side}_attention_heads
+    _token_id_fields = ("bos_token_id", "pad_token_id", "eos_token_id", "unk_token_id")
+
+    def __post_init__(self, **kwargs):
+        self.node_ts = list(parse_time_points(self.node_ts, "node_ts"))
+        if self.use_cache is None:  # an adaptive decoder given a cache re-solves its prefix: exact, no cheaper
+            self.use_cache = not self.node_decoder or self.node_options().solver().is_fixed_grid
+        super().__post_init__(**kwargs)
+        self.check()
+
+    def save_pretrained(self, *args, **kwargs):
+        """Refuse to write a config that would not load back (a field may have changed since ``__init__``)."""
+        self.check()
+        return super().save_pretrained(*args, **kwargs)
+
+    def node_options(self) -> NodeOptions:
+        """The NODE options of this config, checked (errors name this config's fields)."""
+        return NodeOptions.from_front_end(self, self._front_end)
+
+    def solver_config(self) -> SolverConfig:
+        """The solver of every ODE block, validated; a fixed grid's size is whole ``node_steps``."""
+        return self.node_options().solver()
+
+    def check(self) -> None:
+        """Raise :class:`~node_seq.ode.OptionError` for the first invalid field."""
+        options = self.node_options()
+        for field in self._size_fields:
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail(field, f"must be an integer >= 1, got {value!r}")
+        for field in ("dropout", "attention_dropout", "activation_dropout"):
+            value = getattr(self, field)
+            if not 0.0 <= value < 1.0:
+                fail(field, f"must be a probability in [0, 1), got {value!r}")
+        if self.activation_function not in ACTIVATIONS:
+            fail("activation_function", f"unknown activation {self.activation_function!r}; "
+                 f"choose one of {', '.join(ACTIVATIONS)}")
+        for side in self._sides:
+            dim, heads = getattr(self, f"{side}_embed_dim"), getattr(self, f"{side}_attention_heads")
+            options.check_width(side, dim, heads, f"{side}_attention_heads", self._front_end)
+            if dim % heads and not (options.augment_dims and getattr(options, side)):
+                fail(f"{side}_attention_heads", f"must divide {side}_embed_dim {dim}, got {heads}")
+        self._check_vocabularies()
+        size_field, size = self._token_id_bound()
+        for field in self._token_id_fields:
+            value = getattr(self, field)
+            if value is not None and not 0 <= value < size:
+                fail(field, f"must be a token id in [0, {size_field}={size}), got {value!r}")
+        if self.pad_token_id is None:
+            fail("pad_token_id", "is required (padding positions are masked and excluded from positions)")
+
+    def _check_vocabularies(self) -> None:
+        """Checks between vocabulary fields, run before the token ids'."""
+
+    def _token_id_bound(self) -> tuple[str, int]:
+        """The field that bounds every special token id, and its value."""
+        return "vocab_size", self.vocab_size
+
+
+def node_option_fields(front_end: str, name: str) -> type:
+    """A config base class with one field per NODE option of ``front_end`` (``node_method``, ...),
+    generated from :class:`~node_seq.nn.options.NodeOptions`, the options' one description."""
+    options = list(options_of(front_end))
+    namespace = {option.spelled(front_end): option.default for option in options}
+    namespace["__annotations__"] = {option.spelled(front_end): hf_annotation(option) for option in options}
+    namespace["__module__"] = __name__
+    namespace["__doc__"] = node_option_fields.__doc__
+    namespace["_front_end"] = front_end
+    return type(name, (NodeConfigBase,), namespace)
