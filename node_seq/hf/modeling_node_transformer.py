@@ -250,6 +250,17 @@ class NodeCache(Cache):
 # encoder and decoder stacks
 
 
+def node_cache_for(cache: Cache | None, num_layers: int) -> NodeCache:
+    """The cache to decode with: ``cache`` if it is a :class:`NodeCache`, else a fresh one (an empty
+    cache of another kind, as callers may pass, is replaced; a filled one cannot be used)."""
+    if isinstance(cache, NodeCache):
+        return cache
+    if cache is None or cache.get_seq_length() == 0:
+        return NodeCache(num_layers)
+    raise TypeError(f"a NODE-Transformer decoder caches per solver stage and needs a NodeCache, "
+                    f"got a filled {type(cache).__name__}")
+
+
 def _check_length(length: int, config: NodeTransformerConfig, what: str) -> None:
     if length > config.max_position_embeddings:
         raise ValueError(f"{what} has {length} positions, more than max_position_embeddings="
@@ -502,7 +513,7 @@ class NodeTransformerModel(NodeTransformerPreTrainedModel):
             encoder_padding_mask = input_ids.eq(config.pad_token_id)
         else:
             encoder_padding_mask = None
-        node_cache = self._node_cache(cache) if use_cache else None
+        node_cache = node_cache_for(cache, config.decoder_layers) if use_cache else None
         hidden, decoder_states = self.decoder(decoder_input_ids, encoder_outputs.last_hidden_state,
                                               encoder_padding_mask, decoder_attention_mask, node_cache,
                                               inputs_embeds=decoder_inputs_embeds,
@@ -514,14 +525,6 @@ class NodeTransformerModel(NodeTransformerPreTrainedModel):
             encoder_hidden_states=encoder_outputs.hidden_states,
         )
         return out if return_dict else out.to_tuple()
-
-    def _node_cache(self, cache: Cache | None) -> NodeCache:
-        if isinstance(cache, NodeCache):
-            return cache
-        if cache is None or cache.get_seq_length() == 0:
-            return NodeCache(self.config.decoder_layers)
-        raise TypeError(f"a NODE-Transformer decoder caches per solver stage and needs a NodeCache, "
-                        f"got a filled {type(cache).__name__}")
 
 
 class EOSScoreBeforeRules(LogitsProcessor):
@@ -565,13 +568,95 @@ class EOSAtMaxLength(LogitsProcessor):
         return forced
 
 
+class NodeHeadMixin:
+    """What the seq2seq and LM heads share: the plumbing transformers expects of a model with an
+    output projection, the per-stage cache for ``generate``, NFE counts and the regularised loss.
+
+    The head holds its base model as ``self.model`` (with ``.decoder`` and ``last_nfe``) and its
+    output projection as ``self.lm_head``; ``__init__`` ends with :meth:`_init_head`.
+    """
+
+    def _init_head(self, config) -> None:
+        self.generation_nfe = NodeNFE()
+        self._tally: list[SolveStats] | None = None  # while generating: each forward pass's decoder stats
+        self.regularizer_weights = configure_ode_layers(self, config.node_options())
+        self.post_init()
+
+    # -- plumbing transformers expects
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def get_decoder(self) -> NodeTransformerDecoder:
+        return self.model.decoder
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # keys/values are cached per solver stage: a NodeCache, made below
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
+        """A fresh :class:`NodeCache` before the first step (assisted decoding needs one from the start)."""
+        if model_kwargs.get("cache") is None and generation_config.use_cache:
+            model_kwargs["cache"] = NodeCache(self.config.decoder_layers)
+            return
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    # -- NFE and the loss
+    @property
+    def last_nfe(self) -> NodeNFE:
+        """The NFE of the last forward pass (encoder part zero when ``encoder_outputs`` were given)."""
+        return self.model.last_nfe
+
+    @property
+    def nfe_backward(self) -> int:
+        """Backward NFE of the last backward pass through the last forward pass's solves."""
+        return collect_stats(self).nfe_backward
+
+    def _with_regularizers(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus each regulariser's weight times its value while training (both are means per token)."""
+        for name, weight in self.regularizer_weights.items():
+            value = total_regularizer(self, name)  # None outside training mode
+            if value is not None:
+                loss = loss + weight * value
+        return loss
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """``GenerationMixin.generate``, counting the NFE every sequence went through (``generation_nfe``)."""
+        encoder = self.get_encoder() if self.config.is_encoder_decoder else None
+        if encoder is not None:
+            encoder.last_stats = SolveStats()
+        self._tally = []
+        try:
+            return super().generate(inputs, generation_config, **kwargs)
+        finally:
+            tally, self._tally = self._tally, None
+            self.generation_nfe = NodeNFE(encoder=encoder.last_stats if encoder is not None else SolveStats(),
+                                          decoder=sum(tally, SolveStats()), decoder_passes=len(tally))
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs: dict, *args, **kwargs) -> dict:
+        """Counts each decoding pass's NFE: generate calls this after every forward pass, outside it,
+        so a compiled forward stays one graph."""
+        if self._tally is not None:
+            self._tally.append(self.model.last_nfe.decoder)
+        return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+
+
 #: Generation defaults that reproduce ``fairseq-generate``'s (see ``NodeTransformerForConditionalGeneration``).
 FAIRSEQ_GENERATION_DEFAULTS = dict(
     num_beams=5, early_stopping=True, length_penalty=1.0, min_length=2, max_len_a=0.0, max_len_b=200,
 )
 
 
-class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, GenerationMixin):
+class NodeTransformerForConditionalGeneration(NodeHeadMixin, NodeTransformerPreTrainedModel, GenerationMixin):
     """Encoder-decoder with the output projection: training loss, ``generate``, NFE counts.
 
     ``generate`` follows fairseq-generate's rules by default (``generation_config``): beam 5,
@@ -592,31 +677,12 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
                 "lm_head.weight": "model.encoder.embed_tokens.weight",
                 "model.decoder.embed_tokens.weight": "model.encoder.embed_tokens.weight",
             }
-        self.generation_nfe = NodeNFE()
-        self._tally: list[SolveStats] | None = None  # while generating: each forward pass's decoder stats
-        self.regularizer_weights = configure_ode_layers(self, config.node_options())
-        self.post_init()
+        self._init_head(config)
         defaults = dict(FAIRSEQ_GENERATION_DEFAULTS, forced_eos_token_id=config.eos_token_id,
                         suppress_tokens=[config.pad_token_id])
         for name, value in defaults.items():
             setattr(self.generation_config, name, value)
         self.generation_config._from_model_config = False  # else max_len_a/b would not be read back
-
-    # -- plumbing transformers expects
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
-    def get_decoder(self) -> NodeTransformerDecoder:
-        return self.model.decoder
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs) -> nn.Embedding:
         """Resize the one vocabulary; refused with two (transformers would resize ``lm_head`` to the source's)."""
@@ -628,29 +694,8 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
         self.config.decoder_vocab_size = self.config.vocab_size
         return embeddings
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # keys/values are cached per solver stage: a NodeCache, made below
-
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
-        """A fresh :class:`NodeCache` before the first step (assisted decoding needs one from the start)."""
-        if model_kwargs.get("cache") is None and generation_config.use_cache:
-            model_kwargs["cache"] = NodeCache(self.config.decoder_layers)
-            return
-        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
-
-    @property
-    def last_nfe(self) -> NodeNFE:
-        """The NFE of the last forward pass (encoder part zero when ``encoder_outputs`` were given)."""
-        return self.model.last_nfe
-
-    @property
-    def nfe_backward(self) -> int:
-        """Backward NFE of the last backward pass through the last forward pass's solves."""
-        return collect_stats(self).nfe_backward
 
     @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -677,10 +722,7 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                                ignore_index=-100)
-            for name, weight in self.regularizer_weights.items():
-                value = total_regularizer(self, name)  # None outside training mode
-                if value is not None:  # both are means per token
-                    loss = loss + weight * value
+            loss = self._with_regularizers(loss)
         out = Seq2SeqLMOutput(
             loss=loss, logits=logits, cache=outputs.cache,
             decoder_hidden_states=outputs.decoder_hidden_states,
@@ -711,23 +753,7 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
                 kwargs["max_length"] = limit + 2  # decoder start + tokens + </s>
         if kwargs.get("num_beams", config.num_beams) == 1 and "early_stopping" not in kwargs:
             kwargs["early_stopping"] = False  # a beam-search flag; silence the warning for greedy
-        encoder = self.get_encoder()
-        encoder.last_stats = SolveStats()
-        self._tally = []
-        try:
-            result = super().generate(inputs, generation_config, **kwargs)
-        finally:
-            tally, self._tally = self._tally, None
-            self.generation_nfe = NodeNFE(encoder=encoder.last_stats, decoder=sum(tally, SolveStats()),
-                                          decoder_passes=len(tally))
-        return result
-
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs: dict, *args, **kwargs) -> dict:
-        """Counts each decoding pass's NFE: generate calls this after every forward pass, outside it,
-        so a compiled forward stays one graph."""
-        if self._tally is not None:
-            self._tally.append(self.model.last_nfe.decoder)
-        return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        return super().generate(inputs, generation_config, **kwargs)
 
     def _get_logits_processor(self, generation_config, *args, **kwargs):
         processors = super()._get_logits_processor(generation_config, *args, **kwargs)
@@ -740,6 +766,6 @@ class NodeTransformerForConditionalGeneration(NodeTransformerPreTrainedModel, Ge
 
 
 __all__ = [
-    "EOSAtMaxLength", "NodeCache", "NodeNFE", "NodeTransformerForConditionalGeneration", "NodeTransformerModel",
+    "EOSAtMaxLength", "NodeCache", "NodeHeadMixin", "NodeNFE", "NodeTransformerForConditionalGeneration", "NodeTransformerModel",
     "NodeTransformerPreTrainedModel",
 ]

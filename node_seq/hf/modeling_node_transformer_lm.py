@@ -19,11 +19,10 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils.deprecation import deprecate_kwarg
 
-from ..nn.factory import configure_ode_layers
-from ..nn.layers import collect_stats, total_regularizer
 from .configuration_node_transformer_lm import NodeTransformerLMConfig
 from .modeling_node_transformer import (
-    NodeCache, NodeNFE, NodeTransformerDecoder, NodeTransformerPreTrainedModel, _one_of, resolve_output_flags,
+    NodeHeadMixin, NodeNFE, NodeTransformerDecoder, NodeTransformerPreTrainedModel, _one_of, node_cache_for,
+    resolve_output_flags,
 )
 
 
@@ -73,23 +72,15 @@ class NodeTransformerLMModel(NodeTransformerLMPreTrainedModel):
                                                                  return_dict)
         _one_of(input_ids, inputs_embeds, "input_ids", "inputs_embeds")
         use_cache = (config.use_cache if use_cache is None else use_cache) and not self.training
-        node_cache = self._node_cache(cache) if use_cache else None
+        node_cache = node_cache_for(cache, config.decoder_layers) if use_cache else None
         hidden, states = self.decoder(input_ids, None, None, attention_mask, node_cache, inputs_embeds=inputs_embeds,
                                       output_hidden_states=output_hidden_states)
         self.last_nfe = NodeNFE(decoder=self.decoder.last_stats, decoder_passes=1)
         out = BaseModelOutputWithPast(last_hidden_state=hidden, cache=node_cache, hidden_states=states)
         return out if return_dict else out.to_tuple()
 
-    def _node_cache(self, cache: Cache | None) -> NodeCache:
-        if isinstance(cache, NodeCache):
-            return cache
-        if cache is None or cache.get_seq_length() == 0:
-            return NodeCache(self.config.decoder_layers)
-        raise TypeError(f"a NODE-Transformer decoder caches per solver stage and needs a NodeCache, "
-                        f"got a filled {type(cache).__name__}")
 
-
-class NodeTransformerForCausalLM(NodeTransformerLMPreTrainedModel, GenerationMixin):
+class NodeTransformerForCausalLM(NodeHeadMixin, NodeTransformerLMPreTrainedModel, GenerationMixin):
     """The LM with its output projection: next-token loss, ``generate`` (every mode), NFE counts.
 
     ``last_nfe`` after a forward pass; ``generation_nfe`` after ``generate``: the NFE each sequence
@@ -102,46 +93,7 @@ class NodeTransformerForCausalLM(NodeTransformerLMPreTrainedModel, GenerationMix
         super().__init__(config)
         self.model = NodeTransformerLMModel(config)
         self.lm_head = nn.Linear(config.decoder_embed_dim, config.vocab_size, bias=False)
-        self.generation_nfe = NodeNFE()
-        self._tally: NodeNFE | None = None
-        self.regularizer_weights = configure_ode_layers(self, config.node_options())
-        self.post_init()
-
-    # -- plumbing transformers expects
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
-    def get_decoder(self) -> NodeTransformerDecoder:
-        return self.model.decoder
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # keys/values are cached per solver stage: a NodeCache, made below
-
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
-        """A fresh :class:`NodeCache` before the first step (assisted decoding needs one from the start)."""
-        if model_kwargs.get("cache") is None and generation_config.use_cache:
-            model_kwargs["cache"] = NodeCache(self.config.decoder_layers)
-            return
-        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-
-    @property
-    def last_nfe(self) -> NodeNFE:
-        return self.model.last_nfe
-
-    @property
-    def nfe_backward(self) -> int:
-        """Backward NFE of the last backward pass through the last forward pass's solves."""
-        return collect_stats(self).nfe_backward
+        self._init_head(config)
 
     @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -164,26 +116,11 @@ class NodeTransformerForCausalLM(NodeTransformerLMPreTrainedModel, GenerationMix
         if labels is not None:
             shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
             loss = nn.functional.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=-100)
-            for name, weight in self.regularizer_weights.items():
-                value = total_regularizer(self, name)  # None outside training mode
-                if value is not None:  # both are means per token
-                    loss = loss + weight * value
-        if self._tally is not None:
-            self._tally = self._tally + self.model.last_nfe
+            loss = self._with_regularizers(loss)
         out = CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
                                      hidden_states=outputs.hidden_states)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         return out if return_dict else out.to_tuple()
-
-    @torch.no_grad()
-    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
-        """``GenerationMixin.generate``, counting the NFE of every decoding step (``generation_nfe``)."""
-        self._tally = NodeNFE()
-        try:
-            return super().generate(inputs, generation_config, **kwargs)
-        finally:
-            tally, self._tally = self._tally, None
-            self.generation_nfe = NodeNFE(decoder=tally.decoder, decoder_passes=tally.decoder_passes)
 
 
 __all__ = ["NodeTransformerForCausalLM", "NodeTransformerLMModel", "NodeTransformerLMPreTrainedModel"]
