@@ -80,3 +80,27 @@ def test_a_post_norm_plain_decoder_layer_is_fairseqs_and_decodes_incrementally()
 def test_only_a_plain_layer_can_be_post_norm():
     with pytest.raises(ValueError, match="post_norm: only a plain layer"):
         NodeEncoderLayer(SPEC, euler(1), post_norm=True)
+
+
+@pytest.mark.parametrize("side", ["encoder", "decoder"])
+def test_a_fresh_layer_is_initialised_as_fairseqs(side):
+    """Every parameter has the distribution fairseq gives it (Xavier attention, ``nn.Linear``'s
+    feed-forward, unit LayerNorms), so a plain baseline starts where fairseq's Transformer starts."""
+    from node_seq.nn import LayerSpec
+
+    torch.manual_seed(0)
+    width, ffn = 512, 2048
+    args = fairseq_args(**{f"{s}_{name}": value for s in ("encoder", "decoder")
+                           for name, value in (("embed_dim", width), ("ffn_embed_dim", ffn))})
+    reference_class = fairseq_modules.TransformerEncoderLayer if side == "encoder" else \
+        fairseq_modules.TransformerDecoderLayer
+    reference = from_fairseq_layer(reference_class(args).state_dict())
+    ours_class = NodeEncoderLayer if side == "encoder" else NodeDecoderLayer
+    ours = ours_class(LayerSpec(embed_dim=width, num_heads=4, ffn_dim=ffn, dropout=0.0), euler()).state_dict()
+    assert set(ours) == set(reference)
+    for name, expected in reference.items():
+        if expected.std() == 0:  # LayerNorms and zero biases: the exact values
+            torch.testing.assert_close(ours[name], expected, msg=name)
+        else:
+            assert 0.85 < (ours[name].std() / expected.std()).item() < 1.15, name
+            assert 0.9 < (ours[name].abs().max() / expected.abs().max()).item() < 1.1, name

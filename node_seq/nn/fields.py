@@ -14,19 +14,19 @@ from torch import nn
 from ..ode import current_stage
 from .attention import MultiheadAttention
 from .dropout import FrozenDropout
-from .linear import XavierLinear
+from .linear import UniformLinear
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
 
 
 class FeedForward(nn.Module):
-    """``fc2(dropout(act(fc1(norm(x)))))``, with fairseq's names."""
+    """``fc2(dropout(act(fc1(norm(x)))))``, with fairseq's names and fairseq's initialisation."""
 
     def __init__(self, dim: int, hidden: int, *, activation: str, activation_dropout: float):
         super().__init__()
         self.final_layer_norm = nn.LayerNorm(dim)
-        self.fc1 = XavierLinear(dim, hidden)
-        self.fc2 = XavierLinear(hidden, dim)
+        self.fc1 = UniformLinear(dim, hidden)
+        self.fc2 = UniformLinear(hidden, dim)
         self.activation = ACTIVATIONS[activation]
         self.activation_dropout = FrozenDropout(activation_dropout)
 

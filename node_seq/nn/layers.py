@@ -20,7 +20,7 @@ from .attention import MultiheadAttention, attention_bias, twice_differentiable
 from .coefficients import EMACoefficients, learned_coefficients
 from .dropout import FrozenDropout, reset_frozen_dropout
 from .fields import DecoderField, EncoderField, TimeEmbedding, cached_causal_bias, extend_cache
-from .linear import ChannelDrop, XavierLinear
+from .linear import ChannelDrop, UniformLinear, XavierLinear
 
 
 #: What a layer does when its solve fails (max steps, step-size underflow, non-finite state):
@@ -332,4 +332,4 @@ def enable_regularizers(module: nn.Module, *, kinetic: float = 0.0, jacobian: fl
 
 #: The node_seq modules that own parameters and initialise them in ``reset_parameters`` (which
 #: their constructors run); a front end that re-initialises a model (HF's ``_init_weights``) calls it.
-SELF_INITIALIZING = (XavierLinear, ChannelDrop, TimeEmbedding, EMACoefficients)
+SELF_INITIALIZING = (XavierLinear, UniformLinear, ChannelDrop, TimeEmbedding, EMACoefficients)

@@ -29,6 +29,15 @@ class XavierLinear(nn.Linear):
                 nn.init.uniform_(self.bias, -bound, bound)
 
 
+class UniformLinear(nn.Linear):
+    """``nn.Linear``'s own init, weights and bias uniform in +-1/sqrt(in_features): what fairseq's
+    Transformer layers give their feed-forward blocks (``fc1``/``fc2``), which are plain ``nn.Linear``.
+
+    A class of its own so that a front end re-initialising a model can tell it from the Linear
+    layers it initialises itself (HF's ``lm_head``).
+    """
+
+
 class ChannelDrop(nn.Linear):
     """``[I | 0]`` without bias: keeps the first ``out_features`` channels and drops the rest.
 
