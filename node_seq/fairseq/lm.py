@@ -13,7 +13,6 @@ summed over workers, the kinetic/Jacobian regularisers and ``--node-failure-poli
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 from fairseq.dataclass.utils import gen_parser_from_dataclass
@@ -126,30 +125,22 @@ def node_lm_base_architecture(args):
     _validated(args)
 
 
-def _sizes(args, *, dim: int, ffn: int, heads: int, layers: int, activation: Optional[str] = None) -> None:
-    """Default the sizes (options given on the command line win)."""
-    for name, value in (("embed_dim", dim), ("ffn_embed_dim", ffn), ("attention_heads", heads), ("layers", layers)):
-        setattr(args, f"decoder_{name}", getattr(args, f"decoder_{name}", None) or value)
-    if activation is not None:
-        args.activation_fn = getattr(args, "activation_fn", None) or activation
-
-
 @register_model_architecture("node_transformer_lm", "node_transformer_lm_tiny")
 def node_transformer_lm_tiny(args):
     """A CPU-sized LM: 2 layers, width 64 (tests, the README's example, the Multi30k comparison)."""
-    _sizes(args, dim=64, ffn=128, heads=4, layers=2)
+    options.default_sizes(args, ("decoder",), dim=64, ffn=128, heads=4, layers=2)
     node_lm_base_architecture(args)
 
 
 @register_model_architecture("node_transformer_lm", "node_transformer_lm_small")
 def node_transformer_lm_small(args):
     """3 layers, width 256 (the seq2seq Multi30k recipe's width)."""
-    _sizes(args, dim=256, ffn=1024, heads=4, layers=3)
+    options.default_sizes(args, ("decoder",), dim=256, ffn=1024, heads=4, layers=3)
     node_lm_base_architecture(args)
 
 
 @register_model_architecture("node_transformer_lm", "node_transformer_lm_gpt2_small")
 def node_transformer_lm_gpt2_small(args):
     """The sizes of fairseq's ``transformer_lm_gpt2_small`` (1024 wide, 4096 FFN, 16 heads, 24 layers, GELU)."""
-    _sizes(args, dim=1024, ffn=4096, heads=16, layers=24, activation="gelu")
+    options.default_sizes(args, ("decoder",), dim=1024, ffn=4096, heads=16, layers=24, activation="gelu")
     node_lm_base_architecture(args)

@@ -236,24 +236,17 @@ def node_base_architecture(args):
     args.decoder_normalize_before = node_options.final_layer_norm("decoder")
 
 
-def _sizes(args, *, dim: int, ffn: int, heads: int, layers: int) -> None:
-    """Default both sides to one size (options given on the command line win)."""
-    for side in ("encoder", "decoder"):
-        for name, value in (("embed_dim", dim), ("ffn_embed_dim", ffn), ("attention_heads", heads), ("layers", layers)):
-            setattr(args, f"{side}_{name}", getattr(args, f"{side}_{name}", value))
-
-
 @register_model_architecture("node_transformer", "node_transformer_tiny")
 def node_transformer_tiny(args):
     """A CPU-sized model: 2+2 layers, width 64 (for tests and the embedded demo)."""
-    _sizes(args, dim=64, ffn=128, heads=4, layers=2)
+    options.default_sizes(args, ("encoder", "decoder"), dim=64, ffn=128, heads=4, layers=2)
     node_base_architecture(args)
 
 
 @register_model_architecture("node_transformer", "node_transformer_small")
 def node_transformer_small(args):
     """3+3 layers, width 256: the Multi30k recipe's size."""
-    _sizes(args, dim=256, ffn=1024, heads=4, layers=3)
+    options.default_sizes(args, ("encoder", "decoder"), dim=256, ffn=1024, heads=4, layers=3)
     node_base_architecture(args)
 
 

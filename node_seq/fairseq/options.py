@@ -43,6 +43,16 @@ def layer_sizes(args: argparse.Namespace, side: str) -> dict:
     }
 
 
+def default_sizes(args: argparse.Namespace, sides: tuple[str, ...], *, dim: int, ffn: int, heads: int, layers: int,
+                  activation: str | None = None) -> None:
+    """A named architecture's sizes for ``sides``, where the command line did not give them."""
+    for side in sides:
+        for name, value in (("embed_dim", dim), ("ffn_embed_dim", ffn), ("attention_heads", heads), ("layers", layers)):
+            setattr(args, f"{side}_{name}", getattr(args, f"{side}_{name}", None) or value)
+    if activation is not None:
+        args.activation_fn = getattr(args, "activation_fn", None) or activation
+
+
 def validate(args: argparse.Namespace, *, front_end: str = FAIRSEQ, sides: tuple[str, ...] = ("encoder", "decoder"),
              node_task: str = "node_translation") -> NodeOptions:
     """Check every NODE option and how they combine with fairseq's; raise OptionError naming the flag.

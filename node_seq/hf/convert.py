@@ -257,8 +257,12 @@ def convert(checkpoint: str | Path, data_bin: str | Path, out: str | Path, *, to
     tokenizer = build_converted_tokenizer((source_path, source_words), (target_path, target_words), data_bin,
                                           spm_model=spm_model, bpe_codes=bpe_codes, tokenizer_json=tokenizer_json,
                                           model_max_length=args.max_source_positions)
-    config = config_from_fairseq(args, len(source_words), len(target_words))
-    model = NodeTransformerForConditionalGeneration(config)
+    model = NodeTransformerForConditionalGeneration(config_from_fairseq(args, len(source_words), len(target_words)))
+    return save_converted(model, state_dict, tokenizer, out)
+
+
+def save_converted(model, state_dict: dict, tokenizer, out: Path):
+    """Load a fairseq state dict into ``model`` (every key must fit), then write it and ``tokenizer`` to ``out``."""
     result = model.load_state_dict(convert_state_dict(state_dict), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ConversionError(f"weights do not fit: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
@@ -269,25 +273,39 @@ def convert(checkpoint: str | Path, data_bin: str | Path, out: str | Path, *, to
     return model, tokenizer
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Convert a fairseq node_transformer checkpoint to an HF model folder.")
+def converter_parser(description: str, data_bin_help: str, tokenizers_title: str,
+                     prepare_module: str) -> argparse.ArgumentParser:
+    """The options every converter takes: the checkpoint, its data folder, the output and the tokenizer routes."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--checkpoint", required=True, help="fairseq checkpoint (e.g. CK/checkpoint_best.pt)")
-    parser.add_argument("--data-bin", required=True, help="the fairseq data folder (dict.SRC.txt, dict.TGT.txt)")
+    parser.add_argument("--data-bin", required=True, help=data_bin_help)
     parser.add_argument("--out", required=True, help="output folder for from_pretrained")
-    tokenizers = parser.add_argument_group("tokenizer (at most one; default: DATA_BIN/tokenizer.json if there, "
-                                           "else the dictionaries alone, for pre-tokenised text)")
+    tokenizers = parser.add_argument_group(tokenizers_title)
     tokenizers.add_argument("--spm-model", default=None, help="the sentencepiece model the data was encoded with")
     tokenizers.add_argument("--bpe-codes", default=None, help="the subword-nmt codes the data was split with")
-    tokenizers.add_argument("--tokenizer", default=None, help="node-seq's tokenizer.json (node_seq.text.prepare)")
+    tokenizers.add_argument("--tokenizer", default=None, help=f"node-seq's tokenizer.json ({prepare_module})")
+    return parser
+
+
+def check_inputs_exist(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("checkpoint", "data_bin"):
+        if not Path(getattr(args, name)).exists():
+            parser.error(f"--{name.replace('_', '-')}: not found: {getattr(args, name)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = converter_parser(
+        "Convert a fairseq node_transformer checkpoint to an HF model folder.",
+        "the fairseq data folder (dict.SRC.txt, dict.TGT.txt)",
+        "tokenizer (at most one; default: DATA_BIN/tokenizer.json if there, else the dictionaries alone, for "
+        "pre-tokenised text)", "node_seq.text.prepare")
     parser.add_argument("--source-lang", default=None, help="source language (default: the checkpoint's, else the "
                         "data files')")
     parser.add_argument("--target-lang", default=None, help="target language (as --source-lang)")
     args = parser.parse_args(argv)
     if (args.source_lang is None) != (args.target_lang is None):
         parser.error("--source-lang and --target-lang: give both or neither")
-    for name in ("checkpoint", "data_bin"):
-        if not Path(getattr(args, name)).exists():
-            parser.error(f"--{name.replace('_', '-')}: not found: {getattr(args, name)}")
+    check_inputs_exist(parser, args)
     try:
         convert(args.checkpoint, args.data_bin, args.out, tokenizer_json=args.tokenizer, spm_model=args.spm_model,
                 bpe_codes=args.bpe_codes, languages=(args.source_lang, args.target_lang) if args.source_lang else None)

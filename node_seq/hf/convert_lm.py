@@ -20,8 +20,8 @@ from pathlib import Path
 from ..nn.options import FAIRSEQ_LM, HF_LM, NodeOptions, fill_missing
 from .configuration_node_transformer_lm import NodeTransformerLMConfig
 from .convert import (
-    _UNSUPPORTED, ConversionError, build_converted_tokenizer, check_tokenizer_options, convert_state_dict,
-    load_fairseq_checkpoint,
+    _UNSUPPORTED, ConversionError, build_converted_tokenizer, check_inputs_exist, check_tokenizer_options,
+    converter_parser, load_fairseq_checkpoint, save_converted,
 )
 from .tokenization_node_transformer import LANGUAGE_MODEL, read_fairseq_dictionary
 
@@ -78,31 +78,17 @@ def convert_lm(checkpoint: str | Path, data_bin: str | Path, out: str | Path, *,
     tokenizer = build_converted_tokenizer((path, words), (path, words), data_bin, spm_model=spm_model,
                                           bpe_codes=bpe_codes, tokenizer_json=tokenizer_json,
                                           model_max_length=args.max_target_positions, kind=LANGUAGE_MODEL)
-    config = config_from_fairseq_lm(args, len(words))
-    model = NodeTransformerForCausalLM(config)
-    result = model.load_state_dict(convert_state_dict(state_dict), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ConversionError(f"weights do not fit: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
-    model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return model, tokenizer
+    model = NodeTransformerForCausalLM(config_from_fairseq_lm(args, len(words)))
+    return save_converted(model, state_dict, tokenizer, out)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Convert a fairseq node_transformer_lm checkpoint to an HF folder.")
-    parser.add_argument("--checkpoint", required=True, help="fairseq checkpoint (e.g. CK/checkpoint_best.pt)")
-    parser.add_argument("--data-bin", required=True, help="the fairseq LM data folder (dict.txt)")
-    parser.add_argument("--out", required=True, help="the HF folder to write")
-    tokenizers = parser.add_argument_group("tokenizer (default: DATA_BIN/tokenizer.json, else the dictionary's words)")
-    tokenizers.add_argument("--spm-model", default=None, help="the sentencepiece model the text was encoded with")
-    tokenizers.add_argument("--bpe-codes", default=None, help="the subword-nmt codes the text was split with")
-    tokenizers.add_argument("--tokenizer", default=None, help="node-seq's tokenizer.json (node_seq.text.prepare_lm)")
+    parser = converter_parser(
+        "Convert a fairseq node_transformer_lm checkpoint to an HF folder.", "the fairseq LM data folder (dict.txt)",
+        "tokenizer (at most one; default: DATA_BIN/tokenizer.json, else the dictionary's words)",
+        "node_seq.text.prepare_lm")
     args = parser.parse_args(argv)
-    for name in ("checkpoint", "data_bin"):
-        if not Path(getattr(args, name)).exists():
-            parser.error(f"--{name.replace('_', '-')}: not found: {getattr(args, name)}")
+    check_inputs_exist(parser, args)
     try:
         convert_lm(args.checkpoint, args.data_bin, args.out, tokenizer_json=args.tokenizer, spm_model=args.spm_model,
                    bpe_codes=args.bpe_codes)

@@ -15,6 +15,7 @@ command lines; the pieces live here so tests can call them. Language models: :fu
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,24 @@ def perplexities(results: dict) -> dict:
 
 __all__ = ["NodeNFELogging", "NodeSeq2SeqTrainer", "NodeTrainer", "bleu_metrics", "load_parallel_text", "load_text",
            "perplexities", "tokenize", "tokenize_lm"]
+
+
+def train_and_report(trainer, model, tokenizer, encoded, out: Path, *, derived=None) -> dict:
+    """Train, evaluate on ``valid`` and ``test`` where ``encoded`` has them, save ``out/final`` and the
+    log history (one process writes, under torchrun), and print the results as one JSON line.
+
+    ``derived(results)`` adds figures computed from the evaluation's (perplexities from losses).
+    """
+    trainer.train()
+    results = {}
+    for split in ("valid", "test"):
+        if split in encoded:
+            results.update(trainer.evaluate(encoded[split], metric_key_prefix=split))
+    if derived is not None:
+        results.update(derived(results))
+    if trainer.is_world_process_zero():
+        model.save_pretrained(out / "final")
+        tokenizer.save_pretrained(out / "final")
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()}), flush=True)
+    return results

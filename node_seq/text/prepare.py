@@ -14,9 +14,12 @@ reads ``RAW_DIR/{name}.{lang}`` (plain or ``.gz``), and writes to ``OUT_DIR``:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
+import io
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from .tokenizer import encode_file, train_tokenizer
 
@@ -40,55 +43,50 @@ def parse_splits(text: str) -> dict[str, str]:
     return splits
 
 
-def prepare(raw_dir: str | Path, out_dir: str | Path, *, src: str, tgt: str, splits: dict[str, str],
-            vocab_size: int, workers: int = 1) -> Path:
-    raw_dir, out = Path(raw_dir), Path(out_dir)
-    texts = {(split, lang): _read_raw(raw_dir, name, lang) for split, name in splits.items() for lang in (src, tgt)}
-    for (split, lang), text in texts.items():  # every file is read (and checked) before anything is written
-        lines = text.splitlines()
-        if not lines or any(not line.strip() for line in lines):
-            raise ValueError(f"{split}.{lang}: empty file or empty lines (line "
-                             f"{next((n + 1 for n, line in enumerate(lines) if not line.strip()), 1)})")
-    counts = {split: len(texts[(split, src)].splitlines()) for split in splits}
-    for split in splits:
-        if len(texts[(split, tgt)].splitlines()) != counts[split]:
-            raise ValueError(f"{split}: {counts[split]} {src} lines but {len(texts[(split, tgt)].splitlines())} {tgt} lines")
+def check_lines(text: str, where: str) -> None:
+    """Refuse an empty file, or name the first empty line: every line must be a sentence."""
+    lines = text.splitlines()
+    if not lines or any(not line.strip() for line in lines):
+        raise ValueError(f"{where}: empty file or empty lines (line "
+                         f"{next((n + 1 for n, line in enumerate(lines) if not line.strip()), 1)})")
 
-    for sub in ("raw", "bpe"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    for (split, lang), text in texts.items():
-        (out / "raw" / f"{split}.{lang}").write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    tokenizer = train_tokenizer([out / "raw" / f"train.{lang}" for lang in (src, tgt)], vocab_size=vocab_size)
-    tokenizer.save(str(out / "tokenizer.json"))
-    for split in splits:
-        for lang in (src, tgt):
-            encode_file(tokenizer, out / "raw" / f"{split}.{lang}", out / "bpe" / f"{split}.{lang}")
 
+def write_raw(out: Path, split: str, lang: str, text: str) -> None:
+    (out / "raw" / f"{split}.{lang}").write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+
+
+def binarize(out: Path, argv: list[str], piece_file: Callable[[str], str], splits, workers: int) -> Path:
+    """``fairseq-preprocess`` of the pieces in ``out/bpe`` into a fresh ``out/bin``, with a copy of
+    ``out/tokenizer.json``; ``piece_file(split)`` names a split's file (or prefix) in ``out/bpe``."""
     from fairseq import options
     from fairseq_cli import preprocess
 
     if (out / "bin").exists():
         shutil.rmtree(out / "bin")
-    argv = ["--source-lang", src, "--target-lang", tgt, "--joined-dictionary", "--destdir", str(out / "bin"),
-            "--workers", str(workers), "--trainpref", str(out / "bpe" / "train")]
+    argv = [*argv, "--destdir", str(out / "bin"), "--workers", str(workers),
+            "--trainpref", str(out / "bpe" / piece_file("train"))]
     for split in ("valid", "test"):
         if split in splits:
-            argv += [f"--{split}pref", str(out / "bpe" / split)]
-    preprocess.main(options.get_preprocessing_parser().parse_args(argv))
+            argv += [f"--{split}pref", str(out / "bpe" / piece_file(split))]
+    with contextlib.redirect_stdout(io.StringIO()):  # fairseq prints its whole namespace
+        preprocess.main(options.get_preprocessing_parser().parse_args(argv))
     shutil.copy(out / "tokenizer.json", out / "bin" / "tokenizer.json")
     return out / "bin"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Prepare a parallel corpus for node-seq (fairseq + HF).")
+def corpus_parser(description: str) -> argparse.ArgumentParser:
+    """The options both preparations take; :func:`checked_splits` checks them."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("raw_dir")
     parser.add_argument("out_dir")
-    parser.add_argument("--src", required=True)
-    parser.add_argument("--tgt", required=True)
     parser.add_argument("--splits", default="train,valid,test", help="split=file-stem pairs, e.g. valid=val")
-    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary size when learning one")
     parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def checked_splits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """The parsed ``--splits``, after checking the options of :func:`corpus_parser` (errors exit via ``parser``)."""
     try:
         splits = parse_splits(args.splits)
     except ValueError as error:
@@ -97,6 +95,40 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--vocab-size: must be >= 8, got {args.vocab_size}")
     if not Path(args.raw_dir).is_dir():
         parser.error(f"raw_dir: not a directory: {args.raw_dir}")
+    return splits
+
+
+def prepare(raw_dir: str | Path, out_dir: str | Path, *, src: str, tgt: str, splits: dict[str, str],
+            vocab_size: int, workers: int = 1) -> Path:
+    raw_dir, out = Path(raw_dir), Path(out_dir)
+    texts = {(split, lang): _read_raw(raw_dir, name, lang) for split, name in splits.items() for lang in (src, tgt)}
+    for (split, lang), text in texts.items():  # every file is read (and checked) before anything is written
+        check_lines(text, f"{split}.{lang}")
+    counts = {split: len(texts[(split, src)].splitlines()) for split in splits}
+    for split in splits:
+        if len(texts[(split, tgt)].splitlines()) != counts[split]:
+            raise ValueError(f"{split}: {counts[split]} {src} lines but {len(texts[(split, tgt)].splitlines())} {tgt} lines")
+
+    for sub in ("raw", "bpe"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for (split, lang), text in texts.items():
+        write_raw(out, split, lang, text)
+    tokenizer = train_tokenizer([out / "raw" / f"train.{lang}" for lang in (src, tgt)], vocab_size=vocab_size)
+    tokenizer.save(str(out / "tokenizer.json"))
+    for split in splits:
+        for lang in (src, tgt):
+            encode_file(tokenizer, out / "raw" / f"{split}.{lang}", out / "bpe" / f"{split}.{lang}")
+
+    return binarize(out, ["--source-lang", src, "--target-lang", tgt, "--joined-dictionary"], lambda split: split,
+                    splits, workers)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = corpus_parser("Prepare a parallel corpus for node-seq (fairseq + HF).")
+    parser.add_argument("--src", required=True)
+    parser.add_argument("--tgt", required=True)
+    args = parser.parse_args(argv)
+    splits = checked_splits(parser, args)
     bin_dir = prepare(args.raw_dir, args.out_dir, src=args.src, tgt=args.tgt, splits=splits,
                       vocab_size=args.vocab_size, workers=args.workers)
     print(f"fairseq data in {bin_dir}")

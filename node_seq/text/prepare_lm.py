@@ -12,13 +12,9 @@ split, or ``--tokenizer`` reused), ``bpe/{split}.{lang}`` and ``bin/`` (``fairse
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
-import shutil
 from pathlib import Path
 
-from .prepare import _read_raw, parse_splits
+from .prepare import _read_raw, binarize, check_lines, checked_splits, corpus_parser, write_raw
 from .tokenizer import encode_file, load_tokenizer, train_tokenizer
 
 
@@ -28,54 +24,26 @@ def prepare_lm(raw_dir: str | Path, out_dir: str | Path, *, lang: str, splits: d
     raw_dir, out = Path(raw_dir), Path(out_dir)
     texts = {split: _read_raw(raw_dir, name, lang) for split, name in splits.items()}
     for split, text in texts.items():
-        lines = text.splitlines()
-        if not lines or any(not line.strip() for line in lines):
-            raise ValueError(f"{split}.{lang}: empty file or empty lines (line "
-                             f"{next((n + 1 for n, line in enumerate(lines) if not line.strip()), 1)})")
+        check_lines(text, f"{split}.{lang}")
     for sub in ("raw", "bpe"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for split, text in texts.items():
-        (out / "raw" / f"{split}.{lang}").write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        write_raw(out, split, lang, text)
     bpe = load_tokenizer(tokenizer) if tokenizer else train_tokenizer([out / "raw" / f"train.{lang}"],
                                                                          vocab_size=vocab_size)
     bpe.save(str(out / "tokenizer.json"))
     for split in splits:
         encode_file(bpe, out / "raw" / f"{split}.{lang}", out / "bpe" / f"{split}.{lang}")
 
-    from fairseq import options
-    from fairseq_cli import preprocess
-
-    if (out / "bin").exists():
-        shutil.rmtree(out / "bin")
-    argv = ["--only-source", "--destdir", str(out / "bin"), "--workers", str(workers),
-            "--trainpref", str(out / "bpe" / f"train.{lang}")]
-    for split in ("valid", "test"):
-        if split in splits:
-            argv += [f"--{split}pref", str(out / "bpe" / f"{split}.{lang}")]
-    with contextlib.redirect_stdout(io.StringIO()):
-        preprocess.main(options.get_preprocessing_parser().parse_args(argv))
-    shutil.copy(out / "tokenizer.json", out / "bin" / "tokenizer.json")
-    return out / "bin"
+    return binarize(out, ["--only-source"], lambda split: f"{split}.{lang}", splits, workers)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("raw_dir")
-    parser.add_argument("out_dir")
+    parser = corpus_parser(__doc__.splitlines()[0])
     parser.add_argument("--lang", required=True, help="the side to model: files RAW_DIR/{name}.{lang}")
-    parser.add_argument("--splits", default="train,valid,test", help="split=file-stem pairs, e.g. valid=val")
-    parser.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary size when learning one")
     parser.add_argument("--tokenizer", default=None, help="reuse this tokenizer.json instead of learning a BPE")
-    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    try:
-        splits = parse_splits(args.splits)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.vocab_size < 8:
-        parser.error(f"--vocab-size: must be >= 8, got {args.vocab_size}")
-    if not Path(args.raw_dir).is_dir():
-        parser.error(f"raw_dir: not a directory: {args.raw_dir}")
+    splits = checked_splits(parser, args)
     if args.tokenizer and not Path(args.tokenizer).is_file():
         parser.error(f"--tokenizer: not found: {args.tokenizer}")
     try:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     import node_seq  # noqa: F401  (registers the Auto classes)
     from node_seq.hf import NodeTransformerForCausalLM, NodeTransformerLMConfig
     from node_seq.hf.tokenization_node_transformer import LANGUAGE_MODEL, build_tokenizer
-    from node_seq.hf.training import NodeTrainer, load_text, perplexities, tokenize_lm
+    from node_seq.hf.training import NodeTrainer, load_text, perplexities, tokenize_lm, train_and_report
     from node_seq.text.tokenizer import train_tokenizer
 
     torch.set_num_threads(args.threads)
@@ -82,18 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset=encoded["train"], eval_dataset=encoded["valid"] if has_valid else None,
         processing_class=tokenizer, data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
     )
-    trainer.train()
-    results = {}
-    for split in ("valid", "test"):
-        if split in encoded:
-            results.update(trainer.evaluate(encoded[split], metric_key_prefix=split))
-    results.update(perplexities(results))
-    if trainer.is_world_process_zero():  # under torchrun, one process writes
-        model.save_pretrained(out / "final")
-        tokenizer.save_pretrained(out / "final")
-        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()}), flush=True)
-    return results
+    return train_and_report(trainer, model, tokenizer, encoded, out, derived=perplexities)
 
 
 def cli(argv: list[str] | None = None) -> int:
