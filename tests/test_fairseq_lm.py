@@ -110,6 +110,36 @@ def test_generate_reports_nfe_per_sentence_and_the_cache_changes_no_output(data,
     assert read_nfe(cached) > 0 and read_nfe(cached) == read_nfe(uncached)
 
 
+def test_interactive_continues_prompts_as_generate_continues_the_same_prefixes(data, rk4_checkpoint):
+    """fairseq-interactive, the command, reading prompts from stdin: given each test sentence's first two
+    pieces it writes the hypotheses and scores fairseq-generate writes with ``--prefix-size 2``."""
+    import subprocess
+
+    from fairseq_helpers import REPO
+    from node_seq.fairseq import inprocess
+
+    common = ["--task", "language_modeling", "--path", str(rk4_checkpoint), "--cpu", "--beam", "2",
+              "--max-len-b", "12", "--batch-size", "1", "--num-workers", "0"]
+    generated = inprocess.generate([str(data), *common, "--sample-break-mode", "eos", "--gen-subset", "test",
+                                    "--prefix-size", "2"])
+    expected = {}
+    for line in generated.splitlines():
+        if line.startswith("H-"):
+            ident, score, text = line.split("\t")
+            expected[int(ident[2:])] = (float(score), text)
+    pieces = (data.parent / "bpe" / "test.tgt").read_text().splitlines()
+    prompts = [" ".join(sentence.split()[:2]) for sentence in pieces]
+    result = subprocess.run([str(REPO / ".venv" / "bin" / "fairseq-interactive"), str(data), "--user-dir",
+                             str(REPO / "user_dir"), *common, "--buffer-size", "1"], cwd=REPO,
+                            input="\n".join(prompts) + "\n", capture_output=True, text=True, timeout=600, check=True)
+    answers = [line.split("\t") for line in result.stdout.splitlines() if line.startswith("H-")]
+    assert len(answers) == len(pieces) and len(expected) >= len(pieces) - 2  # generate may skip a short one
+    for ident, score, text in answers:
+        if int(ident[2:]) in expected:
+            assert text == expected[int(ident[2:])][1]
+            assert float(score) == pytest.approx(expected[int(ident[2:])][0], abs=1e-4)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--node-encoder"], "unrecognized arguments: --node-encoder"),
     (["--node-method", "rk5"], "argument --node-method: invalid choice: 'rk5'"),
