@@ -78,8 +78,12 @@ class _SolveContext(threading.local):
     cache and the backward-phase flag without a graph break.
     """
 
-    stage: Stage | None = None
-    in_backward: bool = False
+    def __init__(self):
+        # Set per thread (threading.local runs this in each), not as class defaults: a compiled
+        # frame guards on the attributes being in the instance's __dict__, and writing a default
+        # inside that frame would break its own guard.
+        self.stage: Stage | None = None
+        self.in_backward = False
 
 
 _CONTEXT = _SolveContext()

@@ -35,6 +35,28 @@ def test_train_hf_smoke_run(tmp_path):
     assert generated.shape[0] == 2
 
 
+def test_train_hf_with_torch_compile_trains_as_eager(tmp_path):
+    """``--torch-compile`` end to end (the Trainer's ``torch_compile``): the same losses and NFE as
+    eager from the same seed, and a saved model."""
+    write_task(tmp_path / "data", sizes={"train": 128, "valid": 8, "test": 8})
+
+    def run(name, extra):
+        train_hf.main([
+            "--data", str(tmp_path / "data"), "--out", str(tmp_path / name), "--vocab-size", "64",
+            "--embed-dim", "16", "--ffn-dim", "32", "--layers", "1", "--heads", "2", "--node-method", "rk4",
+            "--dropout", "0", "--max-steps", "4", "--batch-size", "32", "--logging-steps", "2", "--eval-steps", "4",
+            "--warmup-steps", "2", "--beam", "1", "--max-target-length", "8", *extra])
+        history = json.loads((tmp_path / name / "log_history.json").read_text())
+        return [(entry["loss"], entry["nfe_f"]) for entry in history if "loss" in entry]
+
+    eager = run("eager", [])
+    compiled = run("compiled", ["--torch-compile-backend", "aot_eager"])
+    assert len(compiled) == len(eager) == 2
+    for (loss, nfe), (eager_loss, eager_nfe) in zip(compiled, eager):
+        assert abs(loss - eager_loss) <= 1e-3 * abs(eager_loss) and nfe == eager_nfe
+    assert (tmp_path / "compiled" / "final" / "model.safetensors").exists()
+
+
 def test_train_hf_under_torchrun_with_two_cpu_processes(tmp_path):
     """HF's Trainer does the distributed part (gloo on CPU); two processes split each epoch between them."""
     import os
