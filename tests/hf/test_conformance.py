@@ -162,8 +162,10 @@ def test_a_model_materialised_from_the_meta_device_is_fully_initialised(method):
         assert torch.isfinite(tensor).all(), name
         if want.numel() == 1 or want.std() == 0 or name.endswith(("project.weight", "embed_positions.weight")):
             assert torch.equal(tensor, want), name  # constants: LayerNorms, zero biases, identities, tables
-        elif want.numel() >= 16:
+        elif want.numel() >= 64:  # two samples' stds agree to 50% only with enough elements
             assert tensor.std().item() == pytest.approx(want.std().item(), rel=0.5), name  # same distribution
+        else:
+            assert tensor.std() > 0, name  # drawn at random, as fresh
     assert torch.all(model.model.encoder.embed_tokens.weight[config.pad_token_id] == 0)
     model.eval()
     assert torch.isfinite(encode_decode(model).logits).all()
