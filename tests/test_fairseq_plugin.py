@@ -299,3 +299,56 @@ def test_node_compile_trains_and_generates_as_eager_does(data, tmp_path, monkeyp
     hypotheses = [line for line in compiled_out.splitlines() if line.startswith("H-")]
     assert hypotheses and hypotheses == [line for line in eager_out.splitlines() if line.startswith("H-")]
     assert read_nfe(compiled_out) == read_nfe(eager_out) > 0
+
+
+def test_a_compiled_pass_whose_solve_failed_is_redone_eagerly_under_the_fallback_policy(data, monkeypatch):
+    """``--node-compile --node-failure-policy fallback``: a compiled solve cannot fall back inside its
+    graph, so when the pass's finiteness check reports a failure the model redoes the whole pass
+    eagerly; the output is then eager's, and each layer's input is recorded for one pass only."""
+    from node_seq.fairseq import model as fairseq_model
+    from node_seq.ode import NonFiniteState
+
+    monkeypatch.setattr(fairseq_model, "COMPILE_OPTIONS", {"backend": "aot_eager"})
+    argv = ["--dropout", "0", "--node-method", "midpoint", "--node-failure-policy", "fallback"]
+    torch.manual_seed(0)
+    _, eager = _build(data, argv)
+    torch.manual_seed(0)
+    _, compiled = _build(data, [*argv, "--node-compile"])
+    compiled.load_state_dict(eager.state_dict())
+    checks = []
+    real_check = fairseq_model.check_finite
+
+    def failure():
+        return NonFiniteState(method="midpoint", rtol=None, atol=None, t_reached=None, t1=1.0, nfe=2,
+                              where="encoder.layers.0")
+
+    def first_check_fails(module):  # as check_finite reports a compiled solve that ended in inf
+        checks.append(torch.compiler.is_compiling())
+        if len(checks) == 1:
+            raise failure()
+        real_check(module)
+
+    monkeypatch.setattr(fairseq_model, "check_finite", first_check_fails)
+    solves = []  # per layer solve run in Python: True while dynamo traces it, False when eager
+    layers = [*compiled.encoder.layers, *compiled.decoder.layers]
+    for layer in layers:
+        def integrate(*args, _integrate=layer.integrate):
+            solves.append(torch.compiler.is_compiling())
+            return _integrate(*args)
+        layer.integrate = integrate
+    src, lengths, prev = torch.tensor([[5, 6, 7, 2], [8, 9, 2, 1]]), torch.tensor([4, 3]), torch.tensor([[2, 8, 9]] * 2)
+    out = compiled(src, lengths, prev)[0]
+    assert len(checks) == 3  # the compiled pass stopped at the encoder's check; encoder and decoder redone
+    encoder_layers = len(compiled.encoder.layers)
+    assert solves == [True] * encoder_layers + [False] * len(layers)  # traced, then every layer eager
+    torch.testing.assert_close(out, eager(src, lengths, prev)[0], rtol=1e-5, atol=1e-6)
+    out.sum().backward()  # the redone pass's graph is the one that trains
+    assert all(p.grad is not None for p in compiled.encoder.layers.parameters())
+
+    def every_check_fails(module):
+        raise failure()
+
+    monkeypatch.setattr(fairseq_model, "check_finite", every_check_fails)
+    _, raising = _build(data, [*argv[:-2], "--node-compile"])
+    with pytest.raises(NonFiniteState, match=r"^encoder\.layers\.0: "):  # policy raise: no second pass
+        raising(src, lengths, prev)
