@@ -163,7 +163,7 @@ def swap_solver(train: SolverConfig, method: str, factor: float) -> SolverConfig
     base = dataclasses.replace(train, method=method, gradient="backprop", checkpoint_snapshots=None, step_size=None)
     if SolverConfig(method=method).is_fixed_grid:
         train_steps = train.steps if train.is_fixed_grid else 1
-        return dataclasses.replace(base, steps=max(1, round((train_steps or 1) * factor)))
+        return dataclasses.replace(base, steps=max(1, round((train_steps or 1) * factor)), first_step=None)
     return dataclasses.replace(base, steps=None, rtol=train.rtol / factor, atol=train.atol / factor)
 
 

@@ -28,6 +28,13 @@ def test_adaptive_test_solvers_scale_tolerances():
     assert fixed.steps == 8
 
 
+def test_a_fixed_grid_test_solver_drops_the_adaptive_first_step():
+    # fairseq's and HF's dopri5 layers try the whole interval first (first_step set); a grid has no first step
+    train = SolverConfig(method="dopri5", rtol=1e-2, atol=1e-3, first_step=1.0).validate()
+    assert swap_solver(train, "euler", 2).validate().steps == 2
+    assert swap_solver(train, "dopri5", 2).validate().first_step == 1.0
+
+
 @pytest.mark.parametrize("method", ["rk4", "dopri5"])
 def test_swapped_solvers_drop_the_training_only_snapshot_budget(method):
     train = SolverConfig(method="euler", steps=8, gradient="checkpoint", checkpoint_snapshots=2).validate()
