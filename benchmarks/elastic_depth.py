@@ -112,29 +112,13 @@ def markdown(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     """BLEU against NFE per sentence, one line per model, each point labelled with its setting."""
-    import matplotlib
+    from node_seq.plotting import plot_lines
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for model in dict.fromkeys(r["model"] for r in rows):
-        points = sorted((r["nfe_per_sentence"], r["bleu"], r["setting"]) for r in rows
-                        if r["model"] == model and r["nfe_per_sentence"] is not None)
-        if not points:
-            continue
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
-        for nfe, bleu, label in points:
-            ax.annotate(label, (nfe, bleu), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("NFE per sentence (encoder + all decoding steps)")
-    ax.set_ylabel("sacreBLEU")
-    ax.set_title("Elastic depth: decoded with other solvers than trained with", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    series = {model: [(r["nfe_per_sentence"], r["bleu"], r["setting"]) for r in rows
+                      if r["model"] == model and r["nfe_per_sentence"] is not None]
+              for model in dict.fromkeys(r["model"] for r in rows)}
+    plot_lines(series, str(path), title="Elastic depth: decoded with other solvers than trained with",
+               xlabel="NFE per sentence (encoder + all decoding steps)", ylabel="sacreBLEU", log_x=10)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

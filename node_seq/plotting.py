@@ -1,5 +1,6 @@
-"""Plots of the memory measurements (``vision.memory``, ``benchmarks.memory``) and of perplexity against
-NFE (``node_seq.fairseq.elastic_lm``).
+"""Line plots for the measurements: peak memory against steps (``vision.memory``,
+``benchmarks.memory``), perplexity or BLEU against NFE (``node_seq.fairseq.elastic_lm``,
+``benchmarks.elastic_depth``).
 
 Kept apart from :mod:`node_seq.memory` because it needs matplotlib, which only the ``vision``
 extra (and ``all``) installs; the measuring itself needs nothing beyond torch.
@@ -11,31 +12,15 @@ from __future__ import annotations
 def plot(rows: list[dict], path: str, title: str, *, xlabel: str = "solver steps per ODE block",
          ylabel: str = "peak memory of one training step (MiB)", log_y: bool = False) -> None:
     """Peak memory (MiB) against steps, one line per gradient mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for gradient in dict.fromkeys(r["gradient"] for r in rows):
-        points = [(r["steps"], r["peak_bytes"] / 2**20) for r in rows if r["gradient"] == gradient]
-        ax.plot(*zip(*points), marker="o", label=gradient)
-    ax.set_xscale("log", base=2)
-    if log_y:
-        ax.set_yscale("log", base=2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3, which="both" if log_y else "major")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    series = {gradient: [(r["steps"], r["peak_bytes"] / 2**20) for r in rows if r["gradient"] == gradient]
+              for gradient in dict.fromkeys(r["gradient"] for r in rows)}
+    plot_lines(series, path, title=title, xlabel=xlabel, ylabel=ylabel, log_y=2 if log_y else None)
 
 
-def plot_lines(series: dict[str, list[tuple[float, float]]], path: str, *, title: str, xlabel: str,
-               ylabel: str) -> None:
-    """One line per name of ``(x, y)`` points, e.g. perplexity against NFE per solver (``elastic_lm``)."""
+def plot_lines(series: dict[str, list[tuple]], path: str, *, title: str, xlabel: str, ylabel: str,
+               log_x: int = 2, log_y: int | None = None) -> None:
+    """One line per name through its ``(x, y)`` points, or ``(x, y, label)`` points written beside
+    each marker (e.g. the solver setting of each point); axes logarithmic in these bases."""
     import logging
 
     import matplotlib
@@ -47,12 +32,19 @@ def plot_lines(series: dict[str, list[tuple[float, float]]], path: str, *, title
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, points in series.items():
-        ax.plot(*zip(*sorted(points)), marker="o", label=name)
-    ax.set_xscale("log", base=2)
+        points = sorted(points)
+        if not points:
+            continue
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        for point in points if len(points[0]) > 2 else []:
+            ax.annotate(point[2], point[:2], textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xscale("log", base=log_x)
+    if log_y:
+        ax.set_yscale("log", base=log_y)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both" if log_y else "major")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
