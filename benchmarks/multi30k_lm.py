@@ -8,8 +8,9 @@
 2. trains every variant with ``fairseq-train --arch node_transformer_lm_tiny`` (same sizes, so the
    same parameter count: an ODE layer has exactly the plain layer's weights), the same recipe and
    the same number of updates;
-3. scores valid and test perplexity with ``fairseq-eval-lm``, and the NFE per forward pass, tokens/s
-   of training and of evaluation;
+3. scores valid and test perplexity with ``fairseq-eval-lm``, the NFE per forward pass, tokens/s
+   of training and of evaluation, and the paired bootstrap p-value of each variant's test
+   perplexity against the plain LM's (the same test sentences resampled for both);
 4. sweeps every NODE variant over other solvers and step counts (``node_seq.fairseq.elastic_lm``):
    perplexity against NFE, a table and a PNG per variant.
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
 
     runs = Path(args.runs)
     bin_dir = prepare(Path(args.data_dir), runs, args.vocab_size)
-    rows, sweeps = [], {}
+    rows, sweeps, test_samples = [], {}, {}
     for name in variants:
         options, description = VARIANTS[name]
         trained = train(bin_dir, runs / name, options, updates=updates, max_tokens=args.max_tokens)
@@ -125,10 +126,13 @@ def main(argv: list[str] | None = None) -> None:
                "updates": updates, **{k: v for k, v in trained.items() if k != "checkpoint"}}
         for split in ("valid", "test"):
             task.load_dataset(split)
-            measured = elastic_lm.evaluate(model, task, split)
+            measured = elastic_lm.evaluate(model, task, split, per_sample=split == "test")
             row[f"{split}_perplexity"] = eval_lm_perplexity(bin_dir, trained["checkpoint"], split)
             row[f"{split}_nfe"] = measured["nfe"]
             row[f"{split}_tokens_per_second"] = measured["tokens_per_second"]
+        test_samples[name] = measured["samples"]
+        row["test_p_vs_plain"] = (elastic_lm.paired_bootstrap(test_samples["plain"], test_samples[name])
+                                  if "plain" in test_samples and name != "plain" else None)
         rows.append(row)
         if name != "plain":
             sweep_rows = elastic_lm.sweep(model, task, "test", **sweep)
@@ -136,8 +140,10 @@ def main(argv: list[str] | None = None) -> None:
                              title=f"Multi30k en LM, {name} ({description}): test perplexity against NFE")
             sweeps[name] = sweep_rows
     table = markdown_table(
-        ["variant", "what", "params", "valid ppl", "test ppl", "NFE/pass", "train tok/s", "eval tok/s", "train s"],
-        [[r["variant"], r["what"], r["parameters"], r["valid_perplexity"], r["test_perplexity"], r["test_nfe"],
+        ["variant", "what", "params", "valid ppl", "test ppl", "p vs plain (test)", "NFE/pass", "train tok/s",
+         "eval tok/s", "train s"],
+        [[r["variant"], r["what"], r["parameters"], r["valid_perplexity"], r["test_perplexity"],
+          "-" if r["test_p_vs_plain"] is None else r["test_p_vs_plain"], r["test_nfe"],
           r["train_tokens_per_second"], r["test_tokens_per_second"], r["train_seconds"]] for r in rows])
     meta = {"machine": machine(), "device": "cpu", "updates": updates, "max_tokens": args.max_tokens,
             "recipe": RECIPE, "variants": {v: VARIANTS[v][0] for v in variants}}

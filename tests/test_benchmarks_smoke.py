@@ -212,5 +212,6 @@ def test_multi30k_lm_quick(tmp_path):
     assert [row["variant"] for row in result["rows"]] == ["plain", "midpoint"]
     assert len({row["parameters"] for row in result["rows"]}) == 1  # the same weights
     assert result["rows"][1]["test_nfe"] == 4.0  # 2 layers x 2 midpoint stages
+    assert result["rows"][0]["test_p_vs_plain"] is None and 0 < result["rows"][1]["test_p_vs_plain"] <= 1
     assert (tmp_path / "results" / "multi30k_lm_elastic" / "midpoint" / "elastic.csv").exists()
     assert out.with_suffix(".md").read_text().startswith("Command: `python -m benchmarks.multi30k_lm")

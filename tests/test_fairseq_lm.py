@@ -180,6 +180,25 @@ def test_elastic_depth_sweep_scores_what_eval_lm_scores(data, rk4_checkpoint, tm
     assert all(layer.solver.method == "rk4" and layer.solver.steps == 1 for layer in model.decoder.layers)
     elastic_lm.write(rows, tmp_path, title="test")
     assert (tmp_path / "elastic.csv").read_text().count("\n") == 5 and (tmp_path / "elastic.md").exists()
+    scored = elastic_lm.evaluate(model, task, "test", per_sample=True)
+    assert len(scored["samples"]) == len(task.dataset("test"))  # one per sentence (--sample-break-mode eos)
+    assert sum(loss for loss, _ in scored["samples"]) / scored["tokens"] == pytest.approx(trained["loss"], rel=1e-9)
+
+
+def test_paired_bootstrap_of_perplexities():
+    import random
+
+    from node_seq.fairseq.elastic_lm import paired_bootstrap
+
+    rng = random.Random(0)
+    baseline = [(rng.uniform(5, 40), rng.randint(3, 15)) for _ in range(300)]
+    assert paired_bootstrap(baseline, baseline) == 1.0  # no difference: every resample is as far
+    noisy = [(loss + rng.gauss(0, 2), tokens) for loss, tokens in baseline]  # unbiased noise
+    assert paired_bootstrap(baseline, noisy) > 0.05
+    worse = [(loss + 0.5 * tokens + rng.gauss(0, 2), tokens) for loss, tokens in baseline]  # +0.5 nats a token
+    assert paired_bootstrap(baseline, worse) == pytest.approx(1 / 1001)
+    with pytest.raises(ValueError, match="not scored on the same samples"):
+        paired_bootstrap(baseline, baseline[1:])
 
 
 def test_elastic_depth_refuses_bad_options_naming_them(data, tmp_path, capsys):

@@ -31,26 +31,56 @@ from ..ode import LEARNED_METHODS, METHODS, OptionError, SolverConfig, swap_solv
 
 
 @torch.no_grad()
-def evaluate(model, task, split: str, *, max_tokens: int = 4096) -> dict:
+def evaluate(model, task, split: str, *, max_tokens: int = 4096, per_sample: bool = False) -> dict:
     """``loss`` (nats per token), ``perplexity``, ``nfe`` (per forward pass, averaged over batches),
-    ``tokens``, ``tokens_per_second`` of ``model`` on ``split`` (loaded into ``task``)."""
+    ``tokens``, ``tokens_per_second`` of ``model`` on ``split`` (loaded into ``task``); with
+    ``per_sample``, also ``samples``: ``(loss, tokens)`` of each sample (a sentence under
+    ``--sample-break-mode eos``) in the order of their ids, for a paired test of two models."""
     model.eval()
     dataset = task.dataset(split)
     batches = task.get_batch_iterator(dataset=dataset, max_tokens=max_tokens, ignore_invalid_inputs=False,
                                       num_workers=0).next_epoch_itr(shuffle=False)
-    loss, tokens, nfe, passes = 0.0, 0, 0, 0
+    samples: dict[int, tuple[float, int]] = {}
+    nfe, passes = 0, 0
     start = time.perf_counter()
     for sample in batches:
         lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
         target = sample["target"]
         keep = target.ne(task.target_dictionary.pad())
-        loss -= lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)[keep].double().sum().item()
-        tokens += int(keep.sum())
+        token_loss = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).double().masked_fill(~keep, 0)
+        for index, loss, tokens in zip(sample["id"].tolist(), token_loss.sum(-1).tolist(), keep.sum(-1).tolist()):
+            samples[index] = (loss, tokens)
         nfe += collect_stats(model).nfe_forward
         passes += 1
     seconds = time.perf_counter() - start
-    return {"loss": loss / tokens, "perplexity": math.exp(loss / tokens), "nfe": nfe / max(passes, 1),
-            "tokens": tokens, "tokens_per_second": tokens / seconds}
+    loss = sum(value for value, _ in samples.values())
+    tokens = sum(count for _, count in samples.values())
+    result = {"loss": loss / tokens, "perplexity": math.exp(loss / tokens), "nfe": nfe / max(passes, 1),
+              "tokens": tokens, "tokens_per_second": tokens / seconds}
+    if per_sample:
+        result["samples"] = [samples[index] for index in sorted(samples)]
+    return result
+
+
+def paired_bootstrap(baseline: list[tuple[float, int]], system: list[tuple[float, int]], *,
+                     resamples: int = 1000, seed: int = 12345) -> float:
+    """p-value of the difference in perplexity of two models scored on the same samples.
+
+    ``evaluate(..., per_sample=True)["samples"]`` of each. The samples are resampled with
+    replacement, the same draw for both models, as sacreBLEU's paired bootstrap resamples
+    sentences for BLEU; p is the share of resampled differences in loss per token at least as far
+    from their mean as the observed difference is from zero (with one added to both counts).
+    """
+    import numpy as np
+
+    if len(baseline) != len(system) or [t for _, t in baseline] != [t for _, t in system]:
+        raise ValueError("paired_bootstrap: the two models were not scored on the same samples")
+    base_loss, sys_loss, tokens = (np.array(column, dtype=np.float64) for column in (
+        [loss for loss, _ in baseline], [loss for loss, _ in system], [count for _, count in baseline]))
+    draws = np.random.default_rng(seed).integers(0, len(tokens), size=(resamples, len(tokens)))
+    deltas = (sys_loss[draws].sum(1) - base_loss[draws].sum(1)) / tokens[draws].sum(1)
+    observed = (sys_loss.sum() - base_loss.sum()) / tokens.sum()
+    return float((1 + np.sum(np.abs(deltas - deltas.mean()) >= abs(observed))) / (resamples + 1))
 
 
 def sweep(model, task, split: str, *, methods: list[str], factors: list[float], max_tokens: int = 4096) -> list[dict]:
