@@ -22,6 +22,7 @@ def plot_lines(series: dict[str, list[tuple]], path: str, *, title: str, xlabel:
     """One line per name through its ``(x, y)`` points, or ``(x, y, label)`` points written beside
     each marker (e.g. the solver setting of each point); axes logarithmic in these bases."""
     import logging
+    import textwrap
 
     import matplotlib
 
@@ -43,7 +44,7 @@ def plot_lines(series: dict[str, list[tuple]], path: str, *, title: str, xlabel:
         ax.set_yscale("log", base=log_y)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 90), fontsize=9)
     ax.grid(alpha=0.3, which="both" if log_y else "major")
     ax.legend()
     fig.tight_layout()
