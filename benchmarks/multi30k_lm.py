@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
             row[f"{split}_perplexity"] = eval_lm_perplexity(bin_dir, trained["checkpoint"], split)
             row[f"{split}_nfe"] = measured["nfe"]
             row[f"{split}_tokens_per_second"] = measured["tokens_per_second"]
-        test_samples[name] = measured["samples"]
+            if split == "test":
+                test_samples[name] = measured["samples"]
         row["test_p_vs_plain"] = (elastic_lm.paired_bootstrap(test_samples["plain"], test_samples[name])
                                   if "plain" in test_samples and name != "plain" else None)
         rows.append(row)

@@ -37,8 +37,9 @@ def plot_lines(series: dict[str, list[tuple]], path: str, *, title: str, xlabel:
         if not points:
             continue
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-        for point in points if len(points[0]) > 2 else []:
-            ax.annotate(point[2], point[:2], textcoords="offset points", xytext=(3, 3), fontsize=7)
+        for x, y, *label in points:
+            if label:
+                ax.annotate(label[0], (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xscale("log", base=log_x)
     if log_y:
         ax.set_yscale("log", base=log_y)

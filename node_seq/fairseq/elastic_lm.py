@@ -75,8 +75,8 @@ def paired_bootstrap(baseline: list[tuple[float, int]], system: list[tuple[float
 
     if len(baseline) != len(system) or [t for _, t in baseline] != [t for _, t in system]:
         raise ValueError("paired_bootstrap: the two models were not scored on the same samples")
-    base_loss, sys_loss, tokens = (np.array(column, dtype=np.float64) for column in (
-        [loss for loss, _ in baseline], [loss for loss, _ in system], [count for _, count in baseline]))
+    base_loss, tokens = np.array(baseline, dtype=np.float64).T
+    sys_loss = np.array([loss for loss, _ in system], dtype=np.float64)
     draws = np.random.default_rng(seed).integers(0, len(tokens), size=(resamples, len(tokens)))
     deltas = (sys_loss[draws].sum(1) - base_loss[draws].sum(1)) / tokens[draws].sum(1)
     observed = (sys_loss.sum() - base_loss.sum()) / tokens.sum()

@@ -181,10 +181,6 @@ def perplexities(results: dict) -> dict:
             if key.endswith("_loss")}
 
 
-__all__ = ["NodeNFELogging", "NodeSeq2SeqTrainer", "NodeTrainer", "bleu_metrics", "load_parallel_text", "load_text",
-           "perplexities", "tokenize", "tokenize_lm"]
-
-
 def train_and_report(trainer, model, tokenizer, encoded, out: Path, *, derived=None) -> dict:
     """Train, evaluate on ``valid`` and ``test`` where ``encoded`` has them, save ``out/final`` and the
     log history (one process writes, under torchrun), and print the results as one JSON line.
@@ -204,3 +200,8 @@ def train_and_report(trainer, model, tokenizer, encoded, out: Path, *, derived=N
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()}), flush=True)
     return results
+
+
+__all__ = ["NodeNFELogging", "NodeSeq2SeqTrainer", "NodeTrainer", "bleu_metrics", "load_parallel_text", "load_text",
+           "perplexities", "tokenize", "tokenize_lm", "train_and_report"]
+
