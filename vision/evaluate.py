@@ -25,7 +25,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from node_seq.ode import ODESolveError, OptionError, SolverConfig, swap_solver
+from node_seq.ode import ODESolveError, OptionError, SolverConfig, swap_solvers
 
 from .checkpoint import load_checkpoint, write_text_atomic
 from .data import Dataset, Split, batches
@@ -58,21 +58,19 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, split: Split, *, batch_si
 
 def solver_sweep(model: torch.nn.Module, dataset: Dataset, split: Split, *, train_solver: SolverConfig,
                  methods, factors, batch_size: int = 512, device="cpu", amp: bool = False) -> list[dict]:
-    """One row per (method, factor): the solver used, accuracy, loss and forward NFE per batch."""
+    """One row per solver (:func:`node_seq.ode.swap_solvers`): accuracy, loss and forward NFE per batch."""
     rows = []
-    for method in methods:
-        for factor in factors:
-            solver = swap_solver(train_solver, method, factor)
-            row = {"method": method, "factor": factor, "steps": solver.steps,
-                   "step_size": 1.0 / solver.steps if solver.steps else None,
-                   "rtol": None if solver.steps else solver.rtol, "atol": None if solver.steps else solver.atol}
-            try:
-                row.update(evaluate(model, dataset, split, batch_size=batch_size, device=device, solver=solver,
-                                    amp=amp))
-                row["error"] = None
-            except ODESolveError as error:
-                row.update({"accuracy": None, "loss": None, "nfe_forward": None, "error": str(error)})
-            rows.append(row)
+    for method, factor, solver in swap_solvers(train_solver, methods, factors):
+        row = {"method": method, "factor": factor, "steps": solver.steps,
+               "step_size": 1.0 / solver.steps if solver.steps else None,
+               "rtol": None if solver.steps else solver.rtol, "atol": None if solver.steps else solver.atol}
+        try:
+            row.update(evaluate(model, dataset, split, batch_size=batch_size, device=device, solver=solver,
+                                amp=amp))
+            row["error"] = None
+        except ODESolveError as error:
+            row.update({"accuracy": None, "loss": None, "nfe_forward": None, "error": str(error)})
+        rows.append(row)
     return rows
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..nn.layers import collect_stats, node_layers
-from ..ode import LEARNED_METHODS, METHODS, OptionError, SolverConfig, swap_solver
+from ..ode import LEARNED_METHODS, METHODS, OptionError, SolverConfig, swap_solvers
 
 
 @torch.no_grad()
@@ -84,7 +84,8 @@ def paired_bootstrap(baseline: list[tuple[float, int]], system: list[tuple[float
 
 
 def sweep(model, task, split: str, *, methods: list[str], factors: list[float], max_tokens: int = 4096) -> list[dict]:
-    """One row per (method, factor): the solver used, perplexity, NFE per forward pass."""
+    """One row per solver (:func:`node_seq.ode.swap_solvers`): its method, factor and steps, perplexity,
+    NFE per forward pass."""
     layers = node_layers(model)
     if not layers:
         raise OptionError("--checkpoint: the model has no ODE layers (trained with --no-node-decoder): "
@@ -95,14 +96,12 @@ def sweep(model, task, split: str, *, methods: list[str], factors: list[float], 
                           f"--methods {trained.method} only")
     rows = []
     try:
-        for method in methods:
-            for factor in factors:
-                solver = swap_solver(trained, method, factor).validate()
-                for layer in layers:
-                    layer.solver = solver
-                row = {"method": method, "factor": factor, "steps": solver.steps,
-                       "trained": method == trained.method and factor == 1}
-                rows.append({**row, **evaluate(model, task, split, max_tokens=max_tokens)})
+        for method, factor, solver in swap_solvers(trained, methods, factors):
+            for layer in layers:
+                layer.solver = solver.validate()
+            row = {"method": method, "factor": factor, "steps": solver.steps,
+                   "trained": method == trained.method and factor == 1}
+            rows.append({**row, **evaluate(model, task, split, max_tokens=max_tokens)})
     finally:
         for layer in layers:
             layer.solver = trained

@@ -10,6 +10,7 @@ from .config import (
     SolverConfig as SolverConfig,
     parse_time_points as parse_time_points,
     swap_solver as swap_solver,
+    swap_solvers as swap_solvers,
 )
 from .compiling import compile_settings as compile_settings
 from .errors import (

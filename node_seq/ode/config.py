@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 FIXED_GRID_METHODS = ("euler", "midpoint", "heun", "rk4", "rk4_classic", "reversible_heun")
 #: Fixed-grid blocks whose step combines its stages with learned coefficients (the ODE
@@ -165,6 +165,27 @@ def swap_solver(train: SolverConfig, method: str, factor: float) -> SolverConfig
         train_steps = train.steps if train.is_fixed_grid else 1
         return dataclasses.replace(base, steps=max(1, round((train_steps or 1) * factor)), first_step=None)
     return dataclasses.replace(base, steps=None, rtol=train.rtol / factor, atol=train.atol / factor)
+
+
+def swap_solvers(train: SolverConfig, methods: Sequence[str], factors: Sequence[float]
+                 ) -> Iterator[tuple[str, float, SolverConfig]]:
+    """``(method, factor, solver)`` for every pair of an elastic-depth sweep, each solver once.
+
+    Factors whose grids round to the same one (``0.5`` and ``1`` on a one-step model) are one
+    measurement; it is listed under the factor that grid describes best (the least rounded).
+    """
+    train_steps = train.steps if train.is_fixed_grid else 1
+
+    def rounding(factor: float, solver: SolverConfig) -> float:
+        return abs(math.log(solver.steps / (train_steps * factor))) if solver.steps else 0.0
+
+    chosen: dict[SolverConfig, tuple[str, float, SolverConfig]] = {}
+    for method in methods:
+        for factor in factors:
+            solver = swap_solver(train, method, factor)
+            if solver not in chosen or rounding(factor, solver) < rounding(chosen[solver][1], solver):
+                chosen[solver] = (method, factor, solver)
+    yield from chosen.values()
 
 
 def steps_for_step_size(t0: float, t1: float, step_size: float) -> int:

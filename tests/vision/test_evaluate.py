@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from node_seq.ode import SolverConfig
+from node_seq.ode import SolverConfig, swap_solver, swap_solvers
 from vision.data import load_dataset
-from vision.evaluate import evaluate, plot_sweeps, solver_sweep, swap_solver, write_sweep
+from vision.evaluate import evaluate, plot_sweeps, solver_sweep, write_sweep
 from vision.models import create_model
 
 
@@ -39,6 +39,17 @@ def test_a_fixed_grid_test_solver_drops_the_adaptive_first_step():
 def test_swapped_solvers_drop_the_training_only_snapshot_budget(method):
     train = SolverConfig(method="euler", steps=8, gradient="checkpoint", checkpoint_snapshots=2).validate()
     assert swap_solver(train, method, 2).validate().checkpoint_snapshots is None
+
+
+def test_a_sweep_measures_each_grid_once_under_the_factor_that_describes_it():
+    # on a one-step model, factors 0.25, 0.5 and 1 all round to one step: one row, labelled factor 1
+    pairs = [(m, f, s.steps) for m, f, s in swap_solvers(SolverConfig(method="euler", steps=1),
+                                                         ["euler", "dopri5"], [0.25, 0.5, 1, 2])]
+    assert pairs == [("euler", 1, 1), ("euler", 2, 2),
+                     ("dopri5", 0.25, None), ("dopri5", 0.5, None), ("dopri5", 1, None), ("dopri5", 2, None)]
+    # 4 steps x 0.25 is one step exactly, 4 x 0.3 rounds to it
+    assert [(f, s.steps) for _, f, s in swap_solvers(SolverConfig(method="euler", steps=4), ["rk4"], [0.3, 0.25])] \
+        == [(0.25, 1)]
 
 
 @pytest.fixture(scope="module")
