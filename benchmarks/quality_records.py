@@ -5,8 +5,9 @@
 
 RUN_DIR holds what ``scripts/train_multi30k.sh`` and ``scripts/evaluate_multi30k.sh`` wrote
 (``generate-test.log``; the training log is ``RUN_DIR/train.log`` unless ``--train-log`` says
-otherwise). The record has sacreBLEU and chrF2 on the test set, the p-value of sacreBLEU's paired
-bootstrap (1000 resamples) against the baseline run's hypotheses, the parameter count, epochs and
+otherwise). The record has sacreBLEU and chrF2 on the test set, the p-values of sacreBLEU's paired
+bootstrap (1000 resamples) of both against the baseline run's hypotheses (``p_vs_baseline``: BLEU,
+``p_chrf_vs_baseline``: chrF2), the parameter count, epochs and
 seed from the log, the training words/s of the fastest epoch (the machine is often shared, so the
 fastest epoch is the least disturbed), the forward NFE per update of the last epoch, and the
 decoding NFE per sentence. A record with the same variant and seed is replaced.
@@ -30,15 +31,16 @@ _SEED = re.compile(r"'seed': (\d+)")
 _TRAIN = re.compile(r"\| train \| epoch (\d+) \|.*")
 
 
-def paired_bootstrap(baseline: list[str], system: list[str], references: list[str]) -> float:
-    """sacreBLEU's paired bootstrap p-value of the BLEU difference (1000 resamples, its fixed seed)."""
-    from sacrebleu.metrics import BLEU
+def paired_bootstrap(baseline: list[str], system: list[str], references: list[str]) -> dict[str, float]:
+    """sacreBLEU's paired bootstrap p-values of the BLEU and chrF2 differences (1000 resamples, its
+    fixed seed), keyed ``bleu`` and ``chrf``."""
+    from sacrebleu.metrics import BLEU, CHRF
     from sacrebleu.significance import PairedTest
 
-    test = PairedTest([("baseline", baseline), ("system", system)], {"BLEU": BLEU()}, references=[references],
-                      test_type="bs", n_samples=1000)
-    _signatures, scores = test()
-    return round(float(scores["BLEU"][1].p_value), 4)
+    test = PairedTest([("baseline", baseline), ("system", system)], {"BLEU": BLEU(), "chrF2": CHRF()},
+                      references=[references], test_type="bs", n_samples=1000)
+    _signatures, scores = test()  # keyed by each metric's own name
+    return {"bleu": round(float(scores["BLEU"][1].p_value), 4), "chrf": round(float(scores["chrF2"][1].p_value), 4)}
 
 
 def in_order(generate_log: Path) -> list[str]:
@@ -54,17 +56,18 @@ def record(run_dir: Path, *, variant: str, method: str | None, sides: str, refer
         raise SystemExit(f"--train-log: no '| train | epoch' line in {train_log or run_dir / 'train.log'}")
     generate_log = run_dir / "generate-test.log"
     result = score(generate_log, references)
-    p_value = None
+    p_values = {"bleu": None, "chrf": None}
     if baseline is not None:
         refs = [line.strip() for line in references.read_text(encoding="utf-8").splitlines()]
-        p_value = paired_bootstrap(in_order(baseline / "generate-test.log"), in_order(generate_log), refs)
+        p_values = paired_bootstrap(in_order(baseline / "generate-test.log"), in_order(generate_log), refs)
     nfe_train = _field(epochs[-1], "nfe_f")
     params, seed = _PARAMS.search(log), _SEED.search(log)
     return {
         "variant": variant, "method": method, "sides": sides,
         "params": int(params.group(1).replace(",", "")) if params else None,
         "epochs": int(_TRAIN.search(epochs[-1]).group(1)), "seed": int(seed.group(1)) if seed else None,
-        "bleu": result["bleu"], "chrf": result["chrf"], "p_vs_baseline": p_value,
+        "bleu": result["bleu"], "chrf": result["chrf"], "p_vs_baseline": p_values["bleu"],
+        "p_chrf_vs_baseline": p_values["chrf"],
         "train_wps": max(float(_field(line, "wps")) for line in epochs),
         "nfe_train": float(nfe_train) if nfe_train != "-" else 0,
         "nfe_decode": read_nfe(generate_log.read_text(encoding="utf-8")) or 0,

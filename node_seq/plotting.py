@@ -24,9 +24,9 @@ def plot_lines(series: dict[str, list[tuple]], path: str, *, title: str, xlabel:
     import logging
     import textwrap
 
+    # before the import, which logs at DEBUG; fairseq's runs leave the root logger there
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's runs leave the root logger at DEBUG
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

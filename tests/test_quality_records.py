@@ -37,11 +37,13 @@ def test_a_record_reads_the_logs_and_tests_against_the_baseline(tmp_path):
                                 "--results", str(results)])
     assert (new["bleu"], new["params"], new["epochs"], new["seed"]) == (100.0, 7285760, 2, 2)
     assert (new["train_wps"], new["nfe_train"], new["nfe_decode"]) == (1400.5, 6.0, 42.5)
-    assert new["p_vs_baseline"] < 0.05  # every sentence better: the bootstrap sees it every time
+    # every sentence better: the bootstrap sees it every time, in both metrics
+    assert new["p_vs_baseline"] < 0.05 and new["p_chrf_vs_baseline"] < 0.05
     one_better = _run(tmp_path / "one", [REFERENCES[0], *worse[1:]])  # a difference chance explains
     close = quality_records.main([str(one_better), "--variant", "close", "--sides", "none", "--references",
                                   str(refs), "--baseline", str(baseline), "--results", str(results)])
-    assert close["p_vs_baseline"] > 0.05 and close["nfe_train"] == 0 and close["nfe_decode"] == 0
+    assert close["p_vs_baseline"] > 0.05 and close["p_chrf_vs_baseline"] > 0.05
+    assert close["nfe_train"] == 0 and close["nfe_decode"] == 0
     assert [r["variant"] for r in json.loads(results.read_text())] == ["node-encoder-rk2-gated", "close"]
 
 
@@ -56,6 +58,7 @@ def test_a_rerun_replaces_its_record(tmp_path):
                           "--results", str(results), "--note", "rerun"])
     records = json.loads(results.read_text())
     assert [(r["seed"], r["bleu"]) for r in records] == [(1, 2.0), (2, 100.0)] and records[1]["note"] == "rerun"
+    assert records[1]["p_vs_baseline"] is None and records[1]["p_chrf_vs_baseline"] is None  # no --baseline
 
 
 def test_missing_inputs_are_named_before_anything_is_written(tmp_path):
