@@ -1,4 +1,5 @@
-"""Elastic depth (``benchmarks.elastic_depth``): trained models decoded with other solvers.
+"""Elastic depth (``benchmarks.elastic_depth``): trained models decoded with other solvers; what their
+learned gates do (``benchmarks.gate_statistics``).
 
 A tiny ``rk2_gated`` model, trained a few updates on the numbers task, is decoded as trained, with
 its own method spelled out (which must change nothing), and with other methods (which must drop
@@ -64,3 +65,37 @@ def test_bad_settings_are_refused_before_any_work(trained, tmp_path, setting):
                                          r"one of euler, .*METHOD@RTOL with METHOD one of dopri5"):
         elastic_depth.main([str(data), str(tmp_path / "out"), "--model", f"e={models['euler']}", "--settings", setting])
     assert not (tmp_path / "out").exists()
+
+
+def test_gate_statistics_read_every_gate_on_every_real_token(trained, tmp_path):
+    from benchmarks import gate_statistics
+
+    data, models = trained
+    rows = gate_statistics.main([str(models["rk2_gated"]), str(data / "bin"), "--out", str(tmp_path / "gates.json")])
+    assert [r["layer"] for r in rows] == ["encoder.layers.0.coefficients", "decoder.layers.0.coefficients"]
+    assert json.loads((tmp_path / "gates.json").read_text()) == rows
+    from fairseq import checkpoint_utils
+
+    model_list, _, task = checkpoint_utils.load_model_ensemble_and_task([str(models["rk2_gated"])],
+                                                                        arg_overrides={"data": str(data / "bin")})
+    task.load_dataset("test")
+    test = task.dataset("test")
+    # one sentence per batch: the source's and the target's tokens, eos included, and no padding
+    assert (rows[0]["tokens"], rows[1]["tokens"]) == (int(test.src_sizes.sum()), int(test.tgt_sizes.sum()))
+    assert all(0 < r["gate_mean"] < 1 and r["stage_difference"] > 0 for r in rows)
+    model = model_list[0]
+    gates = [module for module in model.modules() if isinstance(module, gate_statistics.StageGate)]
+    for bias, mean in ((50.0, 1.0), (-50.0, 0.0)):  # saturated gates: Euler's step, then k2 alone
+        for gate in gates:
+            gate.gate_linear.bias.data.fill_(bias)
+        saturated = gate_statistics.measure(model, task, "test")
+        assert all(r["gate_mean"] == mean and r["gate_std"] == 0 for r in saturated)
+    assert all("gate" not in vars(gate) for gate in gates)  # the recording is undone
+
+
+def test_gate_statistics_refuse_a_model_without_gates(trained):
+    from benchmarks import gate_statistics
+
+    data, models = trained
+    with pytest.raises(SystemExit, match="CHECKPOINT: the model has no rk2_gated layer"):
+        gate_statistics.main([str(models["euler"]), str(data / "bin")])
