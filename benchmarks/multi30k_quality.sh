@@ -30,12 +30,13 @@ declare -A variants=(
   [node-encoder-midpoint]="encoder midpoint --no-node-decoder --node-plain-norm post --node-method midpoint --node-steps 1"
   [node-decoder-midpoint]="decoder midpoint --no-node-encoder --node-plain-norm post --node-method midpoint --node-steps 1"
   [node-encoder-rk2-gated]="encoder rk2_gated --no-node-decoder --node-plain-norm post --node-method rk2_gated --node-steps 1"
+  [node-encoder-euler]="encoder euler --no-node-decoder --node-plain-norm post --node-method euler --node-steps 1"
   [node-encoder-rk4-classic]="encoder rk4_classic --no-node-decoder --node-plain-norm post --node-method rk4_classic --node-steps 1"
   [node-encoder-pc]="encoder pc --no-node-decoder --node-plain-norm post --node-method pc --node-steps 1"
   [node-dopri5]="both dopri5 --node-method dopri5 --node-rtol 1e-2 --node-gradient adjoint --node-seminorm"
 )
 order=(baseline baseline-prenorm node-midpoint node-encoder-midpoint node-decoder-midpoint node-encoder-rk2-gated
-       node-encoder-rk4-classic node-encoder-pc node-dopri5)
+       node-encoder-euler node-encoder-rk4-classic node-encoder-pc node-dopri5)
 selected=("${order[@]}")
 device_args=(--cpu)
 quick_args=()
