@@ -5,8 +5,13 @@
 # and decoded with scripts/evaluate_multi30k.sh (beam 5, sacreBLEU on detokenized test_2016_flickr).
 #
 # Usage: bash benchmarks/multi30k_quality.sh DATA_DIR RUNS_DIR [--variants a,b,...] [--device cuda] [--quick]
+#                                            [--speed UPDATES [--rounds N] [--out PREFIX]]
 #                                            [--results FILE] [-- fairseq-train options shared by every variant]
 #   --quick: 3 updates per variant (a smoke run of the pipeline, not a measurement)
+#   --speed: instead of training and decoding, time UPDATES updates of each variant's recipe (nothing
+#            saved), N rounds of all variants in turn, into RUNS_DIR/speed/<variant>/round-<k>.log;
+#            benchmarks.quality_speed tabulates words/s and the ratio to the baseline of each round
+#            (into PREFIX.{json,md} with --out). Run it on an otherwise idle machine.
 #   --results: the JSON records file (default RUNS_DIR/quality.json; the project's is
 #              benchmarks/results/multi30k_quality.json), one record per variant and seed, with the
 #              paired bootstrap against RUNS_DIR/baseline when that has been decoded
@@ -17,8 +22,9 @@
 # the records file.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-usage="usage: $0 DATA_DIR RUNS_DIR [--variants a,b,...] [--device cuda] [--quick] [--results FILE] [-- fairseq-train options]"
+usage="usage: $0 DATA_DIR RUNS_DIR [--variants a,b,...] [--device cuda] [--quick] [--speed UPDATES [--rounds N] [--out PREFIX]] [--results FILE] [-- fairseq-train options]"
 [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }
+command="bash benchmarks/multi30k_quality.sh $*"
 data="$1"; runs="$2"; shift 2
 
 # name -> "sides method fairseq-train options". Plain layers are post-norm (--node-plain-norm post,
@@ -41,6 +47,9 @@ selected=("${order[@]}")
 device_args=(--cpu)
 quick_args=()
 results="$runs/quality.json"
+speed_updates=""
+rounds=1
+speed_out=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --variants) IFS=, read -r -a selected <<< "$2"; shift 2 ;;
@@ -50,6 +59,13 @@ while [ $# -gt 0 ]; do
       shift 2 ;;
     --quick) quick_args=(--max-update 3); shift ;;
     --results) results="$2"; shift 2 ;;
+    --speed)
+      [[ "${2:-}" =~ ^[0-9]+$ ]] && [ "$2" -ge 20 ] || { echo "--speed: '${2:-}' is not a number of updates >= 20" >&2; exit 2; }
+      speed_updates="$2"; shift 2 ;;
+    --rounds)
+      [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || { echo "--rounds: '${2:-}' is not a number of rounds >= 1" >&2; exit 2; }
+      rounds="$2"; shift 2 ;;
+    --out) speed_out=(--out "$2"); shift 2 ;;
     --) shift; break ;;
     *) echo "$usage" >&2; exit 2 ;;
   esac
@@ -60,6 +76,20 @@ done
 [ -d "$data/bin" ] || { echo "DATA_DIR: $data/bin not found (run scripts/prepare_multi30k.sh)" >&2; exit 2; }
 
 mkdir -p "$runs"
+if [ -n "$speed_updates" ]; then
+  for ((round = 1; round <= rounds; round++)); do
+    for name in "${selected[@]}"; do
+      mkdir -p "$runs/speed/$name"
+      read -r sides method options <<< "${variants[$name]}"
+      # shellcheck disable=SC2086
+      bash "$root/scripts/train_multi30k.sh" "$data" "$runs/speed/$name/save" $options "${device_args[@]}" \
+        --max-update "$speed_updates" --log-interval 10 --no-save --disable-validation "$@" \
+        > "$runs/speed/$name/round-$round.log" 2>&1
+    done
+  done
+  "$root/.venv/bin/python" -m benchmarks.quality_speed "$runs/speed" "${selected[@]}" "${speed_out[@]}" --command "$command"
+  exit 0
+fi
 for name in "${selected[@]}"; do
   mkdir -p "$runs/$name"
   read -r sides method options <<< "${variants[$name]}"

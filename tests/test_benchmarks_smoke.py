@@ -133,6 +133,23 @@ def test_multi30k_quality_quick(tmp_path):
     assert records[1]["nfe_train"] == 6 and records[1]["nfe_decode"] > 0 and records[0]["nfe_decode"] == 0
 
 
+def test_multi30k_quality_speed_times_short_runs_in_rounds(tmp_path):
+    import subprocess
+
+    data = _prepared_numbers(tmp_path)
+    script = [str(REPO / "benchmarks" / "multi30k_quality.sh"), str(data), str(tmp_path / "runs")]
+    bad = subprocess.run(["bash", *script, "--speed", "5"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--speed: '5' is not a number of updates >= 20" in bad.stderr
+    assert not (tmp_path / "runs").exists()  # refused before any work
+    subprocess.run(["bash", *script, "--variants", "baseline,node-encoder-rk2-gated", "--speed", "20", "--rounds", "2",
+                    "--out", str(tmp_path / "speed")], check=True, capture_output=True, timeout=900)
+    rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    assert [(r["variant"], r["rounds"], r["nfe_f_per_update"]) for r in rows] == [
+        ("baseline", 2, 0), ("node-encoder-rk2-gated", 2, 6)]
+    assert rows[0]["ratio_to_baseline"] == 1 and rows[1]["ratio_to_baseline"] > 0
+    assert not list((tmp_path / "runs" / "speed").rglob("*.pt"))  # a timing run saves nothing
+
+
 def test_kinetic_quick(tmp_path):
     import subprocess
 
