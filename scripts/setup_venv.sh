@@ -32,9 +32,17 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 
+# About 6 GB land in the venv (torch's CUDA build); say so before pip fails half-way for want of disk.
+free_kb="$(df -Pk "$(dirname "$venv")" | awk 'NR==2 {print $4}')"
+if [ "${free_kb:-0}" -lt $((8 * 1024 * 1024)) ]; then
+  echo "[setup] $(dirname "$venv") has $((free_kb / 1024)) MB free; installing needs about 8 GB" >&2
+  exit 1
+fi
+# Nothing worth caching: the wheels come from this machine's disk or once from the registry.
+export PIP_NO_CACHE_DIR=1
 echo "[setup] installing into $venv (first run: about 10 minutes)" >&2
 pip install "${pin[@]}" --upgrade pip wheel "setuptools<81"
-# torch and torchvision come from this machine's disk (pip's cache of the pinned wheels).
+# torch and torchvision come from this machine's disk (a local package index pip is set up to read).
 pip install "${pin[@]}" "torch==2.14.1" "torchvision==0.29.1"
 # fairseq-fixed only ships an sdist whose C++ extensions must match the runtime torch,
 # and whose install_requires pulls torchaudio (which would downgrade torch): build it
