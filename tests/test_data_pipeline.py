@@ -41,6 +41,16 @@ def test_tokenizer_round_trips(tmp_path):
     assert encode_lines(tokenizer, ["dog!"])[0].endswith("<unk>")
 
 
+def test_tokenizer_splits_punctuation_from_words_as_sentencepiece_does(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text('Ein Hut, ein Mann (links) und "Jeans".\n' * 50)  # frequent enough to merge "Hut," if allowed
+    tokenizer = train_tokenizer([corpus], vocab_size=200)
+    pieces = encode_lines(tokenizer, ['Ein Hut, ein Mann (links) und "Jeans".'])[0].split()
+    assert pieces == ["\u2581Ein", "\u2581Hut", ",", "\u2581ein", "\u2581Mann", "\u2581", "(", "links", ")",
+                      "\u2581und", "\u2581", '"', "Jeans", '"', "."]
+    assert detokenize(" ".join(pieces)) == 'Ein Hut, ein Mann (links) und "Jeans".'
+
+
 def _write(raw, name, lines):
     with gzip.open(raw / f"{name}.gz", "wt", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in lines))

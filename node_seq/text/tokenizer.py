@@ -1,8 +1,10 @@
 """The one subword tokenizer of a node-seq experiment, used by fairseq data and HF models alike.
 
-A BPE model (HuggingFace ``tokenizers``) with sentencepiece-style word boundaries (``▁``), so
-fairseq's ``--post-process sentencepiece`` turns generated pieces back into text, and the same
-``tokenizer.json`` becomes the HF fast tokenizer of a converted model.
+A BPE model (HuggingFace ``tokenizers``) that segments like sentencepiece's BPE: word boundaries are
+marked with ``▁`` and punctuation is split from words before merging (``"Hut,"`` is ``▁Hut ,``),
+so no piece is spent on a word-plus-comma. fairseq's ``--post-process sentencepiece`` turns generated
+pieces back into text, and the same ``tokenizer.json`` becomes the HF fast tokenizer of a converted
+model.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ def train_tokenizer(files: Iterable[str | Path], *, vocab_size: int) -> Tokenize
         raise ValueError(f"vocab_size must be > {len(SPECIALS)}, got {vocab_size}")
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    # Punctuation pieces carry no ``▁``, so joining pieces and turning ``▁`` into spaces still
+    # restores the text exactly.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
     tokenizer.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
     tokenizer.train([str(f) for f in files], trainer)
