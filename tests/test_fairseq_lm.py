@@ -185,6 +185,28 @@ def test_elastic_depth_sweep_scores_what_eval_lm_scores(data, rk4_checkpoint, tm
     assert sum(loss for loss, _ in scored["samples"]) / scored["tokens"] == pytest.approx(trained["loss"], rel=1e-9)
 
 
+def test_a_learned_block_is_swept_with_other_methods_as_if_loaded_with_them(data, tmp_path):
+    """Swept with euler, an rk2_gated model drops its gate: its perplexity is the same checkpoint's
+    loaded with node_method=euler (the loader drops the gate too). A model trained without a learned
+    block cannot be swept with one, and is told which methods it can."""
+    from node_seq.fairseq import elastic_lm
+    from node_seq.ode import OptionError
+
+    checkpoint = train_lm(data, tmp_path / "rk2_gated", ["--task", "node_language_modeling",
+                                                         "--node-method", "rk2_gated"], updates=3)
+    model, task = _load(data, checkpoint)
+    task.load_dataset("test")
+    rows = elastic_lm.sweep(model, task, "test", methods=["rk2_gated", "euler"], factors=[1.0])
+    assert [(r["method"], r["nfe"]) for r in rows] == [("rk2_gated", 4.0), ("euler", 2.0)]
+    as_euler, _ = _load(data, checkpoint, node_method="euler")
+    assert all(layer.coefficients is None for layer in as_euler.decoder.layers)
+    assert rows[1]["perplexity"] == pytest.approx(elastic_lm.evaluate(as_euler, task, "test")["perplexity"], rel=1e-9)
+    assert rows[0]["perplexity"] != pytest.approx(rows[1]["perplexity"], rel=1e-6)  # the gate did something
+
+    with pytest.raises(OptionError, match="--methods: 'pc' is a learned block and this model .*'rk2_gated'"):
+        elastic_lm.sweep(model, task, "test", methods=["euler", "pc"], factors=[1.0])
+
+
 def test_paired_bootstrap_of_perplexities():
     import random
 

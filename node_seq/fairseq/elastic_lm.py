@@ -4,8 +4,10 @@ Each ODE layer of a trained ``node_transformer_lm`` is re-run with every method 
 step ``h_train / factor`` for every ``--factors`` entry (adaptive methods: tolerances ``tol /
 factor``; :func:`node_seq.ode.swap_solver`, the rule ``vision.evaluate`` applies to images). A
 model whose perplexity holds when the step shrinks has learned a vector field; one whose
-perplexity collapses has learned its training grid. Learned blocks (``rk2_gated``, ``pc``) own
-coefficients of their method and are swept on their own method only.
+perplexity collapses has learned its training grid. A model trained with a learned block
+(``rk2_gated``, ``pc``) swept with another method drops its learned coefficients, as
+``benchmarks.elastic_depth`` does for translation; no model can be swept with a learned block it was
+not trained with (it has no coefficients for it).
 
     python -m node_seq.fairseq.elastic_lm --checkpoint CK/checkpoint_best.pt --data DATA/bin \\
         --methods euler,midpoint,rk4,dopri5 --factors 0.5,1,2,4 --out OUT
@@ -91,9 +93,11 @@ def sweep(model, task, split: str, *, methods: list[str], factors: list[float], 
         raise OptionError("--checkpoint: the model has no ODE layers (trained with --no-node-decoder): "
                           "nothing to sweep")
     trained: SolverConfig = layers[0].solver
-    if trained.method in LEARNED_METHODS and set(methods) != {trained.method}:
-        raise OptionError(f"--methods: a {trained.method!r} model owns that block's coefficients; sweep "
-                          f"--methods {trained.method} only")
+    untrained = [m for m in methods if m in LEARNED_METHODS and m != trained.method]
+    if untrained:
+        raise OptionError(f"--methods: {untrained[0]!r} is a learned block and this model (trained with "
+                          f"{trained.method!r}) has no coefficients for it; choose from "
+                          f"{', '.join(m for m in METHODS if m not in LEARNED_METHODS or m == trained.method)}")
     rows = []
     try:
         for method, factor, solver in swap_solvers(trained, methods, factors):

@@ -136,7 +136,10 @@ class _NodeLayer(nn.Module):
                     inputs=inputs, norm=norm)
                 self.last_regularizers = {name: _mean_over(value, keep) for name, value in integrals.items()}
             else:
-                y, stats = solve(field, x, self.solver, inputs=inputs, norm=norm, coefficients=self.coefficients)
+                # A learned block's coefficients mean nothing to another method (an elastic-depth sweep
+                # may swap the solver of a trained rk2_gated layer for euler): they are left out.
+                coefficients = self.coefficients if self.solver.is_learned else None
+                y, stats = solve(field, x, self.solver, inputs=inputs, norm=norm, coefficients=coefficients)
         except ODESolveError as error:
             if self.failure.policy != "fallback":
                 raise error.in_layer(self.layer_name) from error
