@@ -11,6 +11,11 @@ bootstrap (1000 resamples) of both against the baseline run's hypotheses (``p_vs
 seed from the log, the training words/s of the fastest epoch (the machine is often shared, so the
 fastest epoch is the least disturbed), the forward NFE per update of the last epoch, and the
 decoding NFE per sentence. A record with the same variant and seed is replaced.
+
+The run's detokenized test hypotheses are kept beside the records file (``multi30k_quality.json`` ->
+``multi30k_quality_hypotheses/<variant>-seed<seed>.txt``), so a p-value can be recomputed, or a new run
+tested against an old one, after the run folders are gone: ``--baseline`` takes such a file as well
+as a run directory.
 """
 
 from __future__ import annotations
@@ -48,6 +53,18 @@ def in_order(generate_log: Path) -> list[str]:
     return [hypotheses[i] for i in sorted(hypotheses)]
 
 
+def baseline_hypotheses(baseline: Path) -> list[str]:
+    """The baseline's hypotheses from its run directory, or from a kept hypotheses file."""
+    if baseline.is_dir():
+        return in_order(baseline / "generate-test.log")
+    return baseline.read_text(encoding="utf-8").splitlines()
+
+
+def hypotheses_file(results: Path, variant: str, seed: int | None) -> Path:
+    """Where the hypotheses of ``variant`` at ``seed`` are kept, beside the records file."""
+    return results.with_name(f"{results.stem}_hypotheses") / f"{variant}-seed{seed}.txt"
+
+
 def record(run_dir: Path, *, variant: str, method: str | None, sides: str, references: Path,
            baseline: Path | None = None, train_log: Path | None = None) -> dict:
     log = (train_log or run_dir / "train.log").read_text(encoding="utf-8")
@@ -59,7 +76,10 @@ def record(run_dir: Path, *, variant: str, method: str | None, sides: str, refer
     p_values = {"bleu": None, "chrf": None}
     if baseline is not None:
         refs = [line.strip() for line in references.read_text(encoding="utf-8").splitlines()]
-        p_values = paired_bootstrap(in_order(baseline / "generate-test.log"), in_order(generate_log), refs)
+        baseline_lines = baseline_hypotheses(baseline)
+        if len(baseline_lines) != len(refs):
+            raise SystemExit(f"--baseline: {len(baseline_lines)} hypotheses in {baseline}, {len(refs)} references")
+        p_values = paired_bootstrap(baseline_lines, in_order(generate_log), refs)
     nfe_train = _field(epochs[-1], "nfe_f")
     params, seed = _PARAMS.search(log), _SEED.search(log)
     return {
@@ -90,13 +110,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--method", default=None, help="the ODE method (none for the baseline)")
     parser.add_argument("--sides", choices=SIDES, required=True, help="which side has ODE layers")
     parser.add_argument("--references", type=Path, required=True, help="raw test references, e.g. raw/test.en")
-    parser.add_argument("--baseline", type=Path, help="the baseline's run directory (for the paired bootstrap)")
+    parser.add_argument("--baseline", type=Path, help="the baseline's run directory, or its kept hypotheses file "
+                        "(for the paired bootstrap)")
     parser.add_argument("--train-log", type=Path)
     parser.add_argument("--note", help="anything a reader needs to know about this run")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     for flag, path in (("RUN_DIR", args.run_dir / "generate-test.log"), ("--references", args.references),
-                       ("--baseline", args.baseline and args.baseline / "generate-test.log")):
+                       ("--baseline", args.baseline and (args.baseline / "generate-test.log"
+                                                         if args.baseline.is_dir() else args.baseline))):
         if path is not None and not path.is_file():
             raise SystemExit(f"{flag}: {path} not found")
     new = record(args.run_dir, variant=args.variant, method=args.method, sides=args.sides,
@@ -104,6 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.note:
         new["note"] = args.note
     upsert(args.results, new)
+    kept = hypotheses_file(args.results, new["variant"], new["seed"])
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text("\n".join(in_order(args.run_dir / "generate-test.log")) + "\n", encoding="utf-8")
     print(json.dumps(new))
     return new
 

@@ -67,3 +67,22 @@ def test_missing_inputs_are_named_before_anything_is_written(tmp_path):
         quality_records.main([str(_run(tmp_path / "r", REFERENCES)), "--variant", "v", "--sides", "none",
                               "--references", str(tmp_path / "nope.en"), "--results", str(results)])
     assert not results.exists()
+
+
+def test_hypotheses_are_kept_beside_the_records_and_serve_as_a_baseline(tmp_path):
+    refs = tmp_path / "test.en"
+    refs.write_text("\n".join(REFERENCES) + "\n")
+    worse = [r.replace("green", "red") if i % 3 else r for i, r in enumerate(REFERENCES)]
+    baseline, system = _run(tmp_path / "base", worse), _run(tmp_path / "node", REFERENCES)
+    results = tmp_path / "quality.json"
+    common = ["--sides", "none", "--references", str(refs), "--results", str(results)]
+    quality_records.main([str(baseline), "--variant", "baseline", *common])
+    kept = tmp_path / "quality_hypotheses" / "baseline-seed2.txt"
+    assert kept.read_text().splitlines() == worse  # in sentence order, not fairseq's
+    from_run = quality_records.main([str(system), "--variant", "a", "--baseline", str(baseline), *common])
+    from_file = quality_records.main([str(system), "--variant", "b", "--baseline", str(kept), *common])
+    assert from_file["p_vs_baseline"] == from_run["p_vs_baseline"] < 0.05
+    assert from_file["p_chrf_vs_baseline"] == from_run["p_chrf_vs_baseline"]
+    kept.write_text("\n".join(worse[:-1]) + "\n")
+    with pytest.raises(SystemExit, match="--baseline: 59 hypotheses in .*baseline-seed2.txt, 60 references"):
+        quality_records.main([str(system), "--variant", "c", "--baseline", str(kept), *common])
