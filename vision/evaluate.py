@@ -91,37 +91,23 @@ def write_sweep(rows: list[dict], out_dir: str, *, title: str = "", train_steps:
 
 
 def plot_sweeps(sweeps: dict[str, tuple[list[dict], int | None]], path: str, *, title: str = "") -> None:
-    """Accuracy against the number of test steps (per block), one line per run and method."""
-    import matplotlib
+    """Accuracy against the number of test steps (per block): one colour per run, one dash per method,
+    each run's training steps shaded."""
+    from node_seq.plotting import plot_lines
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    styles = {}  # one line style per method, one colour per run
+    series, styles, shaded = {}, {}, []
+    dashes = {}  # one line style per method, shared by the runs
     for i, (label, (rows, train_steps)) in enumerate(sweeps.items()):
         for method in dict.fromkeys(r["method"] for r in rows if r["steps"]):
-            style = styles.setdefault(method, ["-", "--", ":", "-."][len(styles) % 4])
-            points = sorted({(r["steps"], r["accuracy"]) for r in rows
-                             if r["method"] == method and r["steps"] and r["accuracy"] is not None})
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], style, color=f"C{i}", marker="o",
-                        markersize=3, label=f"{label}: {method}")
+            name = f"{label}: {method}"
+            series[name] = sorted({(r["steps"], r["accuracy"]) for r in rows
+                                   if r["method"] == method and r["steps"] and r["accuracy"] is not None})
+            dash = dashes.setdefault(method, ["-", "--", ":", "-."][len(dashes) % 4])
+            styles[name] = {"color": f"C{i}", "linestyle": dash, "markersize": 3}
         if train_steps:
-            ax.axvline(train_steps, color=f"C{i}", alpha=0.25, linewidth=4)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("test steps over [0, 1] (shaded: training steps)")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+            shaded.append((train_steps, f"C{i}"))
+    plot_lines(series, path, title=title, xlabel="test steps over [0, 1] (shaded: training steps)",
+               ylabel="test accuracy", styles=styles, shaded_x=shaded, ylim=(0, 1.02))
 
 
 # ---------------------------------------------------------------------------------------------

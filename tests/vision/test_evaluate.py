@@ -91,3 +91,16 @@ def test_sweep_rows_restore_the_model(spheres_model, tmp_path):
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     plot_sweeps({"a": (rows, 4), "b": (rows, None)}, str(tmp_path / "both.png"))
     assert (tmp_path / "both.png").stat().st_size > 1000
+
+
+def test_sweeps_plot_one_colour_per_run_one_dash_per_method_and_shade_training_steps(monkeypatch, tmp_path):
+    import node_seq.plotting
+
+    drawn = {}
+    monkeypatch.setattr(node_seq.plotting, "plot_lines", lambda series, path, **kw: drawn.update(series=series, **kw))
+    rows = [{"method": m, "steps": s, "accuracy": a} for m, s, a in
+            [("euler", 4, 0.5), ("euler", 2, 0.25), ("rk4", 2, 0.75), ("rk4", 0, None), ("rk4", 8, None)]]
+    plot_sweeps({"a": (rows, 4), "b": (rows[:2], None)}, str(tmp_path / "x.png"), title="t")
+    assert drawn["series"] == {"a: euler": [(2, 0.25), (4, 0.5)], "a: rk4": [(2, 0.75)], "b: euler": [(2, 0.25), (4, 0.5)]}
+    assert [(s["color"], s["linestyle"]) for s in drawn["styles"].values()] == [("C0", "-"), ("C0", "--"), ("C1", "-")]
+    assert drawn["shaded_x"] == [(4, "C0")] and drawn["ylim"] == (0, 1.02)
