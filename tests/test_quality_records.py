@@ -6,19 +6,19 @@ import json
 
 import pytest
 
-from benchmarks import quality_records
+from benchmarks import quality_records, quality_seeds
 
 REFERENCES = [f"a small dog number {i} runs across the green field" for i in range(60)]
 
 
-def _run(path, hypotheses, *, nfe=None, params="7,285,760", wps=(900.0, 1400.5), nfe_f=None):
+def _run(path, hypotheses, *, nfe=None, params="7,285,760", wps=(900.0, 1400.5), nfe_f=None, seed=2):
     path.mkdir()
     lines = [f"D-{i}\t-0.5\t{h}" for i, h in reversed(list(enumerate(hypotheses)))]  # fairseq's order is not ours
     if nfe is not None:
         lines.append(f"INFO:fairseq_cli.generate:NODE NFE: {nfe} function evaluations per sentence (encoder + ...)")
     (path / "generate-test.log").write_text("\n".join(lines) + "\n")
     extra = f" | nfe_f {nfe_f} | nfe_b 0" if nfe_f is not None else ""
-    log = ["{'seed': 2, 'arch': 'x'}", f"num. shared model params: {params} (num. trained: {params})"]
+    log = [f"{{'seed': {seed}, 'arch': 'x'}}", f"num. shared model params: {params} (num. trained: {params})"]
     log += [f"2026-12-01 | INFO | train | epoch {e:03d} | loss 3.1 | wps {w} | ups 0.3{extra} | train_wall 9"
             for e, w in enumerate(wps, 1)]
     (path / "train.log").write_text("\n".join(log) + "\n")
@@ -86,3 +86,29 @@ def test_hypotheses_are_kept_beside_the_records_and_serve_as_a_baseline(tmp_path
     kept.write_text("\n".join(worse[:-1]) + "\n")
     with pytest.raises(SystemExit, match="--baseline: 59 hypotheses in .*baseline-seed2.txt, 60 references"):
         quality_records.main([str(system), "--variant", "c", "--baseline", str(kept), *common])
+
+
+def test_every_seed_of_a_variant_is_tested_against_every_seed_of_the_baseline(tmp_path):
+    refs = tmp_path / "test.en"
+    refs.write_text("\n".join(REFERENCES) + "\n")
+    results = tmp_path / "quality.json"
+
+    def trained(variant, seed, hypotheses):
+        quality_records.main([str(_run(tmp_path / f"{variant}{seed}", hypotheses, seed=seed)), "--variant", variant,
+                              "--sides", "none", "--references", str(refs), "--results", str(results)])
+
+    worse = [r.replace("green", "red") for r in REFERENCES]
+    trained("baseline", 1, worse)
+    trained("baseline", 2, [r if i % 2 else w for i, (r, w) in enumerate(zip(REFERENCES, worse))])
+    trained("node", 1, REFERENCES)
+    trained("node", 2, [*REFERENCES[:1], *worse[1:]])  # no better than the first baseline
+    rows = quality_seeds.main(["--references", str(refs), "--results", str(results), "--out", str(tmp_path / "t.md")])
+    base, node = rows
+    assert (base["variant"], base["seeds"], "pairs" in base) == ("baseline", [1, 2], False)
+    # node seed 1 beats both baselines; node seed 2 beats neither (below the second, level with the first)
+    assert (node["pairs"], node["better_bleu"], node["better_chrf"]) == (4, 2, 2)
+    assert node["max_p_bleu"] > 0.05
+    assert node["delta_bleu"] == round((node["bleu"][0] + node["bleu"][1] - base["bleu"][0] - base["bleu"][1]) / 2, 2)
+    assert "| `node` | 1, 2 |" in (tmp_path / "t.md").read_text() and "| 2/4 / 2/4 |" in (tmp_path / "t.md").read_text()
+    with pytest.raises(SystemExit, match="--baseline: no kept hypotheses of 'plain'"):
+        quality_seeds.main(["--references", str(refs), "--results", str(results), "--baseline", "plain"])
