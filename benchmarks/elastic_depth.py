@@ -12,7 +12,10 @@ BLEU holds on a finer grid has learned a vector field; one whose BLEU collapses 
 discretisation. A model trained with a learned block (``rk2_gated``, ``pc``) decoded with another
 method drops its learned coefficients.
 
-Writes ``OUT_DIR/elastic_depth.{json,md,png}`` and each decoding's log under ``OUT_DIR/logs/``.
+Writes ``OUT_DIR/elastic_depth.{json,md,png}`` and each decoding's log under ``OUT_DIR/logs/``. The
+rows of models already in ``OUT_DIR/elastic_depth.json`` and not named this time are kept (a model
+named again is replaced), so models with different settings, e.g. a learned block's own method, can
+be added one call at a time to one table and one plot.
 """
 
 from __future__ import annotations
@@ -135,7 +138,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     models = [parse_model(m) for m in args.model]
     target_language(args.data_dir)  # every check before any decoding
     (args.out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    rows = []
+    saved = args.out_dir / "elastic_depth.json"
+    named = {name for name, _ in models}
+    rows = [r for r in json.loads(saved.read_text(encoding="utf-8")) if r["model"] not in named] \
+        if saved.is_file() else []
     for name, checkpoint in models:
         for setting in settings:
             log = args.out_dir / "logs" / f"{name}.{setting.label.replace(':', '-').replace('@', '-at-')}.log"
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append({"model": name, "checkpoint": str(checkpoint), "setting": setting.label,
                          **setting.overrides(), **result})
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
-    (args.out_dir / "elastic_depth.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    saved.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     (args.out_dir / "elastic_depth.md").write_text(markdown(rows), encoding="utf-8")
     plot(rows, args.out_dir / "elastic_depth.png")
     return rows

@@ -45,6 +45,15 @@ def test_a_learned_block_decodes_with_other_methods(trained, tmp_path):
     table = (tmp_path / "out" / "elastic_depth.md").read_text().splitlines()
     assert len(table) == 2 + len(rows) and "| rk2 | euler:2 |" in table[5]
     assert (tmp_path / "out" / "elastic_depth.png").stat().st_size > 0
+    # another model, with its own settings, joins the same table; the first model's rows stay
+    more = elastic_depth.main([str(data), str(tmp_path / "out"), "--model", f"e={models['euler']}",
+                               "--settings", "euler:2", "--", "--beam", "2"])
+    assert [(r["model"], r["setting"]) for r in more] == [("rk2", r["setting"]) for r in rows] + [("e", "euler:2")]
+    assert json.loads((tmp_path / "out" / "elastic_depth.json").read_text()) == more
+    again = elastic_depth.main([str(data), str(tmp_path / "out"), "--model", f"rk2={models['rk2_gated']}",
+                                "--settings", "trained", "--", "--beam", "2"])  # a model named again is replaced
+    assert [(r["model"], r["setting"]) for r in again] == [("e", "euler:2"), ("rk2", "trained")]
+    assert again[1] == rows[0]  # decoding is deterministic
 
 
 def test_a_model_without_learned_coefficients_is_refused_a_learned_block(trained, tmp_path):
