@@ -114,14 +114,15 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """BLEU against NFE per sentence, one line per model, each point labelled with its setting."""
+    """BLEU against NFE per sentence, one marker colour per model, each point labelled with its setting."""
     from node_seq.plotting import plot_lines
 
     series = {model: [(r["nfe_per_sentence"], r["bleu"], r["setting"]) for r in rows
                       if r["model"] == model and r["nfe_per_sentence"] is not None]
               for model in dict.fromkeys(r["model"] for r in rows)}
     plot_lines(series, str(path), title="Elastic depth: decoded with other solvers than trained with",
-               xlabel="NFE per sentence (encoder + all decoding steps)", ylabel="sacreBLEU", log_x=10)
+               xlabel="NFE per sentence (encoder + all decoding steps)", ylabel="sacreBLEU", log_x=10,
+               styles={model: {"linestyle": "none"} for model in series})  # settings, not a curve
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

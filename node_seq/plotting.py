@@ -37,6 +37,7 @@ def plot_lines(series: dict[str, list[tuple]], path: str, *, title: str, xlabel:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogFormatter
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, points in series.items():
@@ -51,6 +52,9 @@ def plot_lines(series: dict[str, list[tuple]], path: str, *, title: str, xlabel:
     for x, colour in shaded_x:
         ax.axvline(x, color=colour, alpha=0.25, linewidth=4)
     ax.set_xscale("log", base=log_x)
+    # plain numbers (3, 20), not powers (3 x 10^0); minor ticks labelled where matplotlib would
+    ax.xaxis.set_major_formatter(LogFormatter(base=log_x))
+    ax.xaxis.set_minor_formatter(LogFormatter(base=log_x, labelOnlyBase=False))
     if log_y:
         ax.set_yscale("log", base=log_y)
     if ylim:
