@@ -87,6 +87,7 @@ def record(run_dir: Path, *, variant: str, method: str | None, sides: str, refer
         "params": int(params.group(1).replace(",", "")) if params else None,
         "epochs": int(_TRAIN.search(epochs[-1]).group(1)), "seed": int(seed.group(1)) if seed else None,
         "bleu": result["bleu"], "chrf": result["chrf"], "p_vs_baseline": p_values["bleu"],
+        "length_ratio": result["length_ratio"], "precisions": result["precisions"],
         "p_chrf_vs_baseline": p_values["chrf"],
         "train_wps": max(float(_field(line, "wps")) for line in epochs),
         "nfe_train": float(nfe_train) if nfe_train != "-" else 0,

@@ -85,6 +85,10 @@ def test_score_counts_exact_matches_and_refuses_partial_logs(tmp_path):
                    "INFO:x:NODE NFE: 12.5 function evaluations per sentence (...)\n")
     result = score(log, refs)
     assert result["sentences"] == 2 and result["exact_match"] == 50.0 and result["nfe_per_sentence"] == 12.5
+    assert result["length_ratio"] == 1.0 and result["precisions"][0] == 66.7  # 2 of 3 words
+    log.write_text("D-0\t-0.2\tone\nD-1\t-0.1\tthree\n")
+    assert score(log, refs)["length_ratio"] == 0.667 and score(log, refs)["precisions"][0] == 100.0
+    log.write_text("S-1\t3\nD-1\t-0.1\tthree\nD-0\t-0.2\tone too\n")
     score_main([str(log), str(refs), "--hypotheses-out", str(tmp_path / "hyp.txt")])
     assert (tmp_path / "hyp.txt").read_text() == "one too\nthree\n"  # reference order, not log order
     log.write_text("D-0\t-0.2\tone two\n")

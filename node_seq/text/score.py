@@ -29,7 +29,8 @@ def read_hypotheses(generate_log: str | Path) -> dict[int, str]:
 
 
 def score(generate_log: str | Path, references: str | Path, hypotheses: dict[int, str] | None = None) -> dict:
-    """BLEU, exact match and NFE of a generate log (``hypotheses``: its ``D-`` lines, if already read)."""
+    """BLEU (with its n-gram precisions and length ratio), chrF2, exact match and NFE of a generate log
+    (``hypotheses``: its ``D-`` lines, if already read)."""
     hypotheses = read_hypotheses(generate_log) if hypotheses is None else hypotheses
     refs = Path(references).read_text(encoding="utf-8").splitlines()
     missing = [i for i in hypotheses if i >= len(refs)]
@@ -41,9 +42,13 @@ def score(generate_log: str | Path, references: str | Path, hypotheses: dict[int
                          "--required-batch-size-multiple 1")
     ids = sorted(hypotheses)
     hyps, gold = [hypotheses[i] for i in ids], [refs[i].strip() for i in ids]
+    bleu = sacrebleu.corpus_bleu(hyps, [gold])
     return {
         "sentences": len(ids),
-        "bleu": round(sacrebleu.corpus_bleu(hyps, [gold]).score, 2),
+        "bleu": round(bleu.score, 2),
+        # BLEU's parts: most differences between seeds here are length (the brevity penalty), not n-grams
+        "precisions": [round(p, 1) for p in bleu.precisions],
+        "length_ratio": round(bleu.sys_len / bleu.ref_len, 3),
         "chrf": round(sacrebleu.corpus_chrf(hyps, [gold]).score, 2),
         "exact_match": round(100.0 * sum(h == g for h, g in zip(hyps, gold)) / len(ids), 2),
         "nfe_per_sentence": read_nfe(Path(generate_log).read_text(encoding="utf-8")),
