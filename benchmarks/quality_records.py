@@ -53,11 +53,14 @@ def in_order(generate_log: Path) -> list[str]:
     return [hypotheses[i] for i in sorted(hypotheses)]
 
 
+def baseline_source(baseline: Path) -> Path:
+    """The file the baseline's hypotheses come from: its run's generate log, or a kept hypotheses file."""
+    return baseline / "generate-test.log" if baseline.is_dir() else baseline
+
+
 def baseline_hypotheses(baseline: Path) -> list[str]:
-    """The baseline's hypotheses from its run directory, or from a kept hypotheses file."""
-    if baseline.is_dir():
-        return in_order(baseline / "generate-test.log")
-    return baseline.read_text(encoding="utf-8").splitlines()
+    source = baseline_source(baseline)
+    return in_order(source) if source != baseline else source.read_text(encoding="utf-8").splitlines()
 
 
 def hypotheses_file(results: Path, variant: str, seed: int | None) -> Path:
@@ -72,14 +75,15 @@ def record(run_dir: Path, *, variant: str, method: str | None, sides: str, refer
     if not epochs:
         raise SystemExit(f"--train-log: no '| train | epoch' line in {train_log or run_dir / 'train.log'}")
     generate_log = run_dir / "generate-test.log"
-    result = score(generate_log, references)
+    hypotheses = read_hypotheses(generate_log)
+    result = score(generate_log, references, hypotheses)
     p_values = {"bleu": None, "chrf": None}
     if baseline is not None:
         refs = [line.strip() for line in references.read_text(encoding="utf-8").splitlines()]
         baseline_lines = baseline_hypotheses(baseline)
         if len(baseline_lines) != len(refs):
             raise SystemExit(f"--baseline: {len(baseline_lines)} hypotheses in {baseline}, {len(refs)} references")
-        p_values = paired_bootstrap(baseline_lines, in_order(generate_log), refs)
+        p_values = paired_bootstrap(baseline_lines, [hypotheses[i] for i in sorted(hypotheses)], refs)
     nfe_train = _field(epochs[-1], "nfe_f")
     params, seed = _PARAMS.search(log), _SEED.search(log)
     return {
@@ -87,8 +91,8 @@ def record(run_dir: Path, *, variant: str, method: str | None, sides: str, refer
         "params": int(params.group(1).replace(",", "")) if params else None,
         "epochs": int(_TRAIN.search(epochs[-1]).group(1)), "seed": int(seed.group(1)) if seed else None,
         "bleu": result["bleu"], "chrf": result["chrf"], "p_vs_baseline": p_values["bleu"],
-        "length_ratio": result["length_ratio"], "precisions": result["precisions"],
         "p_chrf_vs_baseline": p_values["chrf"],
+        "length_ratio": result["length_ratio"], "precisions": result["precisions"],
         "train_wps": max(float(_field(line, "wps")) for line in epochs),
         "nfe_train": float(nfe_train) if nfe_train != "-" else 0,
         "nfe_decode": read_nfe(generate_log.read_text(encoding="utf-8")) or 0,
@@ -118,8 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     for flag, path in (("RUN_DIR", args.run_dir / "generate-test.log"), ("--references", args.references),
-                       ("--baseline", args.baseline and (args.baseline / "generate-test.log"
-                                                         if args.baseline.is_dir() else args.baseline))):
+                       ("--baseline", args.baseline and baseline_source(args.baseline))):
         if path is not None and not path.is_file():
             raise SystemExit(f"{flag}: {path} not found")
     new = record(args.run_dir, variant=args.variant, method=args.method, sides=args.sides,

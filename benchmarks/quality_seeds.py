@@ -32,9 +32,8 @@ def pair_table(records: list[dict], results: Path, references: list[str], baseli
     if baseline not in by_variant:
         raise SystemExit(f"--baseline: no kept hypotheses of '{baseline}' beside {results}")
 
-    def lines(r: dict) -> list[str]:
-        return hypotheses_file(results, r["variant"], r["seed"]).read_text(encoding="utf-8").splitlines()
-
+    kept = {(r["variant"], r["seed"]): hypotheses_file(results, r["variant"], r["seed"]).read_text(encoding="utf-8")
+            .splitlines() for runs in by_variant.values() for r in runs}  # each file read once
     base_runs = sorted(by_variant[baseline], key=lambda r: r["seed"])
     base_bleu, base_chrf = mean(r["bleu"] for r in base_runs), mean(r["chrf"] for r in base_runs)
     rows = []
@@ -43,7 +42,8 @@ def pair_table(records: list[dict], results: Path, references: list[str], baseli
         row = {"variant": variant, "seeds": [r["seed"] for r in runs], "bleu": [r["bleu"] for r in runs],
                "chrf": [r["chrf"] for r in runs]}
         if variant != baseline:
-            tests = [(r, b, paired_bootstrap(lines(b), lines(r), references)) for r in runs for b in base_runs]
+            tests = [(r, b, paired_bootstrap(kept[b["variant"], b["seed"]], kept[r["variant"], r["seed"]], references))
+                     for r in runs for b in base_runs]
             row.update(
                 delta_bleu=round(mean(row["bleu"]) - base_bleu, 2), delta_chrf=round(mean(row["chrf"]) - base_chrf, 2),
                 pairs=len(tests),
