@@ -105,3 +105,24 @@ def test_train_hf_under_torchrun_with_two_cpu_processes(tmp_path):
     assert [entry["epoch"] for entry in steps] == [0.2, 0.4]
     assert all(entry["nfe_f"] == 8 for entry in steps)  # rk4, one step, one layer per side
     assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "run" / "final").config.model_type == "node_transformer"
+
+
+def test_limits_and_tokenizer_shared_by_both_trainers(tmp_path):
+    """``--train-limit``/``--eval-limit`` keep the first examples of each split; ``--tokenizer`` is
+    read as it is, and without it a BPE of ``--vocab-size`` is learnt on the training files."""
+    import argparse
+
+    from datasets import Dataset, DatasetDict
+
+    data = DatasetDict({split: Dataset.from_dict({"i": list(range(size))})
+                        for split, size in (("train", 10), ("valid", 6), ("test", 3))})
+    args = argparse.Namespace(train_limit=4, eval_limit=5, tokenizer=None, vocab_size=40)
+    kept = train_hf.limited(data, args)
+    assert [kept[split]["i"] for split in ("train", "valid", "test")] == [[0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1, 2]]
+
+    write_task(tmp_path / "data", sizes={"train": 120, "valid": 2, "test": 2})
+    learnt = train_hf.tokenizer_definition(args, [tmp_path / "data" / "train.src", tmp_path / "data" / "train.tgt"])
+    assert len(learnt["model"]["vocab"]) == 40
+    (tmp_path / "tokenizer.json").write_text(json.dumps(learnt), encoding="utf-8")
+    args.tokenizer, args.vocab_size = str(tmp_path / "tokenizer.json"), 1000
+    assert train_hf.tokenizer_definition(args, []) == learnt

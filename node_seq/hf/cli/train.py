@@ -93,6 +93,37 @@ def training_arguments(args: argparse.Namespace, out: Path, *, has_valid: bool) 
     )
 
 
+def start(args: argparse.Namespace) -> Path:
+    """Threads, seed and the output folder, set up the same way by both trainers."""
+    import torch
+    from transformers import set_seed
+
+    torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def limited(data, args: argparse.Namespace):
+    """``data`` with only the first ``--train-limit`` training and ``--eval-limit`` validation/test examples."""
+    if args.train_limit:
+        data["train"] = data["train"].select(range(min(args.train_limit, len(data["train"]))))
+    for split in ("valid", "test"):
+        if split in data and args.eval_limit:
+            data[split] = data[split].select(range(min(args.eval_limit, len(data[split]))))
+    return data
+
+
+def tokenizer_definition(args: argparse.Namespace, training_files: list[Path]) -> dict:
+    """The JSON of ``--tokenizer``, or of a BPE learnt on ``training_files`` with ``--vocab-size``."""
+    if args.tokenizer:
+        return json.loads(Path(args.tokenizer).read_text(encoding="utf-8"))
+    from node_seq.text.tokenizer import train_tokenizer
+
+    return json.loads(train_tokenizer(training_files, vocab_size=args.vocab_size).to_str())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
@@ -110,31 +141,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    import torch
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments, set_seed
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
     import node_seq  # noqa: F401  (registers the Auto classes)
     from node_seq.hf import NodeTransformerConfig, NodeTransformerForConditionalGeneration
     from node_seq.hf.tokenization_node_transformer import build_tokenizer
     from node_seq.hf.training import NodeSeq2SeqTrainer, bleu_metrics, load_parallel_text, tokenize, train_and_report
-    from node_seq.text.tokenizer import train_tokenizer
 
-    torch.set_num_threads(args.threads)
-    set_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_parallel_text(args.data, args.src, args.tgt, cache_dir=out / "datasets_cache")
-    if args.train_limit:
-        data["train"] = data["train"].select(range(min(args.train_limit, len(data["train"]))))
-    for split in ("valid", "test"):
-        if split in data and args.eval_limit:
-            data[split] = data[split].select(range(min(args.eval_limit, len(data[split]))))
-
-    if args.tokenizer:
-        tokenizer_json = json.loads(Path(args.tokenizer).read_text(encoding="utf-8"))
-    else:
-        files = [Path(args.data) / f"train.{lang}" for lang in (args.src, args.tgt)]
-        tokenizer_json = json.loads(train_tokenizer(files, vocab_size=args.vocab_size).to_str())
+    out = start(args)
+    data = limited(load_parallel_text(args.data, args.src, args.tgt, cache_dir=out / "datasets_cache"), args)
+    tokenizer_json = tokenizer_definition(args, [Path(args.data) / f"train.{lang}" for lang in (args.src, args.tgt)])
     tokenizer = build_tokenizer(tokenizer_json)
     encoded = tokenize(data, tokenizer, args.src, args.tgt)
 

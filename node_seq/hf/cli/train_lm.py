@@ -17,12 +17,11 @@ validation perplexity during training and the test perplexity at the end, and sa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from node_seq.hf.cli.train import add_data_arguments, add_model_arguments, add_training_arguments, checked, \
-    training_arguments
+from node_seq.hf.cli.train import add_data_arguments, add_model_arguments, add_training_arguments, checked, limited, \
+    start, tokenizer_definition, training_arguments
 from node_seq.nn.options import HF_LM, TRAIN_HF_LM
 
 
@@ -42,31 +41,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    import torch
-    from transformers import DataCollatorForLanguageModeling, TrainingArguments, set_seed
+    from transformers import DataCollatorForLanguageModeling, TrainingArguments
 
     import node_seq  # noqa: F401  (registers the Auto classes)
     from node_seq.hf import NodeTransformerForCausalLM, NodeTransformerLMConfig
     from node_seq.hf.tokenization_node_transformer import LANGUAGE_MODEL, build_tokenizer
     from node_seq.hf.training import NodeTrainer, load_text, perplexities, tokenize_lm, train_and_report
-    from node_seq.text.tokenizer import train_tokenizer
 
-    torch.set_num_threads(args.threads)
-    set_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_text(args.data, args.lang, cache_dir=out / "datasets_cache")
-    if args.train_limit:
-        data["train"] = data["train"].select(range(min(args.train_limit, len(data["train"]))))
-    for split in ("valid", "test"):
-        if split in data and args.eval_limit:
-            data[split] = data[split].select(range(min(args.eval_limit, len(data[split]))))
-
-    if args.tokenizer:
-        tokenizer_json = json.loads(Path(args.tokenizer).read_text(encoding="utf-8"))
-    else:
-        tokenizer_json = json.loads(train_tokenizer([Path(args.data) / f"train.{args.lang}"],
-                                                    vocab_size=args.vocab_size).to_str())
+    out = start(args)
+    data = limited(load_text(args.data, args.lang, cache_dir=out / "datasets_cache"), args)
+    tokenizer_json = tokenizer_definition(args, [Path(args.data) / f"train.{args.lang}"])
     tokenizer = build_tokenizer(tokenizer_json, kind=LANGUAGE_MODEL)
     encoded = tokenize_lm(data, tokenizer, max_length=args.max_length)
 
