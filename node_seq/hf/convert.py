@@ -106,19 +106,26 @@ def load_fairseq_checkpoint(path: str | Path, *, language_model: bool = False
     return args, state["model"]
 
 
-def config_from_fairseq(args: argparse.Namespace, vocab_size: int,
-                        decoder_vocab_size: int | None = None) -> NodeTransformerConfig:
-    """The HF config of a fairseq model, with its solver resolved exactly as fairseq resolves it."""
-    fill_missing(args, FAIRSEQ, lambda name, value: setattr(args, name, value))
-    for name, supported in _UNSUPPORTED.items():
+def node_options_of(args: argparse.Namespace, front_end: str, unsupported: dict):
+    """The NODE options and solver of a fairseq model's ``args`` (defaults filled in for ``front_end``),
+    refusing the ``unsupported`` options that have other values than the HF model implements; step sizes
+    become whole steps, as fairseq resolves them."""
+    fill_missing(args, front_end, lambda name, value: setattr(args, name, value))
+    for name, supported in unsupported.items():
         if getattr(args, name, supported) not in (supported, None, False, ""):
             raise ConversionError(f"--{name.replace('_', '-')} is not supported by the HF model")
     for side in ("decoder_input_dim", "decoder_output_dim"):
         if getattr(args, side, args.decoder_embed_dim) != args.decoder_embed_dim:
             raise ConversionError(f"--{side.replace('_', '-')} must equal --decoder-embed-dim")
-    options = NodeOptions.from_front_end(args, FAIRSEQ)
-    solver = options.solver()  # step sizes become whole steps here, as in fairseq
-    options = dataclasses.replace(options, steps=solver.steps, step_size=None)
+    options = NodeOptions.from_front_end(args, front_end)
+    solver = options.solver()
+    return dataclasses.replace(options, steps=solver.steps, step_size=None), solver
+
+
+def config_from_fairseq(args: argparse.Namespace, vocab_size: int,
+                        decoder_vocab_size: int | None = None) -> NodeTransformerConfig:
+    """The HF config of a fairseq model, with its solver resolved exactly as fairseq resolves it."""
+    options, solver = node_options_of(args, FAIRSEQ, _UNSUPPORTED)
     return NodeTransformerConfig(
         vocab_size=vocab_size, decoder_vocab_size=decoder_vocab_size,
         encoder_embed_dim=args.encoder_embed_dim, encoder_ffn_dim=args.encoder_ffn_embed_dim,

@@ -14,14 +14,13 @@ refused, naming the converter it needs, and so is a fairseq option the HF model 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
-from ..nn.options import FAIRSEQ_LM, HF_LM, NodeOptions, fill_missing
+from ..nn.options import FAIRSEQ_LM, HF_LM
 from .configuration_node_transformer_lm import NodeTransformerLMConfig
 from .convert import (
     _UNSUPPORTED, ConversionError, build_converted_tokenizer, check_inputs_exist, check_tokenizer_options,
-    converter_parser, load_fairseq_checkpoint, save_converted,
+    converter_parser, load_fairseq_checkpoint, node_options_of, save_converted,
 )
 from .tokenization_node_transformer import LANGUAGE_MODEL, read_fairseq_dictionary
 
@@ -32,16 +31,7 @@ _UNSUPPORTED_LM = {**_UNSUPPORTED, "character_embeddings": False, "add_bos_token
 
 def config_from_fairseq_lm(args: argparse.Namespace, vocab_size: int) -> NodeTransformerLMConfig:
     """The HF config of a fairseq LM, with its solver resolved exactly as fairseq resolves it."""
-    fill_missing(args, FAIRSEQ_LM, lambda name, value: setattr(args, name, value))
-    for name, supported in _UNSUPPORTED_LM.items():
-        if getattr(args, name, supported) not in (supported, None, False, ""):
-            raise ConversionError(f"--{name.replace('_', '-')} is not supported by the HF model")
-    for side in ("decoder_input_dim", "decoder_output_dim"):
-        if getattr(args, side, args.decoder_embed_dim) != args.decoder_embed_dim:
-            raise ConversionError(f"--{side.replace('_', '-')} must equal --decoder-embed-dim")
-    options = NodeOptions.from_front_end(args, FAIRSEQ_LM)
-    solver = options.solver()  # step sizes become whole steps here, as in fairseq
-    options = dataclasses.replace(options, steps=solver.steps, step_size=None)
+    options, solver = node_options_of(args, FAIRSEQ_LM, _UNSUPPORTED_LM)
     return NodeTransformerLMConfig(
         vocab_size=vocab_size, decoder_embed_dim=args.decoder_embed_dim, decoder_ffn_dim=args.decoder_ffn_embed_dim,
         decoder_layers=args.decoder_layers, decoder_attention_heads=args.decoder_attention_heads,
