@@ -26,11 +26,10 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks.multi30k_decode import decode, parse_model, target_language
 from node_seq.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, LEARNED_METHODS
 
 DEFAULT_SETTINGS = "trained,euler:1,euler:2,euler:4,midpoint:1,rk4:1"
-GENERATE = ["--gen-subset", "test", "--beam", "5", "--max-tokens", "8000", "--post-process", "sentencepiece",
-            "--num-workers", "0", "--required-batch-size-multiple", "1"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,35 +75,6 @@ def parse_setting(text: str) -> Setting:
     raise SystemExit(f"--settings: {text!r} is not a setting; use {allowed}")
 
 
-def parse_model(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not Path(path).is_file():
-        raise SystemExit(f"--model: {text!r} must be NAME=CHECKPOINT, an existing checkpoint file")
-    return name, Path(path)
-
-
-def target_language(data_dir: Path) -> str:
-    """The target suffix of the binarised test split (``test.de-en.en.bin`` -> ``en``)."""
-    found = sorted((data_dir / "bin").glob("test.*-*.*.bin"))
-    if not found:
-        raise SystemExit(f"DATA_DIR: no binarised test split in {data_dir / 'bin'}")
-    source_target, language = found[0].name.split(".")[1:3]
-    return language if source_target.endswith(f"-{language}") else source_target.split("-")[1]
-
-
-def decode(data_dir: Path, checkpoint: Path, setting: Setting, log: Path, extra: list[str]) -> dict:
-    """One fairseq-generate run, scored: BLEU, chrF2, exact match and NFE per sentence."""
-    from node_seq.fairseq import inprocess
-    from node_seq.text.score import score
-
-    argv = [str(data_dir / "bin"), "--path", str(checkpoint), *GENERATE, *extra]
-    if setting.method is not None:
-        argv += ["--model-overrides", repr(setting.overrides())]
-    log.write_text(inprocess.generate(argv), encoding="utf-8")
-    references = data_dir / "raw" / f"test.{target_language(data_dir)}"
-    return score(log, references)
-
-
 def markdown(rows: list[dict]) -> str:
     lines = ["| model | decoded with | NFE/sentence | BLEU | chrF2 |", "|---|---|---|---|---|"]
     for r in rows:
@@ -146,7 +116,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name, checkpoint in models:
         for setting in settings:
             log = args.out_dir / "logs" / f"{name}.{setting.label.replace(':', '-').replace('@', '-at-')}.log"
-            result = decode(args.data_dir, checkpoint, setting, log, extra)
+            result = decode(args.data_dir, checkpoint, log, extra, overrides=setting.overrides())
             rows.append({"model": name, "checkpoint": str(checkpoint), "setting": setting.label,
                          **setting.overrides(), **result})
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)

@@ -1,0 +1,83 @@
+"""The length penalty chosen on the validation set (``benchmarks.length_penalty``), on two tiny
+fairseq models trained a few updates on the numbers task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("fairseq")
+
+from fairseq_helpers import fairseq_train, make_task  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lenpen")
+    bins = make_task(root)
+    models = {}
+    for method in ("rk2_gated", "euler"):
+        fairseq_train(bins, root / method, ["--node-method", method, "--node-steps", "1", "--max-update", "4"])
+        models[method] = root / method / "checkpoint_last.pt"
+    return bins.parent, models
+
+
+def test_each_model_is_tuned_on_valid_and_tested_against_the_baseline(trained, tmp_path):
+    from benchmarks import length_penalty
+    from benchmarks.quality_records import in_order, paired_bootstrap
+    from node_seq.text.score import score
+
+    data, models = trained
+    out = tmp_path / "out"
+    rows = length_penalty.main([str(data), str(out), "--model", f"e={models['euler']}", "--model",
+                                f"rk2={models['rk2_gated']}", "--baseline", "e", "--lenpens", "3,1,0.5",
+                                "--", "--beam", "3"])
+    assert [r["model"] for r in rows] == ["e", "rk2"]
+    for r in rows:
+        assert [point["lenpen"] for point in r["valid"]] == [0.5, 1.0, 3.0]
+        assert r["lenpen"] == length_penalty.choose(r["valid"])
+        for lenpen, suffix in ((r["lenpen"], ""), (1.0, "_recipe")):
+            log = out / "logs" / f"{r['model']}.test.lenpen-{lenpen:g}.log"
+            assert "'lenpen': %r" % lenpen in log.read_text()  # the penalty reached fairseq-generate
+            assert r[f"test_bleu{suffix}"] == score(log, data / "raw" / "test.tgt")["bleu"]
+        valid_log = out / "logs" / f"{r['model']}.valid.lenpen-3.log"
+        assert "'lenpen': 3.0" in valid_log.read_text()
+        assert r["valid"][2]["bleu"] == score(valid_log, data / "raw" / "valid.tgt")["bleu"]
+    assert rows[0]["p_vs"] == {}
+    references = (data / "raw" / "test.tgt").read_text().splitlines()
+    tuned = [in_order(out / "logs" / f"{r['model']}.test.lenpen-{r['lenpen']:g}.log") for r in rows]
+    assert rows[1]["p_vs"] == {"e": paired_bootstrap(tuned[0], tuned[1], references)}
+    assert json.loads((out / "length_penalty.json").read_text()) == rows
+    table = (out / "length_penalty.md").read_text().splitlines()
+    assert table[0].endswith("| p vs e (BLEU / chrF2) |") and table[2].endswith("| - |") and len(table) == 4
+
+    # the baseline can be named later, from the saved rows; a model named again is decoded again
+    again = length_penalty.main([str(data), str(out), "--model", f"e={models['euler']}", "--baseline", "rk2",
+                                 "--lenpens", "1", "--", "--beam", "3"])
+    assert [r["model"] for r in again] == ["rk2", "e"]
+    assert again[0]["valid"] == rows[1]["valid"] and again[0]["p_vs"] == {}
+    assert [point["lenpen"] for point in again[1]["valid"]] == [1.0] and set(again[1]["p_vs"]) == {"rk2"}
+
+
+def test_the_nearest_penalty_to_the_recipes_wins_a_tie():
+    from benchmarks.length_penalty import choose
+
+    assert choose([{"lenpen": 0.8, "bleu": 30.0}, {"lenpen": 1.0, "bleu": 29.0}, {"lenpen": 1.5, "bleu": 30.0}]) == 0.8
+    assert choose([{"lenpen": 1.0, "bleu": 30.0}, {"lenpen": 2.0, "bleu": 30.0}]) == 1.0
+    assert choose([{"lenpen": 1.0, "bleu": 30.0}, {"lenpen": 2.0, "bleu": 30.5}]) == 2.0
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--lenpens", "0.8,1.2"], r"--lenpens: '0.8,1.2' must be comma-separated numbers > 0, 1 among them"),
+    (["--lenpens", "0,1"], r"--lenpens: '0,1' must be"),
+    (["--lenpens", "long"], r"--lenpens: 'long' must be"),
+    (["--baseline", "nobody"], r"--baseline: 'nobody' is not a model; the models are e"),
+])
+def test_bad_options_are_refused_before_any_work(trained, tmp_path, options, message):
+    from benchmarks import length_penalty
+
+    data, models = trained
+    with pytest.raises(SystemExit, match=message):
+        length_penalty.main([str(data), str(tmp_path / "out"), "--model", f"e={models['euler']}", *options])
+    assert not (tmp_path / "out").exists()
