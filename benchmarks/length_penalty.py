@@ -12,10 +12,14 @@ the Multi30k recipe BLEU moves mostly with output length (BENCHMARKS §5); this 
 variant's gain survives once every model's length is tuned on data it is not tested on.
 
 With ``--baseline NAME`` (repeatable; a model given with ``--model`` now or before) every other model's
-tuned test output is tested against every baseline's tuned one: sacreBLEU's paired bootstrap of BLEU and
-chrF2 (``p_vs``). Writes ``OUT_DIR/length_penalty.{json,md}`` and every decoding's log under
-``OUT_DIR/logs/``. Models already in ``OUT_DIR/length_penalty.json`` and not named again are kept, so
-models can be added one call at a time; the p-values are recomputed over all of them each time.
+tuned test output is tested against every baseline's tuned one, and its validation output at the
+recipe's penalty against the baseline's: sacreBLEU's paired bootstrap of BLEU and chrF2 (``p_vs``,
+``p_valid_vs``). The validation set is a second held-out set (checkpoints are chosen on its loss, not
+its BLEU): a real gain on the test set should show there too.
+
+Writes ``OUT_DIR/length_penalty.{json,md}`` and every decoding's log under ``OUT_DIR/logs/``. Models
+already in ``OUT_DIR/length_penalty.json`` and not named again are kept, so models can be added one
+call at a time; the p-values are recomputed over all of them each time.
 """
 
 from __future__ import annotations
@@ -74,18 +78,24 @@ def tune(data_dir: Path, out_dir: Path, name: str, checkpoint: Path, lenpens: li
             **{f"test_{key}_recipe": test[RECIPE_LENPEN][key] for key in keys}}
 
 
-def significance(rows: list[dict], out_dir: Path, baselines: list[str], references: Path) -> None:
-    """``p_vs``: each non-baseline row's tuned test output against each baseline's tuned one."""
-    refs = [line.strip() for line in references.read_text(encoding="utf-8").splitlines()]
-    tuned = {r["model"]: in_order(log_path(out_dir, r["model"], "test", r["lenpen"])) for r in rows}
-    for r in rows:
-        r["p_vs"] = {} if r["model"] in baselines else {
-            baseline: paired_bootstrap(tuned[baseline], tuned[r["model"]], refs) for baseline in baselines}
+def significance(rows: list[dict], out_dir: Path, baselines: list[str], data_dir: Path, target: str) -> None:
+    """For each non-baseline row against each baseline (sacreBLEU's paired bootstrap of BLEU and chrF2):
+    ``p_vs``, the tuned test outputs; ``p_valid_vs``, the validation outputs at the recipe's penalty,
+    a second held-out set on which a gain should show again (the penalty was not chosen there)."""
+    for key, split, lenpen_of in (("p_vs", "test", lambda r: r["lenpen"]), ("p_valid_vs", "valid", lambda r: 1.0)):
+        references = (data_dir / "raw" / f"{split}.{target}").read_text(encoding="utf-8").splitlines()
+        references = [line.strip() for line in references]
+        outputs = {r["model"]: in_order(log_path(out_dir, r["model"], split, lenpen_of(r))) for r in rows}
+        for r in rows:
+            r[key] = {} if r["model"] in baselines else {
+                baseline: paired_bootstrap(outputs[baseline], outputs[r["model"]], references) for baseline in baselines}
 
 
 def markdown(rows: list[dict], baselines: list[str]) -> str:
     head = ["model", "lenpen (valid)", "valid BLEU at 1 -> tuned", "test BLEU at 1 -> tuned", "test chrF2 at 1 -> tuned",
-            "test length ratio at 1 -> tuned", *(f"p vs {b} (BLEU / chrF2)" for b in baselines)]
+            "test length ratio at 1 -> tuned",
+            *(f"p vs {b}, test tuned (BLEU / chrF2)" for b in baselines),
+            *(f"p vs {b}, valid at 1 (BLEU / chrF2)" for b in baselines)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         at_one = next(point["bleu"] for point in r["valid"] if point["lenpen"] == RECIPE_LENPEN)
@@ -94,7 +104,8 @@ def markdown(rows: list[dict], baselines: list[str]) -> str:
                  f"{r['test_bleu_recipe']:.2f} -> {r['test_bleu']:.2f}",
                  f"{r['test_chrf_recipe']:.2f} -> {r['test_chrf']:.2f}",
                  f"{r['test_length_ratio_recipe']:.3f} -> {r['test_length_ratio']:.3f}"]
-        cells += [f"{r['p_vs'][b]['bleu']} / {r['p_vs'][b]['chrf']}" if b in r["p_vs"] else "-" for b in baselines]
+        for key in ("p_vs", "p_valid_vs"):
+            cells += [f"{r[key][b]['bleu']} / {r[key][b]['chrf']}" if b in r[key] else "-" for b in baselines]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -113,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     lenpens = parse_lenpens(args.lenpens)
     models = [parse_model(m) for m in args.model]
-    references = args.data_dir / "raw" / f"test.{target_language(args.data_dir)}"
+    target = target_language(args.data_dir)
     saved = args.out_dir / "length_penalty.json"
     named = {name for name, _ in models}
     rows = [r for r in json.loads(saved.read_text(encoding="utf-8")) if r["model"] not in named] \
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     (args.out_dir / "logs").mkdir(parents=True, exist_ok=True)
     for name, checkpoint in models:
         rows.append(tune(args.data_dir, args.out_dir, name, checkpoint, lenpens, extra))
-    significance(rows, args.out_dir, args.baseline, references)
+    significance(rows, args.out_dir, args.baseline, args.data_dir, target)
     saved.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     (args.out_dir / "length_penalty.md").write_text(markdown(rows, args.baseline), encoding="utf-8")
     print(markdown(rows, args.baseline), end="")

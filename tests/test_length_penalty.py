@@ -44,20 +44,25 @@ def test_each_model_is_tuned_on_valid_and_tested_against_the_baseline(trained, t
         valid_log = out / "logs" / f"{r['model']}.valid.lenpen-3.log"
         assert "'lenpen': 3.0" in valid_log.read_text()
         assert r["valid"][2]["bleu"] == score(valid_log, data / "raw" / "valid.tgt")["bleu"]
-    assert rows[0]["p_vs"] == {}
+    assert rows[0]["p_vs"] == rows[0]["p_valid_vs"] == {}
     references = (data / "raw" / "test.tgt").read_text().splitlines()
     tuned = [in_order(out / "logs" / f"{r['model']}.test.lenpen-{r['lenpen']:g}.log") for r in rows]
     assert rows[1]["p_vs"] == {"e": paired_bootstrap(tuned[0], tuned[1], references)}
+    references = (data / "raw" / "valid.tgt").read_text().splitlines()
+    at_one = [in_order(out / "logs" / f"{r['model']}.valid.lenpen-1.log") for r in rows]
+    assert rows[1]["p_valid_vs"] == {"e": paired_bootstrap(at_one[0], at_one[1], references)}
     assert json.loads((out / "length_penalty.json").read_text()) == rows
     table = (out / "length_penalty.md").read_text().splitlines()
-    assert table[0].endswith("| p vs e (BLEU / chrF2) |") and table[2].endswith("| - |") and len(table) == 4
+    assert table[0].endswith("| p vs e, test tuned (BLEU / chrF2) | p vs e, valid at 1 (BLEU / chrF2) |")
+    assert table[2].endswith("| - | - |") and len(table) == 4
 
     # the baseline can be named later, from the saved rows; a model named again is decoded again
     again = length_penalty.main([str(data), str(out), "--model", f"e={models['euler']}", "--baseline", "rk2",
                                  "--lenpens", "1", "--", "--beam", "3"])
     assert [r["model"] for r in again] == ["rk2", "e"]
     assert again[0]["valid"] == rows[1]["valid"] and again[0]["p_vs"] == {}
-    assert [point["lenpen"] for point in again[1]["valid"]] == [1.0] and set(again[1]["p_vs"]) == {"rk2"}
+    assert [point["lenpen"] for point in again[1]["valid"]] == [1.0]
+    assert set(again[1]["p_vs"]) == set(again[1]["p_valid_vs"]) == {"rk2"}
 
 
 def test_the_nearest_penalty_to_the_recipes_wins_a_tie():
