@@ -19,7 +19,9 @@ its BLEU): a real gain on the test set should show there too.
 
 Writes ``OUT_DIR/length_penalty.{json,md}`` and every decoding's log under ``OUT_DIR/logs/``. Models
 already in ``OUT_DIR/length_penalty.json`` and not named again are kept, so models can be added one
-call at a time; the p-values are recomputed over all of them each time.
+call at a time; the p-values are recomputed over all of them each time. A model named again with the
+same checkpoint and fairseq-generate options reuses the decodings it already has (a wider
+``--lenpens`` decodes only the new penalties).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from benchmarks.multi30k_decode import decode, parse_model, target_language
 from benchmarks.quality_records import in_order, paired_bootstrap
+from node_seq.text.score import score
 
 DEFAULT_LENPENS = "0.6,0.8,1,1.2,1.4,1.7,2"
 RECIPE_LENPEN = 1.0
@@ -58,22 +61,32 @@ def log_path(out_dir: Path, model: str, split: str, lenpen: float) -> Path:
     return out_dir / "logs" / f"{model}.{split}.lenpen-{lenpen:g}.log"
 
 
-def tune(data_dir: Path, out_dir: Path, name: str, checkpoint: Path, lenpens: list[float], extra: list[str]) -> dict:
-    """One model's validation curve, its chosen length penalty, and its test scores at that penalty and at 1."""
+def tune(data_dir: Path, out_dir: Path, name: str, checkpoint: Path, lenpens: list[float], extra: list[str], *,
+         previous: dict | None = None) -> dict:
+    """One model's validation curve, its chosen length penalty, and its test scores at that penalty and at 1.
+
+    ``previous``: this model's saved row. A decoding it made is scored from its log instead of run again
+    when the checkpoint and the fairseq-generate options are the same and the log is newer than the
+    checkpoint, so a call that widens the grid decodes only the new penalties."""
+    reuse = previous is not None and previous["checkpoint"] == str(checkpoint) \
+        and previous.get("generate_options") == extra
+
+    def decoded(split: str, lenpen: float) -> dict:
+        log = log_path(out_dir, name, split, lenpen)
+        if reuse and log.is_file() and log.stat().st_mtime > checkpoint.stat().st_mtime:
+            return score(log, data_dir / "raw" / f"{split}.{target_language(data_dir)}")
+        return decode(data_dir, checkpoint, log, [*extra, "--lenpen", f"{lenpen:g}"], split=split)
+
     curve = []
     for lenpen in lenpens:
-        result = decode(data_dir, checkpoint, log_path(out_dir, name, "valid", lenpen), [*extra, "--lenpen", f"{lenpen:g}"],
-                        split="valid")
+        result = decoded("valid", lenpen)
         curve.append({"lenpen": lenpen, "bleu": result["bleu"], "length_ratio": result["length_ratio"]})
         print(f"{name} valid lenpen {lenpen:g}: BLEU {result['bleu']:.2f}, length ratio {result['length_ratio']:.3f}",
               flush=True)
     chosen = choose(curve)
-    test = {}
-    for lenpen in dict.fromkeys([chosen, RECIPE_LENPEN]):
-        test[lenpen] = decode(data_dir, checkpoint, log_path(out_dir, name, "test", lenpen),
-                              [*extra, "--lenpen", f"{lenpen:g}"])
+    test = {lenpen: decoded("test", lenpen) for lenpen in dict.fromkeys([chosen, RECIPE_LENPEN])}
     keys = ("bleu", "chrf", "length_ratio")
-    return {"model": name, "checkpoint": str(checkpoint), "valid": curve, "lenpen": chosen,
+    return {"model": name, "checkpoint": str(checkpoint), "generate_options": extra, "valid": curve, "lenpen": chosen,
             **{f"test_{key}": test[chosen][key] for key in keys},
             **{f"test_{key}_recipe": test[RECIPE_LENPEN][key] for key in keys}}
 
@@ -127,8 +140,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     target = target_language(args.data_dir)
     saved = args.out_dir / "length_penalty.json"
     named = {name for name, _ in models}
-    rows = [r for r in json.loads(saved.read_text(encoding="utf-8")) if r["model"] not in named] \
-        if saved.is_file() else []
+    previous = {r["model"]: r for r in json.loads(saved.read_text(encoding="utf-8"))} if saved.is_file() else {}
+    rows = [r for name, r in previous.items() if name not in named]
     known = [r["model"] for r in rows] + [name for name, _ in models]
     unknown = [b for b in args.baseline if b not in known]
     if unknown or not known:
@@ -136,7 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          else "--model: give at least one NAME=CHECKPOINT")
     (args.out_dir / "logs").mkdir(parents=True, exist_ok=True)
     for name, checkpoint in models:
-        rows.append(tune(args.data_dir, args.out_dir, name, checkpoint, lenpens, extra))
+        rows.append(tune(args.data_dir, args.out_dir, name, checkpoint, lenpens, extra, previous=previous.get(name)))
     significance(rows, args.out_dir, args.baseline, args.data_dir, target)
     saved.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     (args.out_dir / "length_penalty.md").write_text(markdown(rows, args.baseline), encoding="utf-8")

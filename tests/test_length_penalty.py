@@ -56,13 +56,22 @@ def test_each_model_is_tuned_on_valid_and_tested_against_the_baseline(trained, t
     assert table[0].endswith("| p vs e, test tuned (BLEU / chrF2) | p vs e, valid at 1 (BLEU / chrF2) |")
     assert table[2].endswith("| - | - |") and len(table) == 4
 
-    # the baseline can be named later, from the saved rows; a model named again is decoded again
+    # the baseline can be named later, from the saved rows; a model named again is tuned again, reusing
+    # the decodings it has with the same options and decoding only the new penalties
+    logs = {path.name: path.stat().st_mtime_ns for path in (out / "logs").glob("e.*.log")}
     again = length_penalty.main([str(data), str(out), "--model", f"e={models['euler']}", "--baseline", "rk2",
-                                 "--lenpens", "1", "--", "--beam", "3"])
+                                 "--lenpens", "1,2", "--", "--beam", "3"])
     assert [r["model"] for r in again] == ["rk2", "e"]
     assert again[0]["valid"] == rows[1]["valid"] and again[0]["p_vs"] == {}
-    assert [point["lenpen"] for point in again[1]["valid"]] == [1.0]
+    assert [point["lenpen"] for point in again[1]["valid"]] == [1.0, 2.0]
+    assert again[1]["valid"][0] == rows[0]["valid"][1]
     assert set(again[1]["p_vs"]) == set(again[1]["p_valid_vs"]) == {"rk2"}
+    now = {path.name: path.stat().st_mtime_ns for path in (out / "logs").glob("e.*.log")}
+    assert {name: now[name] for name in logs} == logs and set(now) - set(logs) >= {"e.valid.lenpen-2.log"}
+    other_options = length_penalty.main([str(data), str(out), "--model", f"e={models['euler']}", "--lenpens", "1",
+                                         "--", "--beam", "2"])
+    assert other_options[1]["generate_options"] == ["--beam", "2"]
+    assert (out / "logs" / "e.valid.lenpen-1.log").stat().st_mtime_ns > now["e.valid.lenpen-1.log"]
 
 
 def test_the_nearest_penalty_to_the_recipes_wins_a_tie():
