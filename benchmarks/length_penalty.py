@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     lenpens = parse_lenpens(args.lenpens)
     models = [parse_model(m) for m in args.model]
     target = target_language(args.data_dir)
+    for split in ("valid", "test"):
+        if not (args.data_dir / "raw" / f"{split}.{target}").is_file():
+            raise SystemExit(f"DATA_DIR: no {args.data_dir / 'raw' / f'{split}.{target}'}, the {split} references")
     saved = args.out_dir / "length_penalty.json"
     named = {name for name, _ in models}
     previous = {r["model"]: r for r in json.loads(saved.read_text(encoding="utf-8"))} if saved.is_file() else {}

@@ -95,3 +95,17 @@ def test_bad_options_are_refused_before_any_work(trained, tmp_path, options, mes
     with pytest.raises(SystemExit, match=message):
         length_penalty.main([str(data), str(tmp_path / "out"), "--model", f"e={models['euler']}", *options])
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_validation_references_are_refused_before_any_work(trained, tmp_path):
+    import shutil
+
+    from benchmarks import length_penalty
+
+    data, models = trained
+    shutil.copytree(data / "bin", tmp_path / "data" / "bin")
+    (tmp_path / "data" / "raw").mkdir()
+    shutil.copy(data / "raw" / "test.tgt", tmp_path / "data" / "raw" / "test.tgt")
+    with pytest.raises(SystemExit, match=r"DATA_DIR: no .*raw/valid.tgt, the valid references"):
+        length_penalty.main([str(tmp_path / "data"), str(tmp_path / "out"), "--model", f"e={models['euler']}"])
+    assert not (tmp_path / "out").exists()
