@@ -31,7 +31,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.multi30k_decode import decode, parse_model, target_language
+from benchmarks.multi30k_decode import decode, parse_model, reference_file
 from benchmarks.quality_records import in_order, paired_bootstrap
 from node_seq.text.score import score
 
@@ -74,7 +74,7 @@ def tune(data_dir: Path, out_dir: Path, name: str, checkpoint: Path, lenpens: li
     def decoded(split: str, lenpen: float) -> dict:
         log = log_path(out_dir, name, split, lenpen)
         if reuse and log.is_file() and log.stat().st_mtime > checkpoint.stat().st_mtime:
-            return score(log, data_dir / "raw" / f"{split}.{target_language(data_dir)}")
+            return score(log, reference_file(data_dir, split))
         return decode(data_dir, checkpoint, log, [*extra, "--lenpen", f"{lenpen:g}"], split=split)
 
     curve = []
@@ -91,13 +91,12 @@ def tune(data_dir: Path, out_dir: Path, name: str, checkpoint: Path, lenpens: li
             **{f"test_{key}_recipe": test[RECIPE_LENPEN][key] for key in keys}}
 
 
-def significance(rows: list[dict], out_dir: Path, baselines: list[str], data_dir: Path, target: str) -> None:
+def significance(rows: list[dict], out_dir: Path, baselines: list[str], data_dir: Path) -> None:
     """For each non-baseline row against each baseline (sacreBLEU's paired bootstrap of BLEU and chrF2):
     ``p_vs``, the tuned test outputs; ``p_valid_vs``, the validation outputs at the recipe's penalty,
     a second held-out set on which a gain should show again (the penalty was not chosen there)."""
-    for key, split, lenpen_of in (("p_vs", "test", lambda r: r["lenpen"]), ("p_valid_vs", "valid", lambda r: 1.0)):
-        references = (data_dir / "raw" / f"{split}.{target}").read_text(encoding="utf-8").splitlines()
-        references = [line.strip() for line in references]
+    for key, split, lenpen_of in (("p_vs", "test", lambda r: r["lenpen"]), ("p_valid_vs", "valid", lambda r: RECIPE_LENPEN)):
+        references = [line.strip() for line in reference_file(data_dir, split).read_text(encoding="utf-8").splitlines()]
         outputs = {r["model"]: in_order(log_path(out_dir, r["model"], split, lenpen_of(r))) for r in rows}
         for r in rows:
             r[key] = {} if r["model"] in baselines else {
@@ -137,10 +136,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     lenpens = parse_lenpens(args.lenpens)
     models = [parse_model(m) for m in args.model]
-    target = target_language(args.data_dir)
     for split in ("valid", "test"):
-        if not (args.data_dir / "raw" / f"{split}.{target}").is_file():
-            raise SystemExit(f"DATA_DIR: no {args.data_dir / 'raw' / f'{split}.{target}'}, the {split} references")
+        if not reference_file(args.data_dir, split).is_file():
+            raise SystemExit(f"DATA_DIR: no {reference_file(args.data_dir, split)}, the {split} references")
     saved = args.out_dir / "length_penalty.json"
     named = {name for name, _ in models}
     previous = {r["model"]: r for r in json.loads(saved.read_text(encoding="utf-8"))} if saved.is_file() else {}
@@ -153,10 +151,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     (args.out_dir / "logs").mkdir(parents=True, exist_ok=True)
     for name, checkpoint in models:
         rows.append(tune(args.data_dir, args.out_dir, name, checkpoint, lenpens, extra, previous=previous.get(name)))
-    significance(rows, args.out_dir, args.baseline, args.data_dir, target)
+    significance(rows, args.out_dir, args.baseline, args.data_dir)
     saved.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    (args.out_dir / "length_penalty.md").write_text(markdown(rows, args.baseline), encoding="utf-8")
-    print(markdown(rows, args.baseline), end="")
+    table = markdown(rows, args.baseline)
+    (args.out_dir / "length_penalty.md").write_text(table, encoding="utf-8")
+    print(table, end="")
     return rows
 
 

@@ -30,6 +30,11 @@ def target_language(data_dir: Path) -> str:
     return language if source_target.endswith(f"-{language}") else source_target.split("-")[1]
 
 
+def reference_file(data_dir: Path, split: str) -> Path:
+    """The raw references of ``split`` that a decoding is scored against: ``DATA_DIR/raw/<split>.<target>``."""
+    return data_dir / "raw" / f"{split}.{target_language(data_dir)}"
+
+
 def decode(data_dir: Path, checkpoint: Path, log: Path, extra: list[str], *, split: str = "test",
            overrides: dict | None = None) -> dict:
     """One fairseq-generate run of ``split``, its output in ``log``, scored against
@@ -41,4 +46,4 @@ def decode(data_dir: Path, checkpoint: Path, log: Path, extra: list[str], *, spl
     if overrides:
         argv += ["--model-overrides", repr(overrides)]
     log.write_text(inprocess.generate(argv), encoding="utf-8")
-    return score(log, data_dir / "raw" / f"{split}.{target_language(data_dir)}")
+    return score(log, reference_file(data_dir, split))
