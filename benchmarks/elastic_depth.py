@@ -20,13 +20,12 @@ be added one call at a time to one table and one plot.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from benchmarks.multi30k_decode import decode, parse_model, target_language
+from benchmarks.multi30k_decode import command_line, decode, parse_model, target_language
 from node_seq.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, LEARNED_METHODS
 
 DEFAULT_SETTINGS = "trained,euler:1,euler:2,euler:4,midpoint:1,rk4:1"
@@ -96,12 +95,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir", type=Path, help="prepared data (bin/ and raw/), e.g. runs/multi30k")
-    parser.add_argument("out_dir", type=Path)
+    parser, argv, extra = command_line(__doc__.splitlines()[0], list(sys.argv[1:] if argv is None else argv))
     parser.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT")
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help=f"comma-separated (default {DEFAULT_SETTINGS})")
     args = parser.parse_args(argv)

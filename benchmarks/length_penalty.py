@@ -26,12 +26,11 @@ same checkpoint and fairseq-generate options reuses the decodings it already has
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from benchmarks.multi30k_decode import decode, parse_model, reference_file
+from benchmarks.multi30k_decode import command_line, decode, parse_model, reference_file
 from benchmarks.quality_records import in_order, paired_bootstrap
 from node_seq.text.score import score
 
@@ -123,12 +122,7 @@ def markdown(rows: list[dict], baselines: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir", type=Path, help="prepared data (bin/ and raw/), e.g. runs/multi30k")
-    parser.add_argument("out_dir", type=Path)
+    parser, argv, extra = command_line(__doc__.splitlines()[0], list(sys.argv[1:] if argv is None else argv))
     parser.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
     parser.add_argument("--baseline", action="append", default=[], metavar="NAME",
                         help="a model the others are tested against (repeatable)")

@@ -6,3 +6,13 @@ import torch
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def one_step_models(tmp_path_factory):
+    """The numbers task and an ``rk2_gated`` and an ``euler`` model trained four updates, shared by the
+    readings that decode one checkpoint many ways (elastic depth, gate statistics, length penalty)."""
+    pytest.importorskip("fairseq")
+    from fairseq_helpers import train_one_step_models
+
+    return train_one_step_models(tmp_path_factory.mktemp("one-step-models"), ("rk2_gated", "euler"))

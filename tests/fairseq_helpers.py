@@ -27,6 +27,15 @@ def fairseq_train(data: Path, save_dir: Path, extra: list[str], *, log_file: Pat
     inprocess.train(argv + (["--log-file", str(log_file)] if log_file is not None else []))
 
 
+def train_one_step_models(root: Path, methods: tuple[str, ...]) -> tuple[Path, dict[str, Path]]:
+    """The numbers task's data folder (``bin/`` and ``raw/``) and, per NODE method, a model with one
+    step of that method per block, trained four updates (``checkpoint_last.pt``)."""
+    bins = make_task(root)
+    for method in methods:
+        fairseq_train(bins, root / method, ["--node-method", method, "--node-steps", "1", "--max-update", "4"])
+    return bins.parent, {method: root / method / "checkpoint_last.pt" for method in methods}
+
+
 def fairseq_generate(data: Path, checkpoint: Path, extra: list[str] = ()) -> str:
     """What fairseq-generate printed and logged."""
     from node_seq.fairseq import inprocess

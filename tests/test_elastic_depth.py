@@ -14,24 +14,11 @@ import pytest
 
 pytest.importorskip("fairseq")
 
-from fairseq_helpers import fairseq_train, make_task  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("elastic")
-    bins = make_task(root)
-    models = {}
-    for method in ("rk2_gated", "euler"):
-        fairseq_train(bins, root / method, ["--node-method", method, "--node-steps", "1", "--max-update", "4"])
-        models[method] = root / method / "checkpoint_last.pt"
-    return bins.parent, models
-
-
-def test_a_learned_block_decodes_with_other_methods(trained, tmp_path):
+def test_a_learned_block_decodes_with_other_methods(one_step_models, tmp_path):
     from benchmarks import elastic_depth
 
-    data, models = trained
+    data, models = one_step_models
     rows = elastic_depth.main([str(data), str(tmp_path / "out"), "--model", f"rk2={models['rk2_gated']}",
                                "--settings", "trained,rk2_gated:1,euler:1,euler:2,dopri5@0.01", "--", "--beam", "2"])
     assert [r["setting"] for r in rows] == ["trained", "rk2_gated:1", "euler:1", "euler:2", "dopri5@0.01"]
@@ -56,30 +43,30 @@ def test_a_learned_block_decodes_with_other_methods(trained, tmp_path):
     assert again[1] == rows[0]  # decoding is deterministic
 
 
-def test_a_model_without_learned_coefficients_is_refused_a_learned_block(trained, tmp_path):
+def test_a_model_without_learned_coefficients_is_refused_a_learned_block(one_step_models, tmp_path):
     from benchmarks import elastic_depth
 
-    data, models = trained
+    data, models = one_step_models
     with pytest.raises(ValueError, match="node_method 'rk2_gated' is a learned block, but the checkpoint has no"):
         elastic_depth.main([str(data), str(tmp_path / "out"), "--model", f"e={models['euler']}",
                             "--settings", "rk2_gated:1"])
 
 
 @pytest.mark.parametrize("setting", ["euler", "euler:0", "dopri5:2", "rk4@0.1", "dopri5@-1", "bogus:1"])
-def test_bad_settings_are_refused_before_any_work(trained, tmp_path, setting):
+def test_bad_settings_are_refused_before_any_work(one_step_models, tmp_path, setting):
     from benchmarks import elastic_depth
 
-    data, models = trained
+    data, models = one_step_models
     with pytest.raises(SystemExit, match=r"--settings: .* is not a setting; use 'trained', METHOD:STEPS with METHOD "
                                          r"one of euler, .*METHOD@RTOL with METHOD one of dopri5"):
         elastic_depth.main([str(data), str(tmp_path / "out"), "--model", f"e={models['euler']}", "--settings", setting])
     assert not (tmp_path / "out").exists()
 
 
-def test_gate_statistics_read_every_gate_on_every_real_token(trained, tmp_path):
+def test_gate_statistics_read_every_gate_on_every_real_token(one_step_models, tmp_path):
     from benchmarks import gate_statistics
 
-    data, models = trained
+    data, models = one_step_models
     rows = gate_statistics.main([str(models["rk2_gated"]), str(data / "bin"), "--out", str(tmp_path / "gates.json")])
     assert [r["layer"] for r in rows] == ["encoder.layers.0.coefficients", "decoder.layers.0.coefficients"]
     assert json.loads((tmp_path / "gates.json").read_text()) == rows
@@ -102,9 +89,9 @@ def test_gate_statistics_read_every_gate_on_every_real_token(trained, tmp_path):
     assert all("gate" not in vars(gate) for gate in gates)  # the recording is undone
 
 
-def test_gate_statistics_refuse_a_model_without_gates(trained):
+def test_gate_statistics_refuse_a_model_without_gates(one_step_models):
     from benchmarks import gate_statistics
 
-    data, models = trained
+    data, models = one_step_models
     with pytest.raises(SystemExit, match="CHECKPOINT: the model has no rk2_gated layer"):
         gate_statistics.main([str(models["euler"]), str(data / "bin")])

@@ -9,26 +9,13 @@ import pytest
 
 pytest.importorskip("fairseq")
 
-from fairseq_helpers import fairseq_train, make_task  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lenpen")
-    bins = make_task(root)
-    models = {}
-    for method in ("rk2_gated", "euler"):
-        fairseq_train(bins, root / method, ["--node-method", method, "--node-steps", "1", "--max-update", "4"])
-        models[method] = root / method / "checkpoint_last.pt"
-    return bins.parent, models
-
-
-def test_each_model_is_tuned_on_valid_and_tested_against_the_baseline(trained, tmp_path):
+def test_each_model_is_tuned_on_valid_and_tested_against_the_baseline(one_step_models, tmp_path):
     from benchmarks import length_penalty
     from benchmarks.quality_records import in_order, paired_bootstrap
     from node_seq.text.score import score
 
-    data, models = trained
+    data, models = one_step_models
     out = tmp_path / "out"
     rows = length_penalty.main([str(data), str(out), "--model", f"e={models['euler']}", "--model",
                                 f"rk2={models['rk2_gated']}", "--baseline", "e", "--lenpens", "3,1,0.5",
@@ -88,21 +75,21 @@ def test_the_nearest_penalty_to_the_recipes_wins_a_tie():
     (["--lenpens", "long"], r"--lenpens: 'long' must be"),
     (["--baseline", "nobody"], r"--baseline: 'nobody' is not a model; the models are e"),
 ])
-def test_bad_options_are_refused_before_any_work(trained, tmp_path, options, message):
+def test_bad_options_are_refused_before_any_work(one_step_models, tmp_path, options, message):
     from benchmarks import length_penalty
 
-    data, models = trained
+    data, models = one_step_models
     with pytest.raises(SystemExit, match=message):
         length_penalty.main([str(data), str(tmp_path / "out"), "--model", f"e={models['euler']}", *options])
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_validation_references_are_refused_before_any_work(trained, tmp_path):
+def test_missing_validation_references_are_refused_before_any_work(one_step_models, tmp_path):
     import shutil
 
     from benchmarks import length_penalty
 
-    data, models = trained
+    data, models = one_step_models
     shutil.copytree(data / "bin", tmp_path / "data" / "bin")
     (tmp_path / "data" / "raw").mkdir()
     shutil.copy(data / "raw" / "test.tgt", tmp_path / "data" / "raw" / "test.tgt")
