@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 from benchmarks.multi30k_decode import command_line, decode, parse_model, target_language
@@ -95,7 +94,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser, argv, extra = command_line(__doc__.splitlines()[0], list(sys.argv[1:] if argv is None else argv))
+    parser, argv, extra = command_line(__doc__.splitlines()[0], argv)
     parser.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT")
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help=f"comma-separated (default {DEFAULT_SETTINGS})")
     args = parser.parse_args(argv)

@@ -27,7 +27,6 @@ same checkpoint and fairseq-generate options reuses the decodings it already has
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from benchmarks.multi30k_decode import command_line, decode, parse_model, reference_file
@@ -122,7 +121,7 @@ def markdown(rows: list[dict], baselines: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser, argv, extra = command_line(__doc__.splitlines()[0], list(sys.argv[1:] if argv is None else argv))
+    parser, argv, extra = command_line(__doc__.splitlines()[0], argv)
     parser.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
     parser.add_argument("--baseline", action="append", default=[], metavar="NAME",
                         help="a model the others are tested against (repeatable)")

@@ -8,15 +8,17 @@ solvers; ``benchmarks.length_penalty``: other length penalties), so both decode 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 GENERATE = ["--beam", "5", "--max-tokens", "8000", "--post-process", "sentencepiece", "--num-workers", "0",
             "--required-batch-size-multiple", "1"]
 
 
-def command_line(description: str, argv: list[str]) -> tuple[argparse.ArgumentParser, list[str], list[str]]:
-    """A reading's parser (``DATA_DIR OUT_DIR`` already added), its own arguments, and those after ``--``,
-    which go to fairseq-generate unchanged."""
+def command_line(description: str, argv: list[str] | None) -> tuple[argparse.ArgumentParser, list[str], list[str]]:
+    """A reading's parser (``DATA_DIR OUT_DIR`` already added), its own arguments (``argv``, else the
+    command line's), and those after ``--``, which go to fairseq-generate unchanged."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=description, epilog="Arguments after -- go to fairseq-generate.")
     parser.add_argument("data_dir", type=Path, help="prepared data (bin/ and raw/), e.g. runs/multi30k")
