@@ -11,7 +11,7 @@ from setuptools import find_packages, setup
 # that feeds it (node_seq.text: the BPE through tokenizers, fairseq-preprocess, sacrebleu scoring).
 TOKENIZERS, SACREBLEU = "tokenizers>=0.23.1,<0.24", "sacrebleu>=2.6,<3"
 HF = ["transformers>=5.24,<6", "huggingface_hub>=2.4,<3", "datasets>=5.2,<6", TOKENIZERS, "safetensors>=0.8,<1",
-      "accelerate>=1.15,<2", SACREBLEU]
+      "accelerate>=1.15,<2", "peft>=0.21,<0.22", SACREBLEU]
 FAIRSEQ = ["fairseq-fixed==0.12.3.1", TOKENIZERS, SACREBLEU]
 VISION = ["torchvision>=0.29,<1", "scikit-learn>=1.9,<2", "matplotlib>=3.11,<4", "pyyaml>=6,<7", "tqdm>=4.70,<5"]
 # The conversion tests build their own sentencepiece model and subword-nmt codes with the real tools.
