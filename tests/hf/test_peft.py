@@ -83,7 +83,7 @@ def test_every_adapter_gets_its_gradient(kind, setting):
     also wraps ``rk2_gated``'s gate, which must be called as a module rather than read as a weight."""
     method = "rk2_gated" if setting.startswith("rk2_gated") else "rk4"
     target = "all-linear" if setting.endswith("all-linear") else LORA_TARGET_MODULES
-    steps = 16 if setting == "adjoint" else 2
+    steps = 8 if setting == "adjoint" else 2
     gradients = {}
     for gradient in ("backprop", "adjoint") if setting == "adjoint" else ("backprop",):
         model = lora(build(kind, node_method=method, node_steps=steps, node_gradient=gradient), kind, target)
@@ -95,7 +95,7 @@ def test_every_adapter_gets_its_gradient(kind, setting):
         assert model.nfe_backward > 0  # the backward solves ran
         for name, grad in gradients["adjoint"].items():
             exact = gradients["backprop"][name]
-            assert (grad - exact).norm() < 0.02 * exact.norm(), name
+            assert (grad - exact).norm() < 0.05 * exact.norm(), name
     if method == "rk2_gated":
         gates = [name for name, module in model.named_modules() if isinstance(module, StageGate)]
         assert gates and all(any(name.startswith(f"{gate}.gate_linear.lora_") for name in gradients["backprop"])
@@ -114,7 +114,7 @@ def test_the_trainer_trains_only_the_adapter_and_logs_the_nfe(kind, tmp_path):
     trainer_class, arguments = ((NodeSeq2SeqTrainer, Seq2SeqTrainingArguments) if kind == "seq2seq"
                                 else (NodeTrainer, TrainingArguments))
     args = arguments(tmp_path, max_steps=3, per_device_train_batch_size=3, learning_rate=1e-2, logging_steps=1,
-                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, label_names=["labels"])
+                     report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, label_names=["labels"])
     data = train_dataset(kind)
     trainer = trainer_class(model=model, args=args, train_dataset=data, eval_dataset=data)
     trainer.train()
