@@ -8,6 +8,7 @@ not import it, but arranges for it to be imported along with transformers.
 
 from .configuration_node_transformer import NodeTransformerConfig as NodeTransformerConfig
 from .modeling_node_transformer import (
+    LORA_TARGET_MODULES as LORA_TARGET_MODULES,
     NodeCache as NodeCache,
     NodeNFE as NodeNFE,
     NodeTransformerForConditionalGeneration as NodeTransformerForConditionalGeneration,

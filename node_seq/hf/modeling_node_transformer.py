@@ -25,6 +25,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2
 from transformers.utils.deprecation import deprecate_kwarg
 
 from ..nn.factory import configure_ode_layers, decoder_layer, encoder_layer, layer_spec
+from ..nn.fields import FIELD_PROJECTIONS
 from ..nn.layers import SELF_INITIALIZING, collect_stats, crop_cache, reorder_cache, total_regularizer
 from ..ode import SolveStats
 from .configuration_node_transformer import NodeTransformerConfig
@@ -32,6 +33,11 @@ from .configuration_node_transformer import NodeTransformerConfig
 
 # --------------------------------------------------------------------------------------------------
 # helpers
+
+#: peft's ``target_modules`` for LoRA on either model (seq2seq or LM): every Linear layer of the ODE
+#: blocks' vector fields, so the adapter changes the field the solver evaluates at every stage
+#: (``docs/hf/peft.md``).
+LORA_TARGET_MODULES = FIELD_PROJECTIONS
 
 NO_ATTENTION_WEIGHTS = ("output_attentions: a NODE layer integrates attention over a solve, so there are no "
                         "attention weights to return")
@@ -766,6 +772,6 @@ class NodeTransformerForConditionalGeneration(NodeHeadMixin, NodeTransformerPreT
 
 
 __all__ = [
-    "EOSAtMaxLength", "NodeCache", "NodeHeadMixin", "NodeNFE", "NodeTransformerForConditionalGeneration", "NodeTransformerModel",
-    "NodeTransformerPreTrainedModel",
+    "EOSAtMaxLength", "LORA_TARGET_MODULES", "NodeCache", "NodeHeadMixin", "NodeNFE",
+    "NodeTransformerForConditionalGeneration", "NodeTransformerModel", "NodeTransformerPreTrainedModel",
 ]

@@ -31,9 +31,16 @@ class StageGate(nn.Module):
 
     def gate(self, k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
         """(..., width) twice -> (..., 1). The weight's halves read ``k1`` and ``k2`` apart, which
-        is ``W [k1; k2]`` without building the concatenation."""
-        weight, width = self.gate_linear.weight, k1.shape[-1]
-        logits = F.linear(k1, weight[:, :width], self.gate_linear.bias) + F.linear(k2, weight[:, width:])
+        is ``W [k1; k2]`` without building the concatenation.
+
+        A wrapped ``gate_linear`` (a LoRA adapter: peft's ``target_modules="all-linear"`` reaches
+        it) is called on the concatenation instead: reading its base weight would bypass the wrapper.
+        """
+        linear = self.gate_linear
+        if type(linear) is not XavierLinear:
+            return torch.sigmoid(linear(torch.cat([k1, k2], dim=-1)))
+        weight, width = linear.weight, k1.shape[-1]
+        logits = F.linear(k1, weight[:, :width], linear.bias) + F.linear(k2, weight[:, width:])
         return torch.sigmoid(logits)
 
 

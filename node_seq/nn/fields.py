@@ -18,6 +18,11 @@ from .linear import UniformLinear
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
 
+#: The Linear layers a field applies, by attribute name: its attention's projections (self- and
+#: cross-attention, :class:`MultiheadAttention`) and its feed-forward block's. Each is called as a
+#: module, so a wrapper put in its place (a LoRA adapter) changes the field at every evaluation.
+FIELD_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
 
 class FeedForward(nn.Module):
     """``fc2(dropout(act(fc1(norm(x)))))``, with fairseq's names and fairseq's initialisation."""

@@ -9,7 +9,9 @@ from typing import Callable
 import torch
 
 import node_seq  # noqa: F401  (registers the Auto classes)
-from node_seq.hf import NodeTransformerConfig, NodeTransformerForConditionalGeneration
+from node_seq.hf import (
+    NodeTransformerConfig, NodeTransformerForCausalLM, NodeTransformerForConditionalGeneration, NodeTransformerLMConfig,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(vocab_size=40, encoder_embed_dim=16, decoder_embed_dim=16, encoder_ffn_dim=32, decoder_ffn_dim=32,
@@ -25,6 +27,24 @@ def tiny_model(**overrides) -> NodeTransformerForConditionalGeneration:
             parameter.add_(0.05 * torch.randn_like(parameter))
     return model
 
+
+TINY_LM = dict(vocab_size=40, decoder_embed_dim=16, decoder_ffn_dim=32, decoder_layers=2, decoder_attention_heads=2,
+               dropout=0.0)
+
+
+def tiny_lm(**overrides) -> NodeTransformerForCausalLM:
+    """A tiny LM whose weights are nudged off their init, so outputs depend on every layer."""
+    torch.manual_seed(0)
+    model = NodeTransformerForCausalLM(NodeTransformerLMConfig(**{**TINY_LM, **overrides})).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return model
+
+
+# Two prompts, the second left-padded (<pad>=1), both starting with </s>=2 as fairseq's LM reads them.
+PROMPTS = torch.tensor([[2, 5, 6, 7, 8], [1, 1, 2, 9, 10]])
+PROMPT_MASK = PROMPTS.ne(1).long()
 
 # A batch of three sources (right-padded, </s>=2 at the end, <pad>=1).
 SOURCE = torch.tensor([[5, 6, 7, 8, 9, 2], [10, 11, 12, 2, 1, 1], [13, 14, 2, 1, 1, 1]])

@@ -7,28 +7,12 @@ import re
 
 import pytest
 import torch
+from hf_helpers import PROMPT_MASK as MASK, PROMPTS, TINY_LM, tiny_lm
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from node_seq.hf import NodeCache, NodeTransformerForCausalLM, NodeTransformerLMConfig, NodeTransformerLMModel
 from node_seq.nn.options import HF_LM, NodeOptions, options_of
 from node_seq.ode import OptionError
-
-TINY_LM = dict(vocab_size=40, decoder_embed_dim=16, decoder_ffn_dim=32, decoder_layers=2, decoder_attention_heads=2,
-               dropout=0.0)
-# Two prompts, the second left-padded (<pad>=1), both starting with </s>=2 as fairseq's LM reads them.
-PROMPTS = torch.tensor([[2, 5, 6, 7, 8], [1, 1, 2, 9, 10]])
-MASK = PROMPTS.ne(1).long()
-
-
-def tiny_lm(**overrides) -> NodeTransformerForCausalLM:
-    """A tiny LM whose weights are nudged off their init, so outputs depend on every layer."""
-    torch.manual_seed(0)
-    model = NodeTransformerForCausalLM(NodeTransformerLMConfig(**{**TINY_LM, **overrides})).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model
-
 
 FIXED_GRIDS = {
     "rk4": dict(node_method="rk4"), "euler-3": dict(node_method="euler", node_steps=3),
