@@ -578,7 +578,7 @@ class NodeHeadMixin:
 
     def _init_head(self, config) -> None:
         self.generation_nfe = NodeNFE()
-        self._tally: list[SolveStats] | None = None  # while generating: each forward pass's decoder stats
+        self._tally: NodeNFE | None = None  # while generating: this generate call's count so far
         self.regularizer_weights = configure_ode_layers(self, config.node_options())
         self.post_init()
 
@@ -630,23 +630,33 @@ class NodeHeadMixin:
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
-        """``GenerationMixin.generate``, counting the NFE every sequence went through (``generation_nfe``)."""
-        encoder = self.get_encoder() if self.config.is_encoder_decoder else None
-        if encoder is not None:
-            encoder.last_stats = SolveStats()
-        self._tally = []
+        """``GenerationMixin.generate``, counting the NFE every sequence went through (``generation_nfe``).
+
+        Each call counts its own passes: an assistant that runs ``generate`` inside this one (this
+        very model, or another NODE model) keeps its drafting passes out of this call's count.
+        """
+        outer, self._tally = self._tally, NodeNFE()
         try:
             return super().generate(inputs, generation_config, **kwargs)
         finally:
-            tally, self._tally = self._tally, None
-            self.generation_nfe = NodeNFE(encoder=encoder.last_stats if encoder is not None else SolveStats(),
-                                          decoder=sum(tally, SolveStats()), decoder_passes=len(tally))
+            self.generation_nfe, self._tally = self._tally, outer
+
+    def _maybe_prepare_encoder_kwargs_for_generation(self, inputs_tensor: torch.Tensor, model_kwargs: dict,
+                                                     *args, **kwargs) -> dict:
+        """Counts the encoder's solve (none when ``encoder_outputs`` were given). An assistant that is
+        this model encodes the same source again here, with the same count: it is recorded, not added."""
+        encodes = self.config.is_encoder_decoder and model_kwargs.get("encoder_outputs") is None
+        model_kwargs = super()._maybe_prepare_encoder_kwargs_for_generation(inputs_tensor, model_kwargs, *args,
+                                                                            **kwargs)
+        if encodes and self._tally is not None:
+            self._tally.encoder = self.get_encoder().last_stats
+        return model_kwargs
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs: dict, *args, **kwargs) -> dict:
         """Counts each decoding pass's NFE: generate calls this after every forward pass, outside it,
         so a compiled forward stays one graph."""
         if self._tally is not None:
-            self._tally.append(self.model.last_nfe.decoder)
+            self._tally += NodeNFE(decoder=self.model.last_nfe.decoder, decoder_passes=1)
         return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
 
 

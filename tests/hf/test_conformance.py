@@ -6,6 +6,7 @@ initialisation, refused arguments, reloadable configs, assisted decoding, ``get_
 tracing without data-dependent branches.
 """
 
+import copy
 import itertools
 import math
 
@@ -282,6 +283,49 @@ def test_assisted_decoding_equals_greedy_decoding(method):
                                        prompt_lookup_num_tokens=2)
         assert greedy.shape[1] > 3
         assert torch.equal(assisted, greedy) and torch.equal(prompt_lookup, greedy)
+
+
+def counted(model) -> tuple[list, object]:
+    """A list that grows by one per forward pass of ``model``, and the hook's handle."""
+    passes = []
+    return passes, model.register_forward_hook(lambda *_: passes.append(1))
+
+
+def test_assisted_decoding_counts_the_models_own_passes_even_when_it_assists_itself():
+    model = tiny_model(node_method="rk4", node_steps=2)
+    per_pass = TINY["decoder_layers"] * 2 * 4  # layers x steps x rk4 stages
+    source, mask = SOURCE[:1], MASK[:1]
+    greedy = model.generate(source, attention_mask=mask, num_beams=1, max_new_tokens=8)
+    encoder_nfe = model.generation_nfe.encoder
+    runs = {}
+    for name, assistant in (("a copy", copy.deepcopy(model)), ("itself", model)):
+        passes, hook = counted(model)
+        tokens = model.generate(source, attention_mask=mask, num_beams=1, max_new_tokens=8, assistant_model=assistant)
+        hook.remove()
+        assert torch.equal(tokens, greedy), name
+        runs[name] = model.generation_nfe, len(passes)
+    copy_nfe, copy_passes = runs["a copy"]
+    assert copy_nfe.decoder_passes == copy_passes  # the copy's drafting passes are its own
+    assert copy_nfe.encoder == encoder_nfe and copy_nfe.decoder.nfe_forward == copy_passes * per_pass
+    self_nfe, self_passes = runs["itself"]
+    assert self_nfe == copy_nfe  # the same verification passes, whoever drafted them
+    assert self_passes > self_nfe.decoder_passes  # its drafts ran through the same forward, uncounted
+
+
+def test_a_random_assistant_of_the_same_class_changes_no_token():
+    model = tiny_model(node_method="rk4", node_steps=2)
+    torch.manual_seed(1)
+    assistant = NodeTransformerForConditionalGeneration(NodeTransformerConfig(**TINY, node_method="euler")).eval()
+    for row in range(SOURCE.shape[0]):
+        source, mask = SOURCE[row:row + 1], MASK[row:row + 1]
+        greedy = model.generate(source, attention_mask=mask, num_beams=1, max_new_tokens=8)
+        passes, hook = counted(model)
+        assisted = model.generate(source, attention_mask=mask, num_beams=1, max_new_tokens=8,
+                                  assistant_model=assistant)
+        hook.remove()
+        assert torch.equal(assisted, greedy)
+        assert model.generation_nfe.decoder_passes == len(passes)
+        assert assistant.generation_nfe.decoder_passes >= 1  # its last draft's own count
 
 
 # ---------------------------------------------------------------------------------------------

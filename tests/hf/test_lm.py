@@ -3,6 +3,7 @@ per-stage cache equal to uncached decoding, save/load, conversion from fairseq w
 and tokens, and bad configs and checkpoints refused naming the field or the converter."""
 
 import argparse
+import copy
 import re
 
 import pytest
@@ -124,6 +125,30 @@ def test_assisted_decoding_and_prompt_lookup_equal_greedy():
     assisted = model.generate(prompt, max_new_tokens=8, num_beams=1, assistant_model=assistant)
     lookup = model.generate(prompt, max_new_tokens=8, num_beams=1, prompt_lookup_num_tokens=2)
     assert torch.equal(assisted, greedy) and torch.equal(lookup, greedy)
+
+
+def test_assisted_decoding_counts_the_models_own_passes():
+    """A copy, the model itself (a generate inside its generate) and a random LM draft; the count is
+    the model's verifying passes, the same whoever drafts the same tokens."""
+    model = tiny_lm(node_method="rk4", node_steps=2)
+    torch.manual_seed(1)
+    assistants = {"a copy": copy.deepcopy(model), "itself": model,
+                  "a random LM": NodeTransformerForCausalLM(NodeTransformerLMConfig(**TINY_LM)).eval()}
+    prompt = PROMPTS[:1]
+    greedy = model.generate(prompt, max_new_tokens=8, num_beams=1)
+    runs = {}
+    for name, assistant in assistants.items():
+        passes = []
+        hook = model.register_forward_hook(lambda *_: passes.append(1))
+        assert torch.equal(model.generate(prompt, max_new_tokens=8, num_beams=1, assistant_model=assistant), greedy)
+        hook.remove()
+        nfe = model.generation_nfe
+        assert nfe.decoder.nfe_forward == nfe.decoder_passes * 2 * 2 * 4, name  # layers x steps x rk4 stages
+        runs[name] = nfe, len(passes)
+    for name in ("a copy", "a random LM"):
+        assert runs[name][0].decoder_passes == runs[name][1], name
+    assert runs["itself"][0] == runs["a copy"][0]
+    assert runs["itself"][1] > runs["itself"][0].decoder_passes  # its drafts ran through the same forward
 
 
 def test_training_loss_is_next_token_cross_entropy_and_reaches_every_weight():
