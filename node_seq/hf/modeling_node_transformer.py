@@ -4,7 +4,8 @@ The layers are :mod:`node_seq.nn`'s (the very modules the fairseq model uses); t
 fairseq's ``TransformerModel`` adds around them, reproduced exactly so converted checkpoints give the
 same numbers: scaled token embeddings plus fairseq's sinusoidal positions (counted over non-padding
 tokens, so left and right padding are the same), embedding dropout, the layers, a final LayerNorm
-(pre-norm layers), and an output projection tied to the embeddings.
+(pre-norm layers), and an output projection (tied to the target embedding unless
+``tie_word_embeddings=False``, like fairseq's ``--share-decoder-input-output-embed``).
 
 Read top to bottom: helpers, the decoder cache, encoder and decoder stacks, the two models.
 Shapes are batch-first: ``(batch, length, channels)``.
@@ -422,6 +423,15 @@ class NodeTransformerPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (nn.LayerNorm, *SELF_INITIALIZING)):
             module.reset_parameters()
 
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        """transformers ties nothing when ``tie_word_embeddings=False``; here that flag decides the
+        output projection alone, and ``share_all_embeddings``' one input embedding stays one."""
+        if all_submodels:
+            return super().get_expanded_tied_weights_keys(all_submodels=True)
+        tie_output = self.config.tie_word_embeddings
+        return {target: source for target, source in (self._tied_weights_keys or {}).items()
+                if tie_output or not target.startswith("lm_head.")}
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """``PreTrainedModel.from_pretrained``, refusing to continue with missing or mismatched weights.
@@ -476,6 +486,13 @@ class NodeTransformerModel(NodeTransformerPreTrainedModel):
         self.encoder.embed_tokens = value
         if self.config.share_all_embeddings:
             self.decoder.embed_tokens = value
+
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        """The source side's embedding, which is also the target side's with ``share_all_embeddings``."""
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        if self.config.share_all_embeddings:
+            self.config.decoder_vocab_size = embeddings.num_embeddings
+        return embeddings
 
     def get_decoder(self) -> NodeTransformerDecoder:
         return self.decoder
@@ -694,14 +711,36 @@ class NodeTransformerForConditionalGeneration(NodeHeadMixin, NodeTransformerPreT
             setattr(self.generation_config, name, value)
         self.generation_config._from_model_config = False  # else max_len_a/b would not be read back
 
-    def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs) -> nn.Embedding:
-        """Resize the one vocabulary; refused with two (transformers would resize ``lm_head`` to the source's)."""
-        if self.config.decoder_vocab_size != self.config.vocab_size:
-            raise NotImplementedError("resize_token_embeddings: the source and target vocabularies differ "
-                                      f"(vocab_size {self.config.vocab_size}, decoder_vocab_size "
-                                      f"{self.config.decoder_vocab_size}); resize only a model with one vocabulary")
-        embeddings = super().resize_token_embeddings(new_num_tokens, *args, **kwargs)
-        self.config.decoder_vocab_size = self.config.vocab_size
+    def _resize_token_embeddings(self, new_num_tokens: int | None, pad_to_multiple_of: int | None = None,
+                                 mean_resizing: bool = True) -> nn.Embedding:
+        """``resize_token_embeddings`` resizes the source side (``vocab_size``). With
+        ``share_all_embeddings`` that embedding is the target side's too, and the output projection
+        follows it (re-tied if tied); with two embeddings the target side is left as it is
+        (:meth:`resize_decoder_token_embeddings` resizes it), as Marian does."""
+        if self.config.share_all_embeddings:
+            embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+            self.config.decoder_vocab_size = embeddings.num_embeddings
+            return embeddings
+        embeddings = self._get_resized_embeddings(self.get_input_embeddings(), new_num_tokens, pad_to_multiple_of,
+                                                  mean_resizing)
+        self.set_input_embeddings(embeddings)
+        return embeddings
+
+    def resize_decoder_token_embeddings(self, new_num_tokens: int | None, pad_to_multiple_of: int | None = None,
+                                        mean_resizing: bool = True) -> nn.Embedding:
+        """Resize the target side (``decoder_vocab_size``): the decoder's embedding and the output
+        projection (re-tied if tied). With ``share_all_embeddings`` there is one embedding: use
+        ``resize_token_embeddings``."""
+        if self.config.share_all_embeddings:
+            raise ValueError("resize_decoder_token_embeddings: with share_all_embeddings=True the source and target "
+                             "share one embedding; resize it with resize_token_embeddings")
+        decoder = self.get_decoder()
+        embeddings = self._get_resized_embeddings(decoder.embed_tokens, new_num_tokens, pad_to_multiple_of,
+                                                  mean_resizing)
+        decoder.embed_tokens = embeddings
+        self.lm_head = self._get_resized_lm_head(self.lm_head, embeddings.num_embeddings, mean_resizing=mean_resizing)
+        self.config.decoder_vocab_size = embeddings.num_embeddings
+        self.tie_weights()
         return embeddings
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:

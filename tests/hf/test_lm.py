@@ -56,6 +56,25 @@ def test_the_auto_classes_know_the_language_model(tmp_path):
     assert model.lm_head.weight is model.get_input_embeddings().weight  # tied, as fairseq's LM shares them
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_tying_decides_the_output_projection_and_resizing_keeps_it_so(tmp_path, tie):
+    model = tiny_lm(node_method="rk4", tie_word_embeddings=tie)
+    assert (model.lm_head.weight is model.get_input_embeddings().weight) is tie
+    with torch.no_grad():
+        before = model(PROMPTS, attention_mask=MASK).logits
+        model.resize_token_embeddings(48)
+        after = model(PROMPTS, attention_mask=MASK).logits
+    assert model.config.vocab_size == model.lm_head.out_features == 48 and after.shape[-1] == 48
+    assert (model.lm_head.weight is model.get_input_embeddings().weight) is tie
+    torch.testing.assert_close(after[..., :40], before)
+    model.save_pretrained(tmp_path)
+    reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()), info
+    assert (reloaded.lm_head.weight is reloaded.get_input_embeddings().weight) is tie
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(PROMPTS, attention_mask=MASK).logits, after)
+
+
 def test_the_config_has_the_schemas_lm_options_with_their_defaults():
     config = NodeTransformerLMConfig()
     fields = {name for name in config.to_dict() if name.startswith("node_")}

@@ -60,14 +60,49 @@ def test_separate_vocabularies_size_the_decoder_and_output_and_survive_save_load
     model.save_pretrained(tmp_path)
     loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
     assert torch.equal(logits(loaded), logits(model))
-    with pytest.raises(NotImplementedError, match="resize_token_embeddings: the source and target vocabularies differ"):
-        model.resize_token_embeddings(48)
 
 
-def test_resizing_one_vocabulary_keeps_both_sizes_in_step():
-    model = tiny_model(node_method="rk4")
+@pytest.mark.parametrize("tie", [True, False])
+def test_resizing_one_shared_embedding_resizes_both_sides_and_the_output_projection(tmp_path, tie):
+    model = tiny_model(node_method="rk4", tie_word_embeddings=tie)
+    before = logits(model)
     model.resize_token_embeddings(48)
     assert (model.config.vocab_size, model.config.decoder_vocab_size, model.lm_head.out_features) == (48, 48, 48)
+    assert model.model.decoder.embed_tokens is model.model.encoder.embed_tokens
+    assert (model.lm_head.weight is model.model.encoder.embed_tokens.weight) is tie
+    after = logits(model)
+    assert after.shape[-1] == 48 and torch.allclose(after[..., :40], before)  # the old tokens' rows are kept
+    model.save_pretrained(tmp_path)
+    loaded, info = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()) and torch.equal(logits(loaded.eval()), after)
+    with pytest.raises(ValueError, match="share_all_embeddings=True .* resize_token_embeddings"):
+        model.resize_decoder_token_embeddings(56)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_two_vocabularies_resize_one_side_at_a_time(tmp_path, tie):
+    model = tiny_model(node_method="rk4", share_all_embeddings=False, decoder_vocab_size=24, tie_word_embeddings=tie)
+    before = logits(model)
+    model.resize_token_embeddings(48)  # the source side only
+    assert (model.config.vocab_size, model.config.decoder_vocab_size) == (48, 24)
+    assert model.get_input_embeddings().num_embeddings == 48 and model.lm_head.out_features == 24
+    assert torch.allclose(logits(model), before)
+    model.resize_decoder_token_embeddings(30)  # the target side: its embedding and the output projection
+    assert (model.config.vocab_size, model.config.decoder_vocab_size) == (48, 30)
+    assert model.get_decoder().embed_tokens.num_embeddings == model.lm_head.out_features == 30
+    assert (model.lm_head.weight is model.get_decoder().embed_tokens.weight) is tie
+    after = logits(model)
+    assert torch.allclose(after[..., :24], before)
+    model.save_pretrained(tmp_path)
+    loaded, info = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()) and torch.equal(logits(loaded.eval()), after)
+
+
+def test_the_base_model_resizes_a_shared_embedding_for_both_sides():
+    model = NodeTransformerModel(NodeTransformerConfig(**TINY, node_method="rk4"))
+    model.resize_token_embeddings(48)
+    assert (model.config.vocab_size, model.config.decoder_vocab_size) == (48, 48)
+    assert model.decoder.embed_tokens.num_embeddings == 48
 
 
 def test_post_init_keeps_the_layers_own_initialisation():
