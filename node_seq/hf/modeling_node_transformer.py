@@ -433,12 +433,19 @@ class NodeTransformerPreTrainedModel(PreTrainedModel):
                 if tie_output or not target.startswith("lm_head.")}
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, refusing to continue with missing or mismatched weights.
+    def from_pretrained(cls, *args, strict: bool = False, **kwargs):
+        """``PreTrainedModel.from_pretrained``; ``strict=True`` refuses weights that do not match the config.
 
-        transformers only warns and initialises such weights at random; a NODE-Transformer that
-        silently translates with random layers is worse than an error.
+        By default transformers' convention holds: weights missing from the checkpoint are
+        initialised (``_init_weights``, fairseq's init) and named in transformers' loading report (a
+        warning), so are checkpoint weights the model does not use, and a weight of another shape is
+        an error unless ``ignore_mismatched_sizes=True``. ``strict=True`` (what ``torch``'s
+        ``load_state_dict`` calls it) raises instead, naming every missing, unused or mis-shaped
+        weight: ``node_seq.hf.cli.translate`` loads so, since translating with layers at their
+        random init is worse than an error.
         """
+        if not strict:
+            return super().from_pretrained(*args, **kwargs)
         wants_info = kwargs.get("output_loading_info", False)
         ignore_mismatched = kwargs.get("ignore_mismatched_sizes", False)
         kwargs["output_loading_info"] = True
@@ -455,8 +462,8 @@ class NodeTransformerPreTrainedModel(PreTrainedModel):
             problems.append(f"shapes differ from the config: {shapes}")
         if problems:
             where = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-            raise ValueError(f"{cls.__name__}.from_pretrained({where!r}): the weights do not match the config; "
-                             + "; ".join(problems))
+            raise ValueError(f"{cls.__name__}.from_pretrained({where!r}, strict=True): the weights do not match "
+                             "the config; " + "; ".join(problems))
         return (model, info) if wants_info else model
 
 

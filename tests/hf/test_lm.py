@@ -14,6 +14,8 @@ from node_seq.hf import NodeCache, NodeTransformerForCausalLM, NodeTransformerLM
 from node_seq.nn.options import HF_LM, NodeOptions, options_of
 from node_seq.ode import OptionError
 
+from hf_helpers import load_with_report
+
 TINY_LM = dict(vocab_size=40, decoder_embed_dim=16, decoder_ffn_dim=32, decoder_layers=2, decoder_attention_heads=2,
                dropout=0.0)
 # Two prompts, the second left-padded (<pad>=1), both starting with </s>=2 as fairseq's LM reads them.
@@ -73,6 +75,19 @@ def test_tying_decides_the_output_projection_and_resizing_keeps_it_so(tmp_path, 
     assert (reloaded.lm_head.weight is reloaded.get_input_embeddings().weight) is tie
     with torch.no_grad():
         assert torch.equal(reloaded.eval()(PROMPTS, attention_mask=MASK).logits, after)
+
+
+def test_an_lm_checkpoint_without_its_own_head_loads_with_the_head_initialised_and_named(tmp_path):
+    config = NodeTransformerLMConfig(**TINY_LM, node_method="rk4", tie_word_embeddings=False)
+    torch.manual_seed(0)
+    base = NodeTransformerLMModel(config)
+    base.save_pretrained(tmp_path)
+    model, report = load_with_report(AutoModelForCausalLM, tmp_path)
+    assert "MISSING" in report and "lm_head.weight" in report
+    assert all(torch.equal(model.model.state_dict()[name], tensor) for name, tensor in base.state_dict().items())
+    assert model.lm_head.weight.std().item() == pytest.approx(TINY_LM["decoder_embed_dim"] ** -0.5, rel=0.3)
+    with pytest.raises(ValueError, match=r"strict=True\): .*missing from the checkpoint: \['lm_head.weight'\]"):
+        AutoModelForCausalLM.from_pretrained(tmp_path, strict=True)
 
 
 def test_the_config_has_the_schemas_lm_options_with_their_defaults():
