@@ -415,7 +415,8 @@ class NodeTransformerPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=module.embedding_dim ** -0.5)
             if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
                 init.zeros_(module.weight[module.padding_idx])
-        elif module is getattr(self, "lm_head", None):
+        elif type(module) is nn.Linear:  # the output projection (or its resized copy): node_seq.nn's own
+            # linears are subclasses that initialise themselves
             if module.weight is not self.get_decoder().embed_tokens.weight:  # tied: the embedding's own init
                 init.normal_(module.weight, mean=0.0, std=module.in_features ** -0.5)
         elif isinstance(module, SinusoidalPositions):

@@ -79,6 +79,14 @@ def test_resizing_one_shared_embedding_resizes_both_sides_and_the_output_project
         model.resize_decoder_token_embeddings(56)
 
 
+def test_rows_added_without_mean_resizing_get_fairseqs_init():
+    model = tiny_model(node_method="rk4", tie_word_embeddings=False)
+    model.resize_token_embeddings(440, mean_resizing=False)
+    std = TINY["decoder_embed_dim"] ** -0.5  # fairseq's init of embeddings and of an output projection
+    for weight in (model.lm_head.weight, model.get_input_embeddings().weight):
+        assert weight[40:].std().item() == pytest.approx(std, rel=0.1)
+
+
 @pytest.mark.parametrize("tie", [True, False])
 def test_two_vocabularies_resize_one_side_at_a_time(tmp_path, tie):
     model = tiny_model(node_method="rk4", share_all_embeddings=False, decoder_vocab_size=24, tie_word_embeddings=tie)
