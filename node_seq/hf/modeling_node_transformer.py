@@ -109,7 +109,8 @@ class NodeNFE:
 
     After a forward pass (``model.last_nfe``) it is that pass's solves; after ``generate``
     (``model.generation_nfe``) it is the encoder's solve plus every decoding step's, which is the
-    NFE each sentence of the batch went through (fairseq-generate's "NFE per sentence").
+    NFE each sentence of the batch went through (fairseq-generate's "NFE per sentence"); an
+    assistant's drafting passes are the assistant's own ``generate`` calls, not counted here.
     """
 
     encoder: SolveStats = dataclasses.field(default_factory=SolveStats)
