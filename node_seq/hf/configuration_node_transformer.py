@@ -30,6 +30,10 @@ class NodeTransformerConfig(NodeOptionFields):
     resizes) and ``decoder_vocab_size`` the target one (decoder embeddings and ``lm_head``), as in
     Marian; left out (configs saved before it existed) it is ``vocab_size``, one vocabulary.
 
+    ``share_all_embeddings`` makes one input embedding for both sides (one vocabulary, one width);
+    ``tie_word_embeddings`` decides the output projection alone: tied to the target embedding, or
+    its own ``lm_head.weight`` (fairseq's ``--share-all-embeddings`` sets both, and so does the converter).
+
     ``use_cache`` defaults to ``True`` unless the decoder is an adaptive ODE: the per-stage cache
     needs a fixed grid (an adaptive decoder given a cache re-solves its prefix, which is exact but
     saves nothing).
@@ -83,8 +87,6 @@ class NodeTransformerConfig(NodeOptionFields):
 
     def _check_vocabularies(self) -> None:
         if self.share_all_embeddings:
-            if not self.tie_word_embeddings:
-                fail("share_all_embeddings", "shares the output projection too: it needs tie_word_embeddings=True")
             if self.vocab_size != self.decoder_vocab_size:
                 fail("share_all_embeddings", f"needs one vocabulary, got vocab_size {self.vocab_size} and "
                      f"decoder_vocab_size {self.decoder_vocab_size}; use share_all_embeddings=False")

@@ -4,7 +4,8 @@ The layers are :mod:`node_seq.nn`'s (the very modules the fairseq model uses); t
 fairseq's ``TransformerModel`` adds around them, reproduced exactly so converted checkpoints give the
 same numbers: scaled token embeddings plus fairseq's sinusoidal positions (counted over non-padding
 tokens, so left and right padding are the same), embedding dropout, the layers, a final LayerNorm
-(pre-norm layers), and an output projection tied to the embeddings.
+(pre-norm layers), and an output projection (tied to the target embedding unless
+``tie_word_embeddings=False``, like fairseq's ``--share-decoder-input-output-embed``).
 
 Read top to bottom: helpers, the decoder cache, encoder and decoder stacks, the two models.
 Shapes are batch-first: ``(batch, length, channels)``.
@@ -114,7 +115,8 @@ class NodeNFE:
 
     After a forward pass (``model.last_nfe``) it is that pass's solves; after ``generate``
     (``model.generation_nfe``) it is the encoder's solve plus every decoding step's, which is the
-    NFE each sentence of the batch went through (fairseq-generate's "NFE per sentence").
+    NFE each sentence of the batch went through (fairseq-generate's "NFE per sentence"); an
+    assistant's drafting passes are the assistant's own ``generate`` calls, not counted here.
     """
 
     encoder: SolveStats = dataclasses.field(default_factory=SolveStats)
@@ -420,7 +422,8 @@ class NodeTransformerPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=module.embedding_dim ** -0.5)
             if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
                 init.zeros_(module.weight[module.padding_idx])
-        elif module is getattr(self, "lm_head", None):
+        elif type(module) is nn.Linear:  # the output projection (or its resized copy): node_seq.nn's own
+            # linears are subclasses that initialise themselves
             if module.weight is not self.get_decoder().embed_tokens.weight:  # tied: the embedding's own init
                 init.normal_(module.weight, mean=0.0, std=module.in_features ** -0.5)
         elif isinstance(module, SinusoidalPositions):
@@ -428,13 +431,29 @@ class NodeTransformerPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (nn.LayerNorm, *SELF_INITIALIZING)):
             module.reset_parameters()
 
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, refusing to continue with missing or mismatched weights.
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        """transformers ties nothing when ``tie_word_embeddings=False``; here that flag decides the
+        output projection alone, and ``share_all_embeddings``' one input embedding stays one."""
+        if all_submodels:
+            return super().get_expanded_tied_weights_keys(all_submodels=True)
+        tie_output = self.config.tie_word_embeddings
+        return {target: source for target, source in (self._tied_weights_keys or {}).items()
+                if tie_output or not target.startswith("lm_head.")}
 
-        transformers only warns and initialises such weights at random; a NODE-Transformer that
-        silently translates with random layers is worse than an error.
+    @classmethod
+    def from_pretrained(cls, *args, strict: bool = False, **kwargs):
+        """``PreTrainedModel.from_pretrained``; ``strict=True`` refuses weights that do not match the config.
+
+        By default transformers' convention holds: weights missing from the checkpoint are
+        initialised (``_init_weights``, fairseq's init) and named in transformers' loading report (a
+        warning), so are checkpoint weights the model does not use, and a weight of another shape is
+        an error unless ``ignore_mismatched_sizes=True``. ``strict=True`` (what ``torch``'s
+        ``load_state_dict`` calls it) raises instead, naming every missing, unused or mis-shaped
+        weight: ``node_seq.hf.cli.translate`` loads so, since translating with layers at their
+        random init is worse than an error.
         """
+        if not strict:
+            return super().from_pretrained(*args, **kwargs)
         wants_info = kwargs.get("output_loading_info", False)
         ignore_mismatched = kwargs.get("ignore_mismatched_sizes", False)
         kwargs["output_loading_info"] = True
@@ -451,8 +470,8 @@ class NodeTransformerPreTrainedModel(PreTrainedModel):
             problems.append(f"shapes differ from the config: {shapes}")
         if problems:
             where = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-            raise ValueError(f"{cls.__name__}.from_pretrained({where!r}): the weights do not match the config; "
-                             + "; ".join(problems))
+            raise ValueError(f"{cls.__name__}.from_pretrained({where!r}, strict=True): the weights do not match "
+                             "the config; " + "; ".join(problems))
         return (model, info) if wants_info else model
 
 
@@ -482,6 +501,13 @@ class NodeTransformerModel(NodeTransformerPreTrainedModel):
         self.encoder.embed_tokens = value
         if self.config.share_all_embeddings:
             self.decoder.embed_tokens = value
+
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        """The source side's embedding, which is also the target side's with ``share_all_embeddings``."""
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        if self.config.share_all_embeddings:
+            self.config.decoder_vocab_size = embeddings.num_embeddings
+        return embeddings
 
     def get_decoder(self) -> NodeTransformerDecoder:
         return self.decoder
@@ -584,7 +610,7 @@ class NodeHeadMixin:
 
     def _init_head(self, config) -> None:
         self.generation_nfe = NodeNFE()
-        self._tally: list[SolveStats] | None = None  # while generating: each forward pass's decoder stats
+        self._tally: NodeNFE | None = None  # while generating: this generate call's count so far
         self.regularizer_weights = configure_ode_layers(self, config.node_options())
         self.post_init()
 
@@ -636,23 +662,33 @@ class NodeHeadMixin:
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
-        """``GenerationMixin.generate``, counting the NFE every sequence went through (``generation_nfe``)."""
-        encoder = self.get_encoder() if self.config.is_encoder_decoder else None
-        if encoder is not None:
-            encoder.last_stats = SolveStats()
-        self._tally = []
+        """``GenerationMixin.generate``, counting the NFE every sequence went through (``generation_nfe``).
+
+        Each call counts its own passes: an assistant that runs ``generate`` inside this one (this
+        very model, or another NODE model) keeps its drafting passes out of this call's count.
+        """
+        outer, self._tally = self._tally, NodeNFE()
         try:
             return super().generate(inputs, generation_config, **kwargs)
         finally:
-            tally, self._tally = self._tally, None
-            self.generation_nfe = NodeNFE(encoder=encoder.last_stats if encoder is not None else SolveStats(),
-                                          decoder=sum(tally, SolveStats()), decoder_passes=len(tally))
+            self.generation_nfe, self._tally = self._tally, outer
+
+    def _maybe_prepare_encoder_kwargs_for_generation(self, inputs_tensor: torch.Tensor, model_kwargs: dict,
+                                                     *args, **kwargs) -> dict:
+        """Counts the encoder's solve (none when ``encoder_outputs`` were given). An assistant that is
+        this model encodes the same source again here, with the same count: it is recorded, not added."""
+        encodes = self.config.is_encoder_decoder and model_kwargs.get("encoder_outputs") is None
+        model_kwargs = super()._maybe_prepare_encoder_kwargs_for_generation(inputs_tensor, model_kwargs, *args,
+                                                                            **kwargs)
+        if encodes and self._tally is not None:
+            self._tally.encoder = self.get_encoder().last_stats
+        return model_kwargs
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs: dict, *args, **kwargs) -> dict:
         """Counts each decoding pass's NFE: generate calls this after every forward pass, outside it,
         so a compiled forward stays one graph."""
         if self._tally is not None:
-            self._tally.append(self.model.last_nfe.decoder)
+            self._tally += NodeNFE(decoder=self.model.last_nfe.decoder, decoder_passes=1)
         return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
 
 
@@ -690,14 +726,36 @@ class NodeTransformerForConditionalGeneration(NodeHeadMixin, NodeTransformerPreT
             setattr(self.generation_config, name, value)
         self.generation_config._from_model_config = False  # else max_len_a/b would not be read back
 
-    def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs) -> nn.Embedding:
-        """Resize the one vocabulary; refused with two (transformers would resize ``lm_head`` to the source's)."""
-        if self.config.decoder_vocab_size != self.config.vocab_size:
-            raise NotImplementedError("resize_token_embeddings: the source and target vocabularies differ "
-                                      f"(vocab_size {self.config.vocab_size}, decoder_vocab_size "
-                                      f"{self.config.decoder_vocab_size}); resize only a model with one vocabulary")
-        embeddings = super().resize_token_embeddings(new_num_tokens, *args, **kwargs)
-        self.config.decoder_vocab_size = self.config.vocab_size
+    def _resize_token_embeddings(self, new_num_tokens: int | None, pad_to_multiple_of: int | None = None,
+                                 mean_resizing: bool = True) -> nn.Embedding:
+        """``resize_token_embeddings`` resizes the source side (``vocab_size``). With
+        ``share_all_embeddings`` that embedding is the target side's too, and the output projection
+        follows it (re-tied if tied); with two embeddings the target side is left as it is
+        (:meth:`resize_decoder_token_embeddings` resizes it), as Marian does."""
+        if self.config.share_all_embeddings:
+            embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+            self.config.decoder_vocab_size = embeddings.num_embeddings
+            return embeddings
+        embeddings = self._get_resized_embeddings(self.get_input_embeddings(), new_num_tokens, pad_to_multiple_of,
+                                                  mean_resizing)
+        self.set_input_embeddings(embeddings)
+        return embeddings
+
+    def resize_decoder_token_embeddings(self, new_num_tokens: int | None, pad_to_multiple_of: int | None = None,
+                                        mean_resizing: bool = True) -> nn.Embedding:
+        """Resize the target side (``decoder_vocab_size``): the decoder's embedding and the output
+        projection (re-tied if tied). With ``share_all_embeddings`` there is one embedding: use
+        ``resize_token_embeddings``."""
+        if self.config.share_all_embeddings:
+            raise ValueError("resize_decoder_token_embeddings: with share_all_embeddings=True the source and target "
+                             "share one embedding; resize it with resize_token_embeddings")
+        decoder = self.get_decoder()
+        embeddings = self._get_resized_embeddings(decoder.embed_tokens, new_num_tokens, pad_to_multiple_of,
+                                                  mean_resizing)
+        decoder.embed_tokens = embeddings
+        self.lm_head = self._get_resized_lm_head(self.lm_head, embeddings.num_embeddings, mean_resizing=mean_resizing)
+        self.config.decoder_vocab_size = embeddings.num_embeddings
+        self.tie_weights()
         return embeddings
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from .modeling_node_transformer import (
 
 
 class NodeTransformerLMPreTrainedModel(NodeTransformerPreTrainedModel):
-    """The seq2seq base class (fairseq's init of every module, strict ``from_pretrained``) for the LM config."""
+    """The seq2seq base class (fairseq's init of every module, ``from_pretrained(..., strict=True)``) for the LM config."""
 
     config: NodeTransformerLMConfig
     config_class = NodeTransformerLMConfig

@@ -46,6 +46,17 @@ def tiny_lm(**overrides) -> NodeTransformerForCausalLM:
 PROMPTS = torch.tensor([[2, 5, 6, 7, 8], [1, 1, 2, 9, 10]])
 PROMPT_MASK = PROMPTS.ne(1).long()
 
+def load_with_report(auto_class, path, **kwargs) -> tuple:
+    """``auto_class.from_pretrained(path, **kwargs)`` and the loading report transformers logged
+    meanwhile (its warning naming missing, unused and mis-shaped weights; empty when all fit)."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as captured:
+        model = auto_class.from_pretrained(path, **kwargs)
+    return model, captured.out
+
+
 # A batch of three sources (right-padded, </s>=2 at the end, <pad>=1).
 SOURCE = torch.tensor([[5, 6, 7, 8, 9, 2], [10, 11, 12, 2, 1, 1], [13, 14, 2, 1, 1, 1]])
 

@@ -6,11 +6,13 @@ initialisation, refused arguments, reloadable configs, assisted decoding, ``get_
 tracing without data-dependent branches.
 """
 
+import copy
 import itertools
 import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM
 
 from node_seq.hf import NodeCache, NodeTransformerConfig, NodeTransformerForConditionalGeneration
@@ -227,22 +229,45 @@ def test_past_key_values_is_still_accepted_for_cache():
 # 5. a config that builds reloads; a contradiction is refused when made
 
 
-def test_untied_output_projection_round_trips(tmp_path):
-    model = tiny_model(node_method="rk4", share_all_embeddings=False, tie_word_embeddings=False)
+SHARING = {"one embedding, tied": (True, True), "one embedding, own lm_head": (True, False),
+           "two embeddings, tied": (False, True), "two embeddings, own lm_head": (False, False)}
+
+
+@pytest.mark.parametrize("sharing", SHARING)
+def test_tie_word_embeddings_decides_the_output_projection_alone(tmp_path, sharing):
+    share, tie = SHARING[sharing]
+    model = tiny_model(node_method="rk4", share_all_embeddings=share, tie_word_embeddings=tie)
+    encoder, decoder = model.model.encoder.embed_tokens, model.model.decoder.embed_tokens
+    assert (encoder is decoder) is share
+    assert (model.lm_head.weight is decoder.weight) is tie
     model.save_pretrained(tmp_path)
-    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
-    assert not loaded.config.tie_word_embeddings
-    assert torch.equal(encode_decode(loaded).logits, encode_decode(model).logits)
+    assert ("lm_head.weight" in load_file(tmp_path / "model.safetensors")) is not tie
+    loaded, info = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched key, no error
+    assert (loaded.model.encoder.embed_tokens is loaded.model.decoder.embed_tokens) is share
+    assert (loaded.lm_head.weight is loaded.model.decoder.embed_tokens.weight) is tie
+    assert torch.equal(encode_decode(loaded.eval()).logits, encode_decode(model).logits)
 
 
-def test_shared_embeddings_without_tying_are_refused_before_anything_is_written(tmp_path):
-    with pytest.raises(OptionError, match="tie_word_embeddings"):
-        NodeTransformerConfig(**TINY, tie_word_embeddings=False)
+def test_an_own_output_projection_is_initialised_like_fairseqs():
+    config = NodeTransformerConfig(**{**TINY, "decoder_vocab_size": 4000, "vocab_size": 4000,
+                                      "tie_word_embeddings": False})
+    model = NodeTransformerForConditionalGeneration(config)
+    weight = model.lm_head.weight
+    assert weight is not model.model.decoder.embed_tokens.weight
+    assert weight.mean().item() == pytest.approx(0.0, abs=0.01)
+    assert weight.std().item() == pytest.approx(TINY["decoder_embed_dim"] ** -0.5, rel=0.05)
+    assert torch.any(weight[config.pad_token_id] != 0)  # a projection row, not an embedding's padding row
+
+
+def test_a_contradiction_made_after_the_config_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(OptionError, match="share_all_embeddings: needs one vocabulary"):
+        NodeTransformerConfig(**TINY, decoder_vocab_size=24)
     config = NodeTransformerConfig(**TINY)
-    config.tie_word_embeddings = False  # changed after the config was made
-    with pytest.raises(OptionError, match="tie_word_embeddings"):
+    config.decoder_vocab_size = 24  # changed after the config was made
+    with pytest.raises(OptionError, match="share_all_embeddings: needs one vocabulary"):
         NodeTransformerForConditionalGeneration(config)
-    with pytest.raises(OptionError, match="tie_word_embeddings"):
+    with pytest.raises(OptionError, match="share_all_embeddings: needs one vocabulary"):
         config.save_pretrained(tmp_path / "config")
     assert not (tmp_path / "config" / "config.json").exists()
 
@@ -282,6 +307,49 @@ def test_assisted_decoding_equals_greedy_decoding(method):
                                        prompt_lookup_num_tokens=2)
         assert greedy.shape[1] > 3
         assert torch.equal(assisted, greedy) and torch.equal(prompt_lookup, greedy)
+
+
+def counted(model) -> tuple[list, object]:
+    """A list that grows by one per forward pass of ``model``, and the hook's handle."""
+    passes = []
+    return passes, model.register_forward_hook(lambda *_: passes.append(1))
+
+
+def test_assisted_decoding_counts_the_models_own_passes_even_when_it_assists_itself():
+    model = tiny_model(node_method="rk4", node_steps=2)
+    per_pass = TINY["decoder_layers"] * 2 * 4  # layers x steps x rk4 stages
+    source, mask = SOURCE[:1], MASK[:1]
+    greedy = model.generate(source, attention_mask=mask, num_beams=1, max_new_tokens=8)
+    encoder_nfe = model.generation_nfe.encoder
+    runs = {}
+    for name, assistant in (("a copy", copy.deepcopy(model)), ("itself", model)):
+        passes, hook = counted(model)
+        tokens = model.generate(source, attention_mask=mask, num_beams=1, max_new_tokens=8, assistant_model=assistant)
+        hook.remove()
+        assert torch.equal(tokens, greedy), name
+        runs[name] = model.generation_nfe, len(passes)
+    copy_nfe, copy_passes = runs["a copy"]
+    assert copy_nfe.decoder_passes == copy_passes  # the copy's drafting passes are its own
+    assert copy_nfe.encoder == encoder_nfe and copy_nfe.decoder.nfe_forward == copy_passes * per_pass
+    self_nfe, self_passes = runs["itself"]
+    assert self_nfe == copy_nfe  # the same verification passes, whoever drafted them
+    assert self_passes > self_nfe.decoder_passes  # its drafts ran through the same forward, uncounted
+
+
+def test_a_random_assistant_of_the_same_class_changes_no_token():
+    model = tiny_model(node_method="rk4", node_steps=2)
+    torch.manual_seed(1)
+    assistant = NodeTransformerForConditionalGeneration(NodeTransformerConfig(**TINY, node_method="euler")).eval()
+    for row in range(SOURCE.shape[0]):
+        source, mask = SOURCE[row:row + 1], MASK[row:row + 1]
+        greedy = model.generate(source, attention_mask=mask, num_beams=1, max_new_tokens=8)
+        passes, hook = counted(model)
+        assisted = model.generate(source, attention_mask=mask, num_beams=1, max_new_tokens=8,
+                                  assistant_model=assistant)
+        hook.remove()
+        assert torch.equal(assisted, greedy)
+        assert model.generation_nfe.decoder_passes == len(passes)
+        assert assistant.generation_nfe.decoder_passes >= 1  # its last draft's own count
 
 
 # ---------------------------------------------------------------------------------------------

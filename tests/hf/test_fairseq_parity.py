@@ -20,13 +20,15 @@ import node_seq.fairseq  # noqa: F401  (registers the fairseq model; allow-lists
 from node_seq.hf.convert import ConversionError, convert, load_fairseq_checkpoint
 from node_seq.text.tokenizer import encode_lines, load_tokenizer
 
-from hf_helpers import both_outputs, fairseq_side
+from hf_helpers import both_outputs, fairseq_side, load_with_report
 
 RUNS = ["trained_run", "variant_run", "post_norm_run"]
 
 
 def hf_side(run):
-    return AutoModelForSeq2SeqLM.from_pretrained(run.hf).eval(), AutoTokenizer.from_pretrained(run.hf)
+    model, report = load_with_report(AutoModelForSeq2SeqLM, run.hf, strict=True)
+    assert report == ""  # a converted folder loads with every weight in place, no warning
+    return model.eval(), AutoTokenizer.from_pretrained(run.hf)
 
 
 def test_tokenizer_ids_equal_the_fairseq_dictionary_ids(trained_run):

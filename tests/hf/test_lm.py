@@ -3,11 +3,12 @@ per-stage cache equal to uncached decoding, save/load, conversion from fairseq w
 and tokens, and bad configs and checkpoints refused naming the field or the converter."""
 
 import argparse
+import copy
 import re
 
 import pytest
 import torch
-from hf_helpers import PROMPT_MASK as MASK, PROMPTS, TINY_LM, tiny_lm
+from hf_helpers import PROMPT_MASK as MASK, PROMPTS, TINY_LM, load_with_report, tiny_lm
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from node_seq.hf import NodeCache, NodeTransformerForCausalLM, NodeTransformerLMConfig, NodeTransformerLMModel
@@ -37,6 +38,38 @@ def test_the_auto_classes_know_the_language_model(tmp_path):
     assert type(base) is NodeTransformerLMModel
     assert not any("encoder" in name for name, _ in model.named_parameters())
     assert model.lm_head.weight is model.get_input_embeddings().weight  # tied, as fairseq's LM shares them
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_tying_decides_the_output_projection_and_resizing_keeps_it_so(tmp_path, tie):
+    model = tiny_lm(node_method="rk4", tie_word_embeddings=tie)
+    assert (model.lm_head.weight is model.get_input_embeddings().weight) is tie
+    with torch.no_grad():
+        before = model(PROMPTS, attention_mask=MASK).logits
+        model.resize_token_embeddings(48)
+        after = model(PROMPTS, attention_mask=MASK).logits
+    assert model.config.vocab_size == model.lm_head.out_features == 48 and after.shape[-1] == 48
+    assert (model.lm_head.weight is model.get_input_embeddings().weight) is tie
+    torch.testing.assert_close(after[..., :40], before)
+    model.save_pretrained(tmp_path)
+    reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()), info
+    assert (reloaded.lm_head.weight is reloaded.get_input_embeddings().weight) is tie
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(PROMPTS, attention_mask=MASK).logits, after)
+
+
+def test_an_lm_checkpoint_without_its_own_head_loads_with_the_head_initialised_and_named(tmp_path):
+    config = NodeTransformerLMConfig(**TINY_LM, node_method="rk4", tie_word_embeddings=False)
+    torch.manual_seed(0)
+    base = NodeTransformerLMModel(config)
+    base.save_pretrained(tmp_path)
+    model, report = load_with_report(AutoModelForCausalLM, tmp_path)
+    assert "MISSING" in report and "lm_head.weight" in report
+    assert all(torch.equal(model.model.state_dict()[name], tensor) for name, tensor in base.state_dict().items())
+    assert model.lm_head.weight.std().item() == pytest.approx(TINY_LM["decoder_embed_dim"] ** -0.5, rel=0.3)
+    with pytest.raises(ValueError, match=r"strict=True\): .*missing from the checkpoint: \['lm_head.weight'\]"):
+        AutoModelForCausalLM.from_pretrained(tmp_path, strict=True)
 
 
 def test_the_config_has_the_schemas_lm_options_with_their_defaults():
@@ -108,6 +141,30 @@ def test_assisted_decoding_and_prompt_lookup_equal_greedy():
     assisted = model.generate(prompt, max_new_tokens=8, num_beams=1, assistant_model=assistant)
     lookup = model.generate(prompt, max_new_tokens=8, num_beams=1, prompt_lookup_num_tokens=2)
     assert torch.equal(assisted, greedy) and torch.equal(lookup, greedy)
+
+
+def test_assisted_decoding_counts_the_models_own_passes():
+    """A copy, the model itself (a generate inside its generate) and a random LM draft; the count is
+    the model's verifying passes, the same whoever drafts the same tokens."""
+    model = tiny_lm(node_method="rk4", node_steps=2)
+    torch.manual_seed(1)
+    assistants = {"a copy": copy.deepcopy(model), "itself": model,
+                  "a random LM": NodeTransformerForCausalLM(NodeTransformerLMConfig(**TINY_LM)).eval()}
+    prompt = PROMPTS[:1]
+    greedy = model.generate(prompt, max_new_tokens=8, num_beams=1)
+    runs = {}
+    for name, assistant in assistants.items():
+        passes = []
+        hook = model.register_forward_hook(lambda *_: passes.append(1))
+        assert torch.equal(model.generate(prompt, max_new_tokens=8, num_beams=1, assistant_model=assistant), greedy)
+        hook.remove()
+        nfe = model.generation_nfe
+        assert nfe.decoder.nfe_forward == nfe.decoder_passes * 2 * 2 * 4, name  # layers x steps x rk4 stages
+        runs[name] = nfe, len(passes)
+    for name in ("a copy", "a random LM"):
+        assert runs[name][0].decoder_passes == runs[name][1], name
+    assert runs["itself"][0] == runs["a copy"][0]
+    assert runs["itself"][1] > runs["itself"][0].decoder_passes  # its drafts ran through the same forward
 
 
 def test_training_loss_is_next_token_cross_entropy_and_reaches_every_weight():

@@ -9,6 +9,7 @@ import torch
 
 pytest.importorskip("fairseq")
 
+from hf_helpers import load_with_report  # noqa: E402
 from lm_helpers import make_lm_data, train_lm  # noqa: E402
 
 
@@ -43,7 +44,9 @@ def test_converted_lm_gives_fairseqs_logits_and_greedy_tokens(lm_data, converted
 
     checkpoint, hf = converted
     fairseq_model, task = _fairseq_model(lm_data, checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(hf).eval()
+    model, report = load_with_report(AutoModelForCausalLM, hf, strict=True)
+    assert report == ""  # every weight in place: no warning
+    model.eval()
     dataset = task.dataset("test")
     sample = dataset.collater([dataset[i] for i in range(6)])  # right-padded sentences after </s>
     tokens = sample["net_input"]["src_tokens"]

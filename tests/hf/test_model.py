@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 from node_seq.hf import NodeCache, NodeTransformerConfig, NodeTransformerForConditionalGeneration, NodeTransformerModel
 from node_seq.hf.modeling_node_transformer import EOSAtMaxLength
 
-from hf_helpers import SOURCE, TINY, tiny_model
+from hf_helpers import SOURCE, TINY, load_with_report, tiny_model
 
 MASK = SOURCE.ne(1)
 TARGET = torch.tensor([[2, 5, 6, 7], [2, 8, 9, 10], [2, 11, 12, 13]])
@@ -60,14 +60,57 @@ def test_separate_vocabularies_size_the_decoder_and_output_and_survive_save_load
     model.save_pretrained(tmp_path)
     loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
     assert torch.equal(logits(loaded), logits(model))
-    with pytest.raises(NotImplementedError, match="resize_token_embeddings: the source and target vocabularies differ"):
-        model.resize_token_embeddings(48)
 
 
-def test_resizing_one_vocabulary_keeps_both_sizes_in_step():
-    model = tiny_model(node_method="rk4")
+@pytest.mark.parametrize("tie", [True, False])
+def test_resizing_one_shared_embedding_resizes_both_sides_and_the_output_projection(tmp_path, tie):
+    model = tiny_model(node_method="rk4", tie_word_embeddings=tie)
+    before = logits(model)
     model.resize_token_embeddings(48)
     assert (model.config.vocab_size, model.config.decoder_vocab_size, model.lm_head.out_features) == (48, 48, 48)
+    assert model.model.decoder.embed_tokens is model.model.encoder.embed_tokens
+    assert (model.lm_head.weight is model.model.encoder.embed_tokens.weight) is tie
+    after = logits(model)
+    assert after.shape[-1] == 48 and torch.allclose(after[..., :40], before)  # the old tokens' rows are kept
+    model.save_pretrained(tmp_path)
+    loaded, info = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()) and torch.equal(logits(loaded.eval()), after)
+    with pytest.raises(ValueError, match="share_all_embeddings=True .* resize_token_embeddings"):
+        model.resize_decoder_token_embeddings(56)
+
+
+def test_rows_added_without_mean_resizing_get_fairseqs_init():
+    model = tiny_model(node_method="rk4", tie_word_embeddings=False)
+    model.resize_token_embeddings(440, mean_resizing=False)
+    std = TINY["decoder_embed_dim"] ** -0.5  # fairseq's init of embeddings and of an output projection
+    for weight in (model.lm_head.weight, model.get_input_embeddings().weight):
+        assert weight[40:].std().item() == pytest.approx(std, rel=0.1)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_two_vocabularies_resize_one_side_at_a_time(tmp_path, tie):
+    model = tiny_model(node_method="rk4", share_all_embeddings=False, decoder_vocab_size=24, tie_word_embeddings=tie)
+    before = logits(model)
+    model.resize_token_embeddings(48)  # the source side only
+    assert (model.config.vocab_size, model.config.decoder_vocab_size) == (48, 24)
+    assert model.get_input_embeddings().num_embeddings == 48 and model.lm_head.out_features == 24
+    assert torch.allclose(logits(model), before)
+    model.resize_decoder_token_embeddings(30)  # the target side: its embedding and the output projection
+    assert (model.config.vocab_size, model.config.decoder_vocab_size) == (48, 30)
+    assert model.get_decoder().embed_tokens.num_embeddings == model.lm_head.out_features == 30
+    assert (model.lm_head.weight is model.get_decoder().embed_tokens.weight) is tie
+    after = logits(model)
+    assert torch.allclose(after[..., :24], before)
+    model.save_pretrained(tmp_path)
+    loaded, info = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()) and torch.equal(logits(loaded.eval()), after)
+
+
+def test_the_base_model_resizes_a_shared_embedding_for_both_sides():
+    model = NodeTransformerModel(NodeTransformerConfig(**TINY, node_method="rk4"))
+    model.resize_token_embeddings(48)
+    assert (model.config.vocab_size, model.config.decoder_vocab_size) == (48, 48)
+    assert model.decoder.embed_tokens.num_embeddings == 48
 
 
 def test_post_init_keeps_the_layers_own_initialisation():
@@ -80,34 +123,88 @@ def test_post_init_keeps_the_layers_own_initialisation():
     assert model.model.encoder.embed_tokens.weight.std().item() == pytest.approx(width ** -0.5, rel=0.2)
 
 
-def test_missing_weights_fail_loudly(tmp_path):
-    tiny_model(node_method="rk4").save_pretrained(tmp_path)
-    weights = load_file(tmp_path / "model.safetensors")
-    del weights["model.decoder.layers.1.field.ffn.fc2.weight"]
-    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    missing = r"missing from the checkpoint: \['model.decoder.layers.1.field.ffn.fc2.weight'\]"
+def without(path, key: str) -> None:
+    """Delete ``key`` from the weights saved in ``path``."""
+    weights = load_file(path / "model.safetensors")
+    del weights[key]
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_missing_weights_are_initialised_and_named_in_a_warning(tmp_path):
+    model = tiny_model(node_method="rk4")
+    model.save_pretrained(tmp_path)
+    key = "model.decoder.layers.1.field.ffn.fc2.weight"
+    without(tmp_path, key)
+    loaded, report = load_with_report(AutoModelForSeq2SeqLM, tmp_path)
+    assert "MISSING" in report and key in report
+    fresh = dict(NodeTransformerForConditionalGeneration(model.config).named_parameters())[key]
+    for name, tensor in loaded.state_dict().items():
+        if name != key:
+            assert torch.equal(tensor, model.state_dict()[name]), name  # the rest is loaded, untouched
+    weight = loaded.get_parameter(key)
+    assert torch.isfinite(weight).all() and not torch.equal(weight, model.get_parameter(key))
+    assert weight.std().item() == pytest.approx(fresh.std().item(), rel=0.2)  # the layer's own init
+    missing = rf"strict=True\): .*missing from the checkpoint: \['{key}'\]"
     with pytest.raises(ValueError, match=missing):
-        AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path, strict=True)
 
 
-def test_weights_of_another_shape_fail_loudly(tmp_path):
+@pytest.mark.parametrize("tie", [True, False])
+def test_a_checkpoint_without_the_head_loads_into_the_model_with_one(tmp_path, tie):
+    config = NodeTransformerConfig(**TINY, node_method="rk4", tie_word_embeddings=tie)
+    torch.manual_seed(0)
+    base = NodeTransformerModel(config)
+    base.save_pretrained(tmp_path)
+    model, report = load_with_report(AutoModelForSeq2SeqLM, tmp_path)
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(model.model.state_dict()[name], tensor), name
+    if tie:  # the head is the embedding: nothing is missing
+        assert report == "" and model.lm_head.weight is model.model.decoder.embed_tokens.weight
+    else:
+        assert "MISSING" in report and "lm_head.weight" in report
+        assert model.lm_head.weight.std().item() == pytest.approx(TINY["decoder_embed_dim"] ** -0.5, rel=0.3)
+        with pytest.raises(ValueError, match=r"missing from the checkpoint: \['lm_head.weight'\]"):
+            AutoModelForSeq2SeqLM.from_pretrained(tmp_path, strict=True)
+
+
+def test_weights_of_another_shape_are_an_error_unless_ignored(tmp_path):
     tiny_model(node_method="rk4").save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config["encoder_ffn_dim"] = 48  # the weights are for 32
     (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # transformers' own refusal
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    model, report = load_with_report(AutoModelForSeq2SeqLM, tmp_path, ignore_mismatched_sizes=True)
+    assert "MISMATCH" in report and "model.encoder.layers.{0, 1}.field.ffn.fc1.weight" in report  # both layers
+    assert model.model.encoder.layers[0].field.ffn.fc1.weight.shape == (48, 16)
     shapes = r"shapes differ from the config: .*fc1.weight \(checkpoint \(32, 16\), model \(48, 16\)\)"
     with pytest.raises(ValueError, match=shapes):
-        AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path, strict=True)
 
 
-def test_unexpected_weights_fail_loudly(tmp_path):
+def test_unused_weights_are_named_in_a_warning(tmp_path):
     tiny_model(node_method="rk4").save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config["decoder_layers"] = 1  # the checkpoint has two decoder layers
     (tmp_path / "config.json").write_text(json.dumps(config))
+    model, report = load_with_report(AutoModelForSeq2SeqLM, tmp_path)
+    assert "UNEXPECTED" in report and "model.decoder.layers.1" in report and len(model.model.decoder.layers) == 1
     unused = r"not used by NodeTransformerForConditionalGeneration: \['model.decoder.layers.1"
     with pytest.raises(ValueError, match=unused):
-        AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path, strict=True)
+
+
+def test_translate_loads_strictly_and_names_the_missing_weight(tmp_path, capsys):
+    from node_seq.hf.cli import translate
+
+    tiny_model(node_method="rk4").save_pretrained(tmp_path)
+    without(tmp_path, "model.encoder.layers.0.field.ffn.fc1.weight")
+    with pytest.raises(SystemExit):
+        translate.main(["--model", str(tmp_path), "1 2 3"])
+    assert "--model: " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        translate.main(["--model", str(tmp_path), "1 2 3"])
+    assert "missing from the checkpoint: ['model.encoder.layers.0.field.ffn.fc1.weight']" in capsys.readouterr().err
 
 
 FIXED_GRID = {

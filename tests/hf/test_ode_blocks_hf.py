@@ -55,7 +55,7 @@ def test_save_and_reload_keep_the_coefficients(method, tmp_path):
     names = [name for name, _ in model.named_parameters() if ".coefficients." in name]
     assert names and all(name.startswith(("model.encoder.layers.", "model.decoder.layers.")) for name in names)
     model.save_pretrained(tmp_path)
-    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()  # refuses missing or unexpected weights
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, strict=True).eval()  # refuses missing or unused weights
     with torch.no_grad():
         want = model(input_ids=SOURCE, attention_mask=MASK, decoder_input_ids=TARGET).logits
         got = loaded(input_ids=SOURCE, attention_mask=MASK, decoder_input_ids=TARGET).logits

@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     sentences = args.sentences or [line.rstrip("\n") for line in sys.stdin]
+    try:  # strict: a weight missing from the folder would translate with its random init
+        model = AutoModelForSeq2SeqLM.from_pretrained(args.model, strict=True).eval()
+    except ValueError as error:
+        parser.error(f"--model: {error}")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForSeq2SeqLM.from_pretrained(args.model).eval()
     lengths = {k: v for k, v in (("max_len_a", args.max_len_a), ("max_len_b", args.max_len_b)) if v is not None}
     for start in range(0, len(sentences), args.batch_size):
         chunk = sentences[start:start + args.batch_size]
