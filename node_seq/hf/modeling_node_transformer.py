@@ -28,6 +28,7 @@ from ..nn.factory import configure_ode_layers, decoder_layer, encoder_layer, lay
 from ..nn.layers import SELF_INITIALIZING, collect_stats, crop_cache, reorder_cache, total_regularizer
 from ..ode import SolveStats
 from .configuration_node_transformer import NodeTransformerConfig
+from .remote_code import SavesCodeBundle
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,7 +393,7 @@ class NodeTransformerDecoder(nn.Module):
 # the models
 
 
-class NodeTransformerPreTrainedModel(PreTrainedModel):
+class NodeTransformerPreTrainedModel(SavesCodeBundle, PreTrainedModel):
     config: NodeTransformerConfig
     config_class = NodeTransformerConfig
     base_model_prefix = "model"
