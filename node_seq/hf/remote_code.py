@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from transformers import PreTrainedConfig, PreTrainedModel
+
 PACKAGE = "node_seq"
 HF_PACKAGE = f"{PACKAGE}.hf"
 
@@ -73,7 +75,10 @@ def _definition(module: str, name: str) -> tuple[str, str]:
         if isinstance(node, ast.ImportFrom):
             for alias in node.names:
                 if (alias.asname or alias.name) == name:
-                    return _definition(_imported_module(module, True, node), alias.name)
+                    source = _imported_module(module, True, node)
+                    if source == module:  # from . import name: a module (a bundle has no packages)
+                        raise BundleError(f"{module}.{name} is a module: import names from it instead")
+                    return _definition(source, alias.name)
     raise BundleError(f"{module} does not re-export {name!r} from a module (a bundle has no packages): "
                       f"import it from the module that defines it")
 
@@ -179,8 +184,6 @@ class SavesCodeBundle:
 
 def _point_auto_map_at_bundle(obj) -> None:
     """Add ``obj``'s Auto class -> its bundled class to the ``auto_map`` its ``save_pretrained`` writes."""
-    from transformers import PreTrainedConfig, PreTrainedModel
-
     if isinstance(obj, PreTrainedConfig):
         obj.auto_map = {**(getattr(obj, "auto_map", None) or {}), obj._auto_class: auto_map_entry(type(obj))}
     elif isinstance(obj, PreTrainedModel):

@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 from transformers.dynamic_module_utils import get_relative_import_files
 
 from node_seq.hf import NodeTransformerConfig, NodeTransformerForConditionalGeneration, NodeTransformerTokenizerFast
-from node_seq.hf.remote_code import BundleError, bundle, flat_name
+from node_seq.hf.remote_code import BundleError, bundle, bundled_source, flat_name
 from node_seq.hf.tokenization_node_transformer import LANGUAGE_MODEL, SEQ2SEQ, build_tokenizer
 from node_seq.text.tokenizer import train_tokenizer
 
@@ -170,14 +170,6 @@ def _node_seq_modules() -> list[str]:
             for path in root.rglob("*.py")]
 
 
-def test_a_name_a_package_does_not_re_export_is_refused():
-    from node_seq.hf.remote_code import _definition
-
-    with pytest.raises(BundleError, match=r"node_seq.ode does not re-export 'integrate'"):
-        _definition("node_seq.ode", "integrate")
-    assert _definition("node_seq.ode", "solve") == ("node_seq.ode.solve", "solve")
-
-
 def test_where_node_seq_is_imported_its_classes_load_a_bundle(shared, tmp_path, monkeypatch):
     """node_seq registers its classes with the Auto classes: they load the folder, its code is not imported."""
     import transformers.dynamic_module_utils as dynamic
@@ -257,3 +249,48 @@ def test_push_to_hub_from_save_pretrained_is_refused_before_anything_is_written(
     with pytest.raises(ValueError, match=r"push_to_hub=True.*then push_to_hub\(repo_id\)"):
         model.save_pretrained(tmp_path / "out", push_to_hub=True)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def module_of_node_seq_hf(tmp_path, monkeypatch):
+    """Write a module that imports as ``node_seq.hf.<name>`` (from tmp_path), for the rewrite's edge cases."""
+    import node_seq.hf
+
+    monkeypatch.setattr(node_seq.hf, "__path__", [*node_seq.hf.__path__, str(tmp_path)])
+
+    def write(name: str, source: str) -> str:
+        (tmp_path / f"{name}.py").write_text(source)
+        importlib.invalidate_caches()
+        return f"node_seq.hf.{name}"
+
+    return write
+
+
+def test_imports_are_rewritten_in_place_wherever_they_are(module_of_node_seq_hf):
+    module = module_of_node_seq_hf("edge_cases", (
+        "from ..ode import (\n    SolveStats as Stats,  # a comment inside\n    solve,\n)  # kept\n"
+        "def f():\n    from ..nn.layers import LayerSpec\n    return LayerSpec\n"
+        "from node_seq.ode.config import SolverConfig\n"))
+    source, imported = bundled_source(module)
+    assert source == ("from .ode_stats import SolveStats as Stats\nfrom .ode_solve import solve  # kept\n"
+                      "def f():\n    from .nn_layers import LayerSpec\n    return LayerSpec\n"
+                      "from .ode_config import SolverConfig\n")
+    assert imported == {"node_seq.ode.stats", "node_seq.ode.solve", "node_seq.nn.layers", "node_seq.ode.config"}
+
+
+@pytest.mark.parametrize("source, message", [
+    ("import node_seq.ode\n", r"line 1: 'import node_seq...' cannot be bundled"),
+    ("from ..ode import *\n", r"line 1: 'import \*' cannot be bundled"),
+    ("x = 1; from ..ode import solve\n", r"line 1: an import of node_seq must have its lines to itself"),
+    ("from ..ode import fixed_grid\n", r"node_seq.ode does not re-export 'fixed_grid'"),
+    ("from .. import ode\n", r"node_seq.ode is a module: import names from it instead"),
+])
+def test_an_import_a_flat_folder_cannot_express_is_refused(source, message, module_of_node_seq_hf):
+    with pytest.raises(BundleError, match=message):
+        bundled_source(module_of_node_seq_hf("bad", source))
+
+
+def test_two_modules_with_one_flat_name_are_refused(module_of_node_seq_hf):
+    module = module_of_node_seq_hf("nn_linear", "from ..nn.linear import XavierLinear\n")
+    with pytest.raises(BundleError, match=r"node_seq.hf.nn_linear and node_seq.nn.linear would both be nn_linear.py"):
+        bundle([module])
