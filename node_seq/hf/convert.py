@@ -18,7 +18,9 @@ side. The routes that cannot be reproduced exactly are refused before anything i
 (:mod:`.fairseq_vocabulary` lists them).
 
     python -m node_seq.hf.cli.convert --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR \\
-        [--spm-model SPM.model | --bpe-codes CODES | --tokenizer tokenizer.json]
+        [--spm-model SPM.model | --bpe-codes CODES | --tokenizer tokenizer.json] [--remote-code]
+
+``--remote-code`` adds the model's code for loading without node-seq (docs/hf/sharing.md).
 """
 
 from __future__ import annotations
