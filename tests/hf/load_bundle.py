@@ -3,7 +3,7 @@
 argv: a JSON file of requests ``[{"auto": "AutoModelForSeq2SeqLM", "folder", "texts", "max_new_tokens",
 "resave"}]`` and the JSON file to write the results to. Each folder is loaded with the Auto classes
 and ``trust_remote_code=True``, its tokenizer encodes ``texts``, beam search (4 beams, cached)
-generates; the loaded model and tokenizer are saved again to ``resave`` (transformers' own route)
+generates (tokens and the beams' scores); the loaded model and tokenizer are saved again to ``resave`` (transformers' own route)
 and that folder generates again.
 """
 
@@ -31,20 +31,21 @@ def generated(folder: str, auto: str, texts: list[str], max_new_tokens: int):
     model = getattr(transformers, auto).from_pretrained(folder, trust_remote_code=True).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     batch = tokenizer(texts, return_tensors="pt", padding=True)
-    tokens = model.generate(**batch, num_beams=4, use_cache=True, do_sample=False, max_new_tokens=max_new_tokens)
-    return model, tokenizer, batch["input_ids"].tolist(), tokens.tolist()
+    out = model.generate(**batch, num_beams=4, use_cache=True, do_sample=False, max_new_tokens=max_new_tokens,
+                         return_dict_in_generate=True, output_scores=True)
+    return model, tokenizer, batch["input_ids"].tolist(), out.sequences.tolist(), out.sequences_scores.tolist()
 
 
 def main(requests_file: str, results_file: str) -> None:
     preloaded = sorted(name for name in sys.modules if name.split(".")[0] == "node_seq")
     results = []
     for request in json.load(open(requests_file)):
-        model, tokenizer, input_ids, tokens = generated(request["folder"], request["auto"], request["texts"],
+        model, tokenizer, input_ids, tokens, scores = generated(request["folder"], request["auto"], request["texts"],
                                                         request["max_new_tokens"])
         model.save_pretrained(request["resave"])
         tokenizer.save_pretrained(request["resave"])
-        *_, tokens_again = generated(request["resave"], request["auto"], request["texts"], request["max_new_tokens"])
-        results.append(dict(input_ids=input_ids, tokens=tokens, tokens_again=tokens_again,
+        *_, tokens_again, _ = generated(request["resave"], request["auto"], request["texts"], request["max_new_tokens"])
+        results.append(dict(input_ids=input_ids, tokens=tokens, scores=scores, tokens_again=tokens_again,
                             model_module=type(model).__module__, tokenizer_module=type(tokenizer).__module__))
     try:
         importlib.import_module("node_seq")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from hf_helpers import tiny_model
+from test_lm import tiny_lm
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 from transformers.dynamic_module_utils import get_relative_import_files
 
@@ -29,12 +30,6 @@ KINDS = {"seq2seq": ("AutoModelForSeq2SeqLM", SEQ2SEQ, ["3 is 21 and", "12 is no
 MAX_NEW_TOKENS = 6
 
 
-def tiny_lm():
-    from test_lm import tiny_lm as build  # the LM tests' tiny model
-
-    return build(node_method="rk4")
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """Each kind's model and tokenizer, saved by the standard route with every class registered (and
@@ -46,7 +41,7 @@ def shared(tmp_path_factory):
     out = {}
     with pytest.MonkeyPatch.context() as patch:
         for kind, (auto, tokenizer_kind, texts) in KINDS.items():
-            model = tiny_model(node_method="rk4") if kind == "seq2seq" else tiny_lm()
+            model = (tiny_model if kind == "seq2seq" else tiny_lm)(node_method="rk4")
             tokenizer = build_tokenizer(tokenizer_json, kind=tokenizer_kind)
             for obj in (model.config, model, tokenizer):
                 patch.setattr(type(obj), "_auto_class", None)  # unregistered when the fixture ends
@@ -58,10 +53,11 @@ def shared(tmp_path_factory):
             tokenizer.save_pretrained(folder)
             batch = tokenizer(texts, return_tensors="pt", padding=True)
             with torch.no_grad():
-                tokens = model.generate(**batch, num_beams=4, use_cache=True, do_sample=False,
-                                        max_new_tokens=MAX_NEW_TOKENS)
+                generated = model.generate(**batch, num_beams=4, use_cache=True, do_sample=False,
+                                           max_new_tokens=MAX_NEW_TOKENS, return_dict_in_generate=True,
+                                           output_scores=True)
             out[kind] = dict(folder=folder, auto=auto, texts=texts, input_ids=batch["input_ids"].tolist(),
-                             tokens=tokens.tolist(), model=model)
+                             tokens=generated.sequences.tolist(), scores=generated.sequences_scores, model=model)
     return out
 
 
@@ -96,6 +92,7 @@ def test_the_bundle_generates_the_installed_models_tokens_without_node_seq(kind,
     assert loaded["tokenizer_module"].startswith("transformers_modules.")
     assert loaded["input_ids"] == shared[kind]["input_ids"]
     assert loaded["tokens"] == shared[kind]["tokens"]
+    torch.testing.assert_close(torch.tensor(loaded["scores"]), shared[kind]["scores"])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -294,3 +291,18 @@ def test_two_modules_with_one_flat_name_are_refused(module_of_node_seq_hf):
     module = module_of_node_seq_hf("nn_linear", "from ..nn.linear import XavierLinear\n")
     with pytest.raises(BundleError, match=r"node_seq.hf.nn_linear and node_seq.nn.linear would both be nn_linear.py"):
         bundle([module])
+
+
+@pytest.mark.parametrize("registered_on", ["model class", "base class"])
+def test_saving_leaves_the_registration_as_it_was(registered_on, tmp_path, monkeypatch):
+    from node_seq.hf.modeling_node_transformer import NodeTransformerPreTrainedModel
+
+    model = tiny_model()
+    owner = type(model) if registered_on == "model class" else NodeTransformerPreTrainedModel
+    monkeypatch.setattr(owner, "_auto_class", None)
+    owner.register_for_auto_class("AutoModelForSeq2SeqLM")
+    own = {cls: cls.__dict__.get("_auto_class", "absent") for cls in (type(model), NodeTransformerPreTrainedModel)}
+    model.save_pretrained(tmp_path)
+    assert {cls: cls.__dict__.get("_auto_class", "absent") for cls in own} == own
+    assert json.loads((tmp_path / "config.json").read_text())["auto_map"]["AutoModelForSeq2SeqLM"] == \
+        "modeling_node_transformer.NodeTransformerForConditionalGeneration"
