@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 PACKAGE = "node_seq"
 HF_PACKAGE = f"{PACKAGE}.hf"
@@ -167,7 +167,7 @@ class SavesCodeBundle:
     (the folder cannot load without it; its module is in the bundle anyway).
     """
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         cls = type(self)
         if cls._auto_class is None or not cls.__module__.startswith(HF_PACKAGE + "."):
             return super().save_pretrained(save_directory, *args, **kwargs)  # not custom code, or a bundle's own
@@ -182,7 +182,7 @@ class SavesCodeBundle:
             return super().save_pretrained(save_directory, *args, **kwargs)
 
 
-def _point_auto_map_at_bundle(obj) -> None:
+def _point_auto_map_at_bundle(obj: PreTrainedConfig | PreTrainedModel | PreTrainedTokenizerBase) -> None:
     """Add ``obj``'s Auto class -> its bundled class to the ``auto_map`` its ``save_pretrained`` writes."""
     if isinstance(obj, PreTrainedConfig):
         obj.auto_map = {**(getattr(obj, "auto_map", None) or {}), obj._auto_class: auto_map_entry(type(obj))}
@@ -195,7 +195,8 @@ def _point_auto_map_at_bundle(obj) -> None:
 
 
 @contextlib.contextmanager
-def registered_for_auto_classes(model, auto_class: str, tokenizer) -> Iterator[None]:
+def registered_for_auto_classes(model: PreTrainedModel, auto_class: str,
+                                tokenizer: PreTrainedTokenizerBase) -> Iterator[None]:
     """``model``'s config, ``model`` (for ``auto_class``) and ``tokenizer`` registered inside only, as
     ``register_for_auto_class`` registers them: their ``save_pretrained`` writes the code bundle."""
     with (_auto_class_set(type(model.config), "AutoConfig"), _auto_class_set(type(model), auto_class),
