@@ -12,13 +12,14 @@ from transformers import PreTrainedConfig
 from ..nn.fields import ACTIVATIONS
 from ..nn.options import NodeOptions, hf_annotation, options_of
 from ..ode import OptionError, SolverConfig, parse_time_points
+from .remote_code import SavesCodeBundle
 
 
 def fail(field: str, message: str) -> None:
     raise OptionError(f"{field}: {message}")
 
 
-class NodeConfigBase(PreTrainedConfig):
+class NodeConfigBase(SavesCodeBundle, PreTrainedConfig):
     """The methods of a config with NODE fields; :func:`node_option_fields` adds the fields."""
 
     # Class attributes, not annotated: an annotation would make them config fields.

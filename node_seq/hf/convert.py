@@ -18,7 +18,9 @@ side. The routes that cannot be reproduced exactly are refused before anything i
 (:mod:`.fairseq_vocabulary` lists them).
 
     python -m node_seq.hf.cli.convert --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR \\
-        [--spm-model SPM.model | --bpe-codes CODES | --tokenizer tokenizer.json]
+        [--spm-model SPM.model | --bpe-codes CODES | --tokenizer tokenizer.json] [--remote-code]
+
+``--remote-code`` adds the model's code for loading without node-seq (docs/hf/sharing.md).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 from ..nn.options import FAIRSEQ, HF, NodeOptions, fill_missing
 from . import fairseq_vocabulary
 from .configuration_node_transformer import NodeTransformerConfig
+from .remote_code import registered_for_auto_classes
 from .sentencepiece_model import read_sentencepiece_model
 from .tokenization_node_transformer import SEQ2SEQ, build_fairseq_tokenizer, build_tokenizer, read_fairseq_dictionary
 
@@ -246,8 +249,9 @@ def build_converted_tokenizer(source: tuple[Path, list[str]], target: tuple[Path
 
 def convert(checkpoint: str | Path, data_bin: str | Path, out: str | Path, *, tokenizer_json: str | Path | None = None,
             spm_model: str | Path | None = None, bpe_codes: str | Path | None = None,
-            languages: tuple[str, str] | None = None):
-    """Write ``out/`` (config.json, model.safetensors, generation_config.json, tokenizer files).
+            languages: tuple[str, str] | None = None, remote_code: bool = False):
+    """Write ``out/`` (config.json, model.safetensors, generation_config.json, tokenizer files, and with
+    ``remote_code`` the code bundle of :mod:`.remote_code`).
 
     ``languages`` (source, target) name the dictionaries when the checkpoint does not (fairseq-train
     without ``-s``/``-t`` infers them from the data files, and so does this). Everything is checked
@@ -265,18 +269,20 @@ def convert(checkpoint: str | Path, data_bin: str | Path, out: str | Path, *, to
                                           spm_model=spm_model, bpe_codes=bpe_codes, tokenizer_json=tokenizer_json,
                                           model_max_length=args.max_source_positions)
     model = NodeTransformerForConditionalGeneration(config_from_fairseq(args, len(source_words), len(target_words)))
-    return save_converted(model, state_dict, tokenizer, out)
+    return save_converted(model, state_dict, tokenizer, out, auto_class="AutoModelForSeq2SeqLM" if remote_code else None)
 
 
-def save_converted(model, state_dict: dict, tokenizer, out: Path):
-    """Load a fairseq state dict into ``model`` (every key must fit), then write it and ``tokenizer`` to ``out``."""
+def save_converted(model, state_dict: dict, tokenizer, out: Path, *, auto_class: str | None = None):
+    """Load a fairseq state dict into ``model`` (every key must fit), then write it and ``tokenizer`` to ``out``;
+    with an ``auto_class`` for the model, as custom code (:func:`.remote_code.registered_for_auto_classes`)."""
     result = model.load_state_dict(convert_state_dict(state_dict), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ConversionError(f"weights do not fit: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with registered_for_auto_classes(model, auto_class, tokenizer) if auto_class else contextlib.nullcontext():
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     return model, tokenizer
 
 
@@ -291,6 +297,9 @@ def converter_parser(description: str, data_bin_help: str, tokenizers_title: str
     tokenizers.add_argument("--spm-model", default=None, help="the sentencepiece model the data was encoded with")
     tokenizers.add_argument("--bpe-codes", default=None, help="the subword-nmt codes the data was split with")
     tokenizers.add_argument("--tokenizer", default=None, help=f"node-seq's tokenizer.json ({prepare_module})")
+    parser.add_argument("--remote-code", action="store_true",
+                        help="also write the model's code, for AutoModel*.from_pretrained(OUT, trust_remote_code=True) "
+                             "without node-seq (docs/hf/sharing.md)")
     return parser
 
 
@@ -315,7 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     check_inputs_exist(parser, args)
     try:
         convert(args.checkpoint, args.data_bin, args.out, tokenizer_json=args.tokenizer, spm_model=args.spm_model,
-                bpe_codes=args.bpe_codes, languages=(args.source_lang, args.target_lang) if args.source_lang else None)
+                bpe_codes=args.bpe_codes, languages=(args.source_lang, args.target_lang) if args.source_lang else None,
+                remote_code=args.remote_code)
     except ConversionError as error:
         parser.error(str(error))
     print(f"wrote {args.out}")

@@ -46,9 +46,10 @@ def config_from_fairseq_lm(args: argparse.Namespace, vocab_size: int) -> NodeTra
 
 def convert_lm(checkpoint: str | Path, data_bin: str | Path, out: str | Path, *,
                tokenizer_json: str | Path | None = None, spm_model: str | Path | None = None,
-               bpe_codes: str | Path | None = None):
-    """Write ``out/`` (config.json, model.safetensors, generation_config.json, tokenizer files); everything
-    is checked before anything is written. Returns the converted model and tokenizer."""
+               bpe_codes: str | Path | None = None, remote_code: bool = False):
+    """Write ``out/`` (config.json, model.safetensors, generation_config.json, tokenizer files, and with
+    ``remote_code`` the code bundle of :mod:`.remote_code`); everything is checked before anything is
+    written. Returns the converted model and tokenizer."""
     from .modeling_node_transformer_lm import NodeTransformerForCausalLM
 
     data_bin, out = Path(data_bin), Path(out)
@@ -69,7 +70,7 @@ def convert_lm(checkpoint: str | Path, data_bin: str | Path, out: str | Path, *,
                                           bpe_codes=bpe_codes, tokenizer_json=tokenizer_json,
                                           model_max_length=args.max_target_positions, kind=LANGUAGE_MODEL)
     model = NodeTransformerForCausalLM(config_from_fairseq_lm(args, len(words)))
-    return save_converted(model, state_dict, tokenizer, out)
+    return save_converted(model, state_dict, tokenizer, out, auto_class="AutoModelForCausalLM" if remote_code else None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     check_inputs_exist(parser, args)
     try:
         convert_lm(args.checkpoint, args.data_bin, args.out, tokenizer_json=args.tokenizer, spm_model=args.spm_model,
-                   bpe_codes=args.bpe_codes)
+                   bpe_codes=args.bpe_codes, remote_code=args.remote_code)
     except ConversionError as error:
         parser.error(str(error))
     print(f"wrote {args.out}")

@@ -30,6 +30,7 @@ from ..nn.fields import FIELD_PROJECTIONS
 from ..nn.layers import SELF_INITIALIZING, collect_stats, crop_cache, reorder_cache, total_regularizer
 from ..ode import SolveStats
 from .configuration_node_transformer import NodeTransformerConfig
+from .remote_code import SavesCodeBundle
 
 
 # --------------------------------------------------------------------------------------------------
@@ -400,7 +401,7 @@ class NodeTransformerDecoder(nn.Module):
 # the models
 
 
-class NodeTransformerPreTrainedModel(PreTrainedModel):
+class NodeTransformerPreTrainedModel(SavesCodeBundle, PreTrainedModel):
     config: NodeTransformerConfig
     config_class = NodeTransformerConfig
     base_model_prefix = "model"

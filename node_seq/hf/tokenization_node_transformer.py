@@ -30,11 +30,12 @@ from transformers import PreTrainedTokenizerFast
 
 from ..text.tokenizer import SPECIALS
 from .fairseq_vocabulary import FairseqVocabulary
+from .remote_code import SavesCodeBundle
 
 TARGET_TOKENIZER_FILE = "target_tokenizer.json"
 
 
-class NodeTransformerTokenizerFast(PreTrainedTokenizerFast):
+class NodeTransformerTokenizerFast(SavesCodeBundle, PreTrainedTokenizerFast):
     """``PreTrainedTokenizerFast`` giving fairseq dictionary ids, with an optional target-side backend.
 
     Ids at or past a side's dictionary size are model entries fairseq never saw; they come out as

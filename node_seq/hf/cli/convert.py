@@ -2,7 +2,7 @@
 """Convert a fairseq ``node_transformer`` checkpoint into an HF folder (see node_seq/hf/convert.py).
 
     python -m node_seq.hf.cli.convert --checkpoint CK/checkpoint_best.pt --data-bin DATA/bin --out HF_DIR \\
-        [--spm-model SPM.model | --bpe-codes CODES | --tokenizer tokenizer.json]
+        [--spm-model SPM.model | --bpe-codes CODES | --tokenizer tokenizer.json] [--remote-code]
 """
 
 from node_seq.hf.convert import main
