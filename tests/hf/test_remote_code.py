@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_helpers import tiny_model
-from test_lm import tiny_lm
+from hf_helpers import tiny_lm, tiny_model
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 from transformers.dynamic_module_utils import get_relative_import_files
 
