@@ -72,7 +72,9 @@ class NodeConfigBase(PreTrainedConfig):
         return self.node_options().solver()
 
     def check(self) -> None:
-        """Raise :class:`~node_seq.ode.OptionError` for the first invalid field."""
+        """Raise :class:`~node_seq.ode.OptionError` for the first invalid field (or a ``node_*``
+        attribute set after construction that is no field)."""
+        self._refuse_unknown_node_keys(vars(self))
         options = self.node_options()
         for field in self._size_fields:
             value = getattr(self, field)

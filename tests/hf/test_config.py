@@ -100,10 +100,15 @@ BOTH_CONFIGS = pytest.mark.parametrize("config_class", [NodeTransformerConfig, N
 @BOTH_CONFIGS
 @pytest.mark.parametrize("key, nearest", [("node_methd", "node_method"), ("node_step", "node_steps"),
                                           ("node_gradients", "node_gradient")])
-def test_a_misspelt_node_key_is_refused_naming_the_nearest_field(config_class, key, nearest):
+def test_a_misspelt_node_key_is_refused_naming_the_nearest_field(config_class, key, nearest, tmp_path):
     message = rf"^{key}: not an option of {config_class.model_type}; did you mean {nearest}\? its NODE fields are "
     with pytest.raises(OptionError, match=message + r"node_adjoint_atol, .*node_ts$"):
         config_class(**{key: "euler"})
+    config = config_class()
+    setattr(config, key, "euler")  # after construction: caught before a model is built or the config saved
+    with pytest.raises(OptionError, match=message):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
 
 
 @BOTH_CONFIGS
