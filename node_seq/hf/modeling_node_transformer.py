@@ -18,7 +18,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.generation.logits_process import ForcedEOSTokenLogitsProcessor, LogitsProcessor
@@ -28,7 +27,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from ..nn.factory import configure_ode_layers, decoder_layer, encoder_layer, layer_spec
 from ..nn.layers import (
-    SELF_INITIALIZING, collect_stats, crop_cache, reorder_cache, total_regularizer, transformer_layers,
+    RECOMPUTE, SELF_INITIALIZING, collect_stats, crop_cache, reorder_cache, total_regularizer, transformer_layers,
 )
 from ..ode import SolveStats
 from .configuration_node_transformer import NodeTransformerConfig
@@ -404,7 +403,7 @@ class NodeTransformerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["NodeEncoderLayer", "NodeDecoderLayer"]
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint,
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable = RECOMPUTE,
                                     every_n_layers: int = 1) -> None:
         """transformers' activation checkpointing, per NODE-Transformer layer: a layer keeps only its input
         and recomputes its solve in the backward pass, for every method and for plain layers (the
@@ -423,7 +422,7 @@ class NodeTransformerPreTrainedModel(PreTrainedModel):
             self._checkpointing_added_input_hook = False
         for index, layer in enumerate(transformer_layers(self)):
             layer.gradient_checkpointing = enable and index % every_n_layers == 0
-            layer.checkpoint_function = gradient_checkpointing_func if enable else checkpoint
+            layer.checkpoint_function = gradient_checkpointing_func if enable else RECOMPUTE
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

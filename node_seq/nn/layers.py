@@ -8,6 +8,7 @@ same modules. Each layer keeps the :class:`~node_seq.ode.SolveStats` of its last
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import torch
@@ -29,6 +30,10 @@ from .linear import ChannelDrop, UniformLinear, XavierLinear
 #: ``raise`` an error naming the layer, ``fallback``: redo that solve on a fixed grid, or ``skip``:
 #: raise as ``raise`` does, for a training loop that skips the batch (fairseq's ``node_translation``).
 FAILURE_POLICIES = ("raise", "fallback", "skip")
+
+#: How a layer under ``gradient_checkpointing`` recomputes its solve unless a front end says otherwise
+#: (HF passes its own ``torch.utils.checkpoint`` options).
+RECOMPUTE: Callable = functools.partial(checkpoint, use_reentrant=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +123,7 @@ class _NodeLayer(nn.Module):
         # Activation checkpointing of the whole solve (see ``integrate``), switched on by a front end:
         # HF's ``gradient_checkpointing_enable`` finds layers by the first name.
         self.gradient_checkpointing = False
-        self.checkpoint_function: Callable = checkpoint
+        self.checkpoint_function: Callable = RECOMPUTE
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, (0, self.augment_dims)) if self.augment_dims else x
