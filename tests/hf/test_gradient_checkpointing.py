@@ -74,6 +74,19 @@ def test_gradients_with_checkpointing_equal_gradients_without(kind, solver):
     assert stats_on.num_steps == stats.num_steps and stats.nfe_backward == 0
 
 
+@pytest.mark.parametrize("options", [dict(activation_checkpointing_kwargs={"use_reentrant": True}), dict(offload=True)],
+                         ids=["reentrant", "offload"])
+def test_transformers_checkpoint_options_reach_the_layers(options):
+    model = seq2seq(node_method="dopri5")
+    batch = MODELS["seq2seq"][1]
+    _, grads, stats = step(model, batch)
+    model.activation_checkpointing_enable(**options)
+    _, grads_on, stats_on = step(model, batch)
+    assert grads_on.keys() == grads.keys() and stats_on.nfe_backward == stats.nfe_forward > 0
+    for name in grads:
+        torch.testing.assert_close(grads_on[name], grads[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_the_recompute_sees_the_same_dropout_masks_only_because_the_rng_is_replayed():
     """The test above can fail: without the RNG replayed, the recompute draws other masks."""
     model = seq2seq(node_method="rk4")
