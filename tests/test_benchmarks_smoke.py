@@ -232,3 +232,23 @@ def test_multi30k_lm_quick(tmp_path):
     assert result["rows"][0]["test_p_vs_plain"] is None and 0 < result["rows"][1]["test_p_vs_plain"] <= 1
     assert (tmp_path / "results" / "multi30k_lm_elastic" / "midpoint" / "elastic.csv").exists()
     assert out.with_suffix(".md").read_text().startswith("Command: `python -m benchmarks.multi30k_lm")
+
+
+def test_hf_gradient_checkpointing_quick(tmp_path, capsys):
+    from benchmarks import hf_gradient_checkpointing
+
+    out = tmp_path / "hf_gc"
+    assert hf_gradient_checkpointing.main(["--quick", "--repeats", "1", "--models", "lm", "--out", str(out)]) == 0
+    rows = {(r["method"], r["variant"]): r for r in _load(out)["rows"]}
+    off, switch, ode = "off", "activation checkpointing", "node_gradient=checkpoint"
+    assert set(rows) == {("rk4", off), ("rk4", switch), ("rk4", ode), ("dopri5", off), ("dopri5", switch)}
+    for (method, variant), row in rows.items():
+        off_row = rows[(method, off)]
+        assert row["max_grad_diff_vs_off"] <= 1e-6  # the same dropout masks: the same gradients
+        assert row["nfe_forward"] == off_row["nfe_forward"]
+        assert row["nfe_backward"] == (0 if variant == off else row["nfe_forward"])  # one recompute per solve
+        assert (row["peak_bytes"] < off_row["peak_bytes"]) == (variant != off)
+    with pytest.raises(SystemExit):
+        hf_gradient_checkpointing.main(["--quick", "--methods", "rk45", "--out", str(tmp_path / "refused")])
+    assert "--methods: unknown 'rk45'; choose from rk4, dopri5" in capsys.readouterr().err
+    assert not (tmp_path / "refused.json").exists()

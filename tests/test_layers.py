@@ -192,3 +192,21 @@ def test_an_ode_layer_of_one_euler_step_stays_an_ode_layer():
         torch.testing.assert_close(ode(x, padding), plain(x, padding))
     assert is_ode_layer(ode) and not is_ode_layer(plain)
     assert ode.last_stats.nfe_forward == 1 and plain.last_stats.nfe_forward == 0
+
+
+def test_the_separated_self_attention_draws_fresh_dropout_masks_every_pass():
+    """Outside the solve, nothing else resets its masks: a kept mask would drop the same units for
+    every batch of a shape, and a pass would depend on the passes before it."""
+    spec = dataclasses.replace(SPEC, dropout=0.3, attention_dropout=0.2)
+    layer = NodeDecoderLayer(spec, SolverConfig(method="rk4", steps=1), separated=True).train()
+    encoder_out, _ = padded_batch()
+    y = torch.randn(3, 6, 16)
+    causal = torch.triu(torch.ones(6, 6, dtype=torch.bool), 1)
+
+    def run(seed):
+        torch.manual_seed(seed)
+        return layer(y, encoder_out, self_attn_mask=causal)
+
+    first = run(0)
+    assert not torch.allclose(run(1), first)
+    torch.testing.assert_close(run(0), first, rtol=0, atol=0)

@@ -7,10 +7,12 @@ ids; :meth:`NodeConfigBase.check` does the rest, so both refuse a bad value with
 
 from __future__ import annotations
 
+import difflib
+
 from transformers import PreTrainedConfig
 
 from ..nn.fields import ACTIVATIONS
-from ..nn.options import NodeOptions, hf_annotation, options_of
+from ..nn.options import OPTIONS, NodeOptions, hf_annotation, options_of
 from ..ode import OptionError, SolverConfig, parse_time_points
 from .remote_code import SavesCodeBundle
 
@@ -29,11 +31,33 @@ class NodeConfigBase(SavesCodeBundle, PreTrainedConfig):
     _token_id_fields = ("bos_token_id", "pad_token_id", "eos_token_id", "unk_token_id")
 
     def __post_init__(self, **kwargs):
+        self._refuse_unknown_node_keys(kwargs)
         self.node_ts = list(parse_time_points(self.node_ts, "node_ts"))
         if self.use_cache is None:  # an adaptive decoder given a cache re-solves its prefix: exact, no cheaper
             self.use_cache = not self.node_decoder or self.node_options().solver().is_fixed_grid
         super().__post_init__(**kwargs)
         self.check()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """``PreTrainedConfig.from_dict``, whose keyword overrides (``from_pretrained(path, node_method=...)``)
+        would drop a misspelt ``node_*`` key silently: refused as in ``__init__``."""
+        cls._refuse_unknown_node_keys(kwargs)
+        return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
+    def _refuse_unknown_node_keys(cls, names) -> None:
+        """A ``node_*`` key that is not a field would be kept as an attribute nothing reads (a misspelt
+        ``node_methd="euler"`` would leave the model on dopri5): refuse it, naming the nearest field."""
+        fields = sorted(name for name in cls.__dataclass_fields__ if name.startswith("node_"))
+        unknown = sorted(name for name in names if name.startswith("node_") and name not in fields)
+        if not unknown:
+            return
+        name = unknown[0]
+        nearest = difflib.get_close_matches(name, fields, n=1)
+        # An option of another front end (node_encoder in an LM, fairseq's node_failure_policy) is no typo.
+        hint = f"did you mean {nearest[0]}? " if nearest and name.removeprefix("node_") not in OPTIONS else ""
+        fail(name, f"not an option of {cls.model_type}; {hint}its NODE fields are {', '.join(fields)}")
 
     def save_pretrained(self, *args, **kwargs):
         """Refuse to write a config that would not load back (a field may have changed since ``__init__``)."""
@@ -49,7 +73,9 @@ class NodeConfigBase(SavesCodeBundle, PreTrainedConfig):
         return self.node_options().solver()
 
     def check(self) -> None:
-        """Raise :class:`~node_seq.ode.OptionError` for the first invalid field."""
+        """Raise :class:`~node_seq.ode.OptionError` for the first invalid field (or a ``node_*``
+        attribute set after construction that is no field)."""
+        self._refuse_unknown_node_keys(vars(self))
         options = self.node_options()
         for field in self._size_fields:
             value = getattr(self, field)

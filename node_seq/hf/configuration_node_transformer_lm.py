@@ -13,7 +13,7 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 
 from ..nn.options import HF_LM
-from .configuration_common import fail, node_option_fields
+from .configuration_common import node_option_fields
 
 NodeLMOptionFields = node_option_fields(HF_LM, "NodeLMOptionFields")
 
@@ -62,14 +62,6 @@ class NodeTransformerLMConfig(NodeLMOptionFields):
     _size_fields = ("vocab_size", "decoder_embed_dim", "decoder_ffn_dim", "decoder_layers",
                     "decoder_attention_heads", "max_position_embeddings")
     _sides = ("decoder",)
-
-    def __post_init__(self, **kwargs):
-        unknown = sorted(name for name in kwargs if name.startswith("node_"))
-        if unknown:  # PreTrainedConfig would keep it as an attribute that nothing reads
-            fields = sorted(name for name in self.__dataclass_fields__ if name.startswith("node_"))
-            fail(unknown[0], f"not an option of {self.model_type} (a decoder-only model); its NODE fields are "
-                 f"{', '.join(fields)}")
-        super().__post_init__(**kwargs)
 
 
 __all__ = ["NodeTransformerLMConfig"]

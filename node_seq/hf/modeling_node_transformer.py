@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -27,7 +28,9 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from ..nn.factory import configure_ode_layers, decoder_layer, encoder_layer, layer_spec
 from ..nn.fields import FIELD_PROJECTIONS
-from ..nn.layers import SELF_INITIALIZING, collect_stats, crop_cache, reorder_cache, total_regularizer
+from ..nn.layers import (
+    RECOMPUTE, SELF_INITIALIZING, collect_stats, crop_cache, reorder_cache, total_regularizer, transformer_layers,
+)
 from ..ode import SolveStats
 from .configuration_node_transformer import NodeTransformerConfig
 from .remote_code import SavesCodeBundle
@@ -406,8 +409,29 @@ class NodeTransformerPreTrainedModel(SavesCodeBundle, PreTrainedModel):
     config_class = NodeTransformerConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["NodeEncoderLayer", "NodeDecoderLayer"]
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable = RECOMPUTE,
+                                    every_n_layers: int = 1) -> None:
+        """transformers' activation checkpointing, per NODE-Transformer layer: a layer keeps only its input
+        and recomputes its solve in the backward pass, for every method and for plain layers (the
+        ODE's own ``node_gradient="checkpoint"`` is for fixed grids only, and keeps a state per step).
+        Layers whose ``node_gradient`` is not ``backprop`` keep their mode (see ``_NodeLayer.recomputes``).
+
+        ``every_n_layers`` counts the encoder's layers, then the decoder's. Turning it off also removes
+        the input-embedding hook that turning it on added, so the model is as it was.
+        """
+        if isinstance(every_n_layers, bool) or not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers: must be an integer >= 1, got {every_n_layers!r}")
+        if enable:  # transformers adds the hook after this; it is ours to remove unless one was there before
+            self._checkpointing_added_input_hook = not getattr(self, "_require_grads_hooks", None)
+        elif getattr(self, "_checkpointing_added_input_hook", False):
+            self.disable_input_require_grads()
+            self._checkpointing_added_input_hook = False
+        for index, layer in enumerate(transformer_layers(self)):
+            layer.gradient_checkpointing = enable and index % every_n_layers == 0
+            layer.checkpoint_function = gradient_checkpointing_func if enable else RECOMPUTE
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

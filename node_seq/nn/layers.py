@@ -8,10 +8,13 @@ same modules. Each layer keeps the :class:`~node_seq.ode.SolveStats` of its last
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from ..ode import ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_scope
 from ..ode.solve import non_finite_error
@@ -27,6 +30,10 @@ from .linear import ChannelDrop, UniformLinear, XavierLinear
 #: ``raise`` an error naming the layer, ``fallback``: redo that solve on a fixed grid, or ``skip``:
 #: raise as ``raise`` does, for a training loop that skips the batch (fairseq's ``node_translation``).
 FAILURE_POLICIES = ("raise", "fallback", "skip")
+
+#: How a layer under ``gradient_checkpointing`` recomputes its solve unless a front end says otherwise
+#: (HF passes its own ``torch.utils.checkpoint`` options).
+RECOMPUTE: Callable = functools.partial(checkpoint, use_reentrant=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +120,10 @@ class _NodeLayer(nn.Module):
         # the front end adds, see node_seq.ode.regularization), averaged over real positions.
         self.regularizers: tuple[str, ...] = ()
         self.last_regularizers: dict[str, torch.Tensor] = {}
+        # Activation checkpointing of the whole solve (see ``integrate``), switched on by a front end:
+        # HF's ``gradient_checkpointing_enable`` finds layers by the first name.
+        self.gradient_checkpointing = False
+        self.checkpoint_function: Callable = RECOMPUTE
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, (0, self.augment_dims)) if self.augment_dims else x
@@ -120,7 +131,53 @@ class _NodeLayer(nn.Module):
     def project_back(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(x) if self.augment_dims else x
 
-    def integrate(self, field: nn.Module, x: torch.Tensor, inputs: tuple, keep: torch.Tensor | None) -> torch.Tensor:
+    @property
+    def recomputes(self) -> bool:
+        """Whether :attr:`gradient_checkpointing` applies to this layer: a plain layer, or an ODE layer
+        whose gradient mode stores every step (``backprop``). The other modes already trade compute
+        for memory their own way (``checkpoint``: one state per step; ``adjoint``, ``reversible``: no
+        step kept), and recomputing them would only solve forward once more."""
+        return self.solver is None or self.solver.gradient == "backprop"
+
+    def integrate(self, field: nn.Module, x: torch.Tensor, inputs: tuple, keep: torch.Tensor | None, *,
+                  cached: bool = False) -> torch.Tensor:
+        """The layer's solve (one Euler step for a plain layer); under :attr:`gradient_checkpointing`
+        while training, kept as its input only and recomputed in the backward pass. ``cached``: the
+        field writes a decoding cache, which a recompute would write twice (never checkpointed)."""
+        if (self.gradient_checkpointing and self.recomputes and self.training and torch.is_grad_enabled()
+                and not cached):
+            return self._integrate_recomputed(field, x, inputs, keep)
+        return self._integrate(field, x, inputs, keep)
+
+    def _integrate_recomputed(self, field: nn.Module, x: torch.Tensor, inputs: tuple,
+                              keep: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`_integrate` through :attr:`checkpoint_function`. The recompute draws the same dropout
+        masks (the function restores the RNG, and a solve draws its frozen masks afresh) and takes the
+        same steps, so the gradients are those of the solve without it. What the first run recorded
+        stays: ``last_stats`` (with the recompute's evaluations as backward NFE, as the ODE's own
+        ``checkpoint`` mode counts them), the regularisers' values, the fallback count."""
+        first: SolveStats | None = None  # the stats of the forward run
+
+        def run(x: torch.Tensor, *inputs) -> tuple[torch.Tensor, ...]:
+            nonlocal first
+            records = (self.last_stats, self.last_regularizers, self.fallbacks)
+            y = self._integrate(field, x, inputs, keep)
+            out = (y, *self.last_regularizers.values())
+            if first is None:
+                first = self.last_stats
+            else:  # the recompute, inside .backward(): its work is backward work of the forward run's solve
+                first.nfe_backward += self.last_stats.nfe_forward
+                self.last_stats, self.last_regularizers, self.fallbacks = records
+            return out
+
+        # Early stop would end the recompute at the last tensor the backward needs, mid-solve: no
+        # count of its evaluations, and the first run's records half overwritten.
+        with set_checkpoint_early_stop(False):
+            y, *integrals = self.checkpoint_function(run, x, *inputs)
+        self.last_regularizers = dict(zip(self.last_regularizers, integrals))
+        return y
+
+    def _integrate(self, field: nn.Module, x: torch.Tensor, inputs: tuple, keep: torch.Tensor | None) -> torch.Tensor:
         reset_frozen_dropout(field)
         if self.solver is None:  # a plain layer: one unit Euler step, without a solver's bookkeeping
             t = x.new_zeros(())
@@ -219,7 +276,9 @@ class NodeDecoderLayer(_NodeLayer):
         enc_k, enc_v = self._encoder_kv(encoder_out, cache)
         enc_bias = attention_bias(key_padding_mask=encoder_padding_mask, dtype=x.dtype)
         self_bias = attention_bias(key_padding_mask=self_attn_padding_mask, attn_mask=self_attn_mask, dtype=x.dtype)
-        if self.separated:
+        if self.separated:  # outside the solve: fresh dropout masks per pass, not ones kept for every batch
+            reset_frozen_dropout(self.self_attn)
+            self.self_dropout.reset()
             h = self.self_attn_layer_norm(x)
             k, v = self.self_attn.project_kv(h, h)
             bias = self_bias
@@ -230,7 +289,7 @@ class NodeDecoderLayer(_NodeLayer):
             x = x + self.self_dropout(self.self_attn.attend(h, k, v, bias))
         keep = None if self_attn_padding_mask is None or cache is not None else ~self_attn_padding_mask.to(torch.bool)
         field_cache = cache.setdefault("stages", {}) if cache is not None else None
-        y = self.integrate(self.field, x, (enc_k, enc_v, enc_bias, self_bias, field_cache), keep)
+        y = self.integrate(self.field, x, (enc_k, enc_v, enc_bias, self_bias, field_cache), keep, cached=cache is not None)
         return self.project_back(y)
 
     def _encoder_kv(self, encoder_out: torch.Tensor | None, cache: dict | None) -> tuple:
@@ -288,6 +347,11 @@ def crop_cache(cache: dict, length: int) -> dict:
 def is_ode_layer(module: nn.Module) -> bool:
     """A layer that integrates an ODE (not a plain layer built from the same modules)."""
     return isinstance(module, _NodeLayer) and module.solver is not None
+
+
+def transformer_layers(module: nn.Module) -> list[_NodeLayer]:
+    """Every NODE-Transformer layer inside ``module``, ODE or plain, in module order."""
+    return [m for m in module.modules() if isinstance(m, _NodeLayer)]
 
 
 def node_layers(module: nn.Module) -> list[_NodeLayer]:

@@ -1,11 +1,12 @@
-"""NodeTransformerConfig: every field checked at construction, errors name the field and the choices."""
+"""NodeTransformerConfig: every field checked at construction, errors name the field and the choices; unknown
+``node_*`` keys refused by both configs (seq2seq and LM), in ``__init__``, ``config.json`` and overrides."""
 
 import json
 
 import pytest
 from transformers import AutoConfig
 
-from node_seq.hf import NodeTransformerConfig
+from node_seq.hf import NodeTransformerConfig, NodeTransformerLMConfig
 from node_seq.ode import OptionError
 
 
@@ -96,3 +97,52 @@ def test_a_target_vocabulary_of_its_own_and_configs_saved_without_one(tmp_path):
     path.write_text(json.dumps(saved))
     assert AutoConfig.from_pretrained(tmp_path / "old").decoder_vocab_size == 40
     assert config.get_text_config(decoder=True).vocab_size == 56  # what generation reads of the decoder
+
+
+BOTH_CONFIGS = pytest.mark.parametrize("config_class", [NodeTransformerConfig, NodeTransformerLMConfig],
+                                       ids=["seq2seq", "lm"])
+
+
+@BOTH_CONFIGS
+@pytest.mark.parametrize("key, nearest", [("node_methd", "node_method"), ("node_step", "node_steps"),
+                                          ("node_gradients", "node_gradient")])
+def test_a_misspelt_node_key_is_refused_naming_the_nearest_field(config_class, key, nearest, tmp_path):
+    message = rf"^{key}: not an option of {config_class.model_type}; did you mean {nearest}\? its NODE fields are "
+    with pytest.raises(OptionError, match=message + r"node_adjoint_atol, .*node_ts$"):
+        config_class(**{key: "euler"})
+    config = config_class()
+    setattr(config, key, "euler")  # after construction: caught before a model is built or the config saved
+    with pytest.raises(OptionError, match=message):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+@BOTH_CONFIGS
+def test_an_option_of_another_front_end_is_refused_without_a_guess(config_class):
+    with pytest.raises(OptionError, match=r"^node_failure_policy: not an option of \w+; its NODE fields are "):
+        config_class(node_failure_policy="skip")  # fairseq's, not the HF model's
+
+
+@BOTH_CONFIGS
+def test_a_misspelt_node_key_in_config_json_or_an_override_is_refused(config_class, tmp_path):
+    config_class(node_method="rk4").save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path, node_method="euler").node_method == "euler"  # a real field: kept
+    with pytest.raises(OptionError, match="^node_methd: .* did you mean node_method"):
+        AutoConfig.from_pretrained(tmp_path, node_methd="euler")  # transformers alone would drop it silently
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "node_methd": "euler"}))
+    with pytest.raises(OptionError, match="^node_methd: .* did you mean node_method"):
+        AutoConfig.from_pretrained(tmp_path)
+
+
+@BOTH_CONFIGS
+def test_a_config_json_written_before_the_newer_node_fields_still_loads(config_class, tmp_path):
+    config_class(node_method="rk4").save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    newer = ("node_initial_step", "node_plain_norm", "node_checkpoint_snapshots", "node_jacobian_weight")
+    old = {key: value for key, value in saved.items() if key not in newer}
+    path.write_text(json.dumps({**old, "gradient_checkpointing": False}))  # transformers 4's configs carry this key
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.node_method == "rk4" and loaded.node_initial_step == config_class().node_initial_step

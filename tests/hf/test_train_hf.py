@@ -126,3 +126,17 @@ def test_limits_and_tokenizer_shared_by_both_trainers(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps(learnt), encoding="utf-8")
     args.tokenizer, args.vocab_size = str(tmp_path / "tokenizer.json"), 1000
     assert train_hf.tokenizer_definition(args, []) == learnt
+
+
+def test_both_trainers_pass_activation_checkpointing_to_the_trainer(tmp_path):
+    from node_seq.hf.cli import train_lm
+
+    (tmp_path / "data").mkdir()  # the options are checked against existing files, not read
+    (tmp_path / "data" / "train.tgt").touch()
+    for trainer in (train_hf, train_lm):
+        base = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
+        if trainer is train_lm:
+            base += ["--lang", "tgt"]
+        for flags, expected in (([], False), (["--activation-checkpointing"], True)):
+            args = trainer.parse_args(base + flags)
+            assert train_hf.training_arguments(args, tmp_path, has_valid=False)["activation_checkpointing"] is expected

@@ -56,6 +56,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=1)
     add("--threads", type=int, default=1, help="torch CPU threads")
     add("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
+    add("--activation-checkpointing", action="store_true",
+        help="keep only each layer's input and recompute its solve in the backward pass (the Trainer's "
+             "activation_checkpointing: less memory, the same gradients, one more forward solve)")
     add("--torch-compile", action="store_true",
         help="compile the model for training (the Trainer's torch_compile; fixed-grid solves compile whole)")
     add("--torch-compile-backend", default=None, help="torch.compile backend (default inductor; implies --torch-compile)")
@@ -88,6 +91,7 @@ def training_arguments(args: argparse.Namespace, out: Path, *, has_valid: bool) 
         eval_strategy="steps" if has_valid else "no", eval_steps=args.eval_steps, save_strategy="no",
         dataloader_num_workers=0, disable_tqdm=True,
         ddp_find_unused_parameters=False,  # every parameter takes part in every forward pass
+        activation_checkpointing=args.activation_checkpointing,
         torch_compile=args.torch_compile, torch_compile_backend=args.torch_compile_backend,
         torch_compile_mode=args.torch_compile_mode,
     )
