@@ -122,7 +122,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mixed_precision", description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="rk4,dopri5", help="NODE methods, comma-separated")
     parser.add_argument("--train-steps", type=int, default=None, help="updates of each training (default 300)")
-    parser.add_argument("--note", default="", help="said under the table (e.g. that the cores were shared)")
+    parser.add_argument("--shared-cores", action="store_true",
+                        help="say under the table that other jobs shared the machine's cores while measuring")
     add_common_args(parser, default_out="benchmarks/results/mixed_precision")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -172,9 +173,14 @@ def main(argv=None) -> int:
               f"dopri5: the default tolerances, rtol 1e-3, atol 1e-4); copying {rows} random sentences of up to "
               f"{length} tokens per step; Adam, lr 1e-3, {train_steps} updates from the same initialisation, final "
               f"loss the mean of the last {last}. Time: {repeats} interleaved rounds of a step of the trained models. "
-              f"Peak: tensors created by one forward and backward pass. {args.note}").rstrip()
+              "Peak: tensors created by one forward and backward pass.")
+    if args.shared_cores:
+        table += " The machine's cores were shared with other jobs while measuring."
+    if torch.device(args.device).type == "cpu":
+        table += " bfloat16 speed on a CPU says nothing about a GPU's."
     meta = {"machine": machine(), "device": args.device, "threads": args.threads, "repeats": repeats, "dim": dim,
-            "ffn": ffn, "heads": heads, "rows": rows, "length": length, "train_steps": train_steps, "note": args.note}
+            "ffn": ffn, "heads": heads, "rows": rows, "length": length, "train_steps": train_steps,
+            "shared_cores": args.shared_cores}
     write_outputs(args.out, command=command_line("benchmarks.mixed_precision", argv), meta=meta, rows=rows_out,
                   table=table)
     print(table)
