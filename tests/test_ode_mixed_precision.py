@@ -138,3 +138,26 @@ def test_padding_rms_norm_sums_a_bf16_error_in_float32():
     real = error.double()[keep]
     assert value.dtype == torch.float32
     torch.testing.assert_close(value.double(), real.pow(2).mean().sqrt(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("gradient, method, options", [
+    ("checkpoint", "rk4", {"steps": 4}),
+    ("checkpoint", "rk4", {"steps": 4, "checkpoint_snapshots": 1}),
+    ("reversible", "heun", {"steps": 4}),
+    ("reversible", "reversible_heun", {"steps": 4}),
+    ("adjoint", "rk4", {"steps": 4}),
+    ("adjoint", "dopri5", {}),
+])
+def test_backward_passes_evaluate_the_field_under_the_forward_autocast(gradient, method, options):
+    """Autocast is off inside ``.backward()``; a gradient mode that evaluates the field there re-enters
+    the forward pass's settings, so it differentiates the bfloat16 field that ran (and reversible Heun
+    rebuilds the states the forward pass went through)."""
+    field = Recorded(Tanh())
+    y0 = torch.randn(8, 16, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    with bf16_autocast():
+        y1, stats = solve(field, y0, method=method, gradient=gradient, **options)
+    forward_calls = len(field.values)
+    y1.square().sum().backward()
+    assert len(field.values) > forward_calls  # the backward pass evaluated the field again
+    assert {k.dtype for k in field.values[forward_calls:]} == {torch.bfloat16}
+    assert y0.grad.dtype == torch.float32 and bool(torch.isfinite(y0.grad).all())

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ode import ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_scope
-from ..ode.embedded import controller_dtype
+from ..ode.precision import controller_dtype
 from ..ode.solve import non_finite_error
 from ..ode.regularization import solve_with_regularizers
 from .attention import MultiheadAttention, attention_bias, twice_differentiable
@@ -60,7 +60,7 @@ class LayerSpec:
 def padding_rms_norm(keep: torch.Tensor | None):
     """Adaptive error norm over real positions only: padding must not steer the step size.
 
-    Summed in at least float32 (:func:`~node_seq.ode.embedded.controller_dtype`): a bfloat16 sum
+    Summed in at least float32 (:func:`~node_seq.ode.precision.controller_dtype`): a bfloat16 sum
     over a batch of squares would round away the small errors that decide the step."""
     if keep is None:
         return None

@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 
 from .config import SolverConfig
+from .precision import controller_dtype
 from .stats import CountingField
 
 SAFETY, MAX_GROWTH, MAX_SHRINK = 0.9, 10.0, 0.2
@@ -86,11 +87,6 @@ PAIRS = {
         error=(2 / 9 - 7 / 24, 1 / 3 - 1 / 4, 4 / 9 - 1 / 3, -1 / 8),
     ),
 }
-
-
-def controller_dtype(y: torch.Tensor) -> torch.dtype:
-    """The dtype of error estimates and norms: the state's, but never below float32."""
-    return torch.promote_types(y.dtype, torch.float32)
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
