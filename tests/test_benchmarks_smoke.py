@@ -198,6 +198,22 @@ def test_compile_quick(tmp_path):
             assert r["ratio_to_plain_compiled"] == 1.0
 
 
+def test_mixed_precision_quick(tmp_path):
+    from benchmarks import mixed_precision
+
+    out = tmp_path / "mixed_precision"
+    assert mixed_precision.main(["--quick", "--train-steps", "2", "--out", str(out)]) == 0
+    rows = {(r["method"], r["precision"]): r for r in _load(out)["rows"]}
+    assert set(rows) == {(m, p) for m in ("rk4", "dopri5") for p in ("float32", "bf16 autocast")}
+    for method in ("rk4", "dopri5"):
+        fp32, bf16 = rows[method, "float32"], rows[method, "bf16 autocast"]
+        assert fp32["logits_max_rel_diff_vs_float32"] == 0.0
+        assert 0.0 < bf16["logits_max_rel_diff_vs_float32"] < 0.05  # autocast changed the logits, by bf16's rounding
+        assert bf16["peak_bytes"] < fp32["peak_bytes"]  # bfloat16 activations
+        assert bf16["first_loss"] == pytest.approx(fp32["first_loss"], rel=0.01)
+    assert rows["rk4", "bf16 autocast"]["nfe_forward_per_step"] == 8  # 2 layers x 4 stages, whatever the precision
+
+
 def test_gpu_suite_smoke_on_cpu(tmp_path):
     """The GPU session's one script, at its smallest sizes on the CPU: every part runs and is summarised."""
     from benchmarks import gpu_suite
@@ -205,9 +221,11 @@ def test_gpu_suite_smoke_on_cpu(tmp_path):
     out = tmp_path / "gpu"
     assert gpu_suite.main(["--device", "cpu", "--quick", "--out-dir", str(out), "--work", str(tmp_path / "work")]) == 0
     summary = _load(out / "gpu_suite")
-    assert {"solver overhead", "compile", "training", "decoding", "odenet4"} == {r["benchmark"] for r in summary["rows"]}
-    assert set(summary["meta"]["seconds"]) == {"solver_overhead", "compile", "fairseq_train", "decoding", "odenet4"}
-    for name in ("solver_overhead", "compile", "fairseq_train", "decoding"):
+    assert {"solver overhead", "compile", "training", "decoding", "odenet4", "mixed precision"} == \
+        {r["benchmark"] for r in summary["rows"]}
+    assert set(summary["meta"]["seconds"]) == {"solver_overhead", "compile", "fairseq_train", "decoding", "odenet4",
+                                               "mixed_precision"}
+    for name in ("solver_overhead", "compile", "fairseq_train", "decoding", "mixed_precision"):
         _load(out / name)
     _load(out / "odenet4", package="vision")  # vision.throughput: benchmarks may not import vision
 

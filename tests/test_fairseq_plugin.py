@@ -111,6 +111,23 @@ def test_bad_options_are_rejected_while_parsing(argv, message, data, capsys):
     assert message in str(info.value.code) + capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--bf16", "--memory-efficient-bf16"])
+def test_fairseq_bf16_without_torch_xla_is_refused_while_parsing(flag, data, capsys):
+    """fairseq's --bf16 implies --tpu; without torch_xla fairseq itself fails only once the model is built,
+    with an AttributeError on ``xla_device``."""
+    import importlib.util
+
+    from fairseq import options
+
+    import node_seq.fairseq  # noqa: F401
+
+    if importlib.util.find_spec("torch_xla") is not None:
+        pytest.skip("torch_xla is installed: fairseq's --bf16 can train on its TPU")
+    with pytest.raises(SystemExit) as info:
+        options.parse_args_and_arch(options.get_training_parser(), [str(data), *TINY, "--cpu", flag])
+    assert "node_transformer: error: --bf16: fairseq's --bf16 trains on a TPU" in str(info.value.code)
+
+
 def test_fairseq_train_cli_stops_before_anything_is_written(data, tmp_path):
     save = tmp_path / "never"
     result = subprocess.run(

@@ -9,6 +9,7 @@ checkpoint or data is touched.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
 from ..nn.options import FAIRSEQ, NodeOptions, add_arguments, fill_missing
 from ..ode import OptionError
@@ -68,6 +69,13 @@ def validate(args: argparse.Namespace, *, front_end: str = FAIRSEQ, sides: tuple
         if weight > 0 and task is not None and task != node_task:
             raise OptionError(f"{flag}: needs --task {node_task} (the task adds the term to the loss), "
                               f"got --task {task}")
+    if (getattr(args, "bf16", False) or getattr(args, "memory_efficient_bf16", False)) \
+            and importlib.util.find_spec("torch_xla") is None:
+        # fairseq's own error comes later and says nothing of --bf16 (AttributeError: 'NoneType' object has no
+        # attribute 'xla_device', from Trainer.__init__ once the model is built)
+        raise OptionError("--bf16: fairseq's --bf16 trains on a TPU (fairseq/options.py: it implies --tpu, which needs "
+                          "torch_xla, not installed here); on a GPU use --amp (float16 autocast), and for bfloat16 "
+                          "mixed precision on a CPU or GPU the HF trainer's --bf16 (node-seq-train-hf)")
     if options.failure_policy == "skip" and task is not None and task != node_task:
         raise OptionError(f"--node-failure-policy skip: needs --task {node_task} (the task skips the "
                           f"batch), got --task {task}")

@@ -105,7 +105,9 @@ class NodeTransformerForCausalLM(NodeHeadMixin, NodeTransformerLMPreTrainedModel
 
         ``labels`` are aligned with the inputs (``labels = input_ids``, -100 where not scored): the
         logits at position i are scored against ``labels[i + 1]``. The loss is their mean
-        cross-entropy, plus each regulariser's weight times its value while training.
+        cross-entropy, plus each regulariser's weight times its value while training. A padding
+        position predicts nothing: left-padded, a row's first token would otherwise be scored from
+        the padding before it (whose attention is all masked), and the loss would depend on padding.
         """
         if labels is not None:
             use_cache = False
@@ -115,7 +117,10 @@ class NodeTransformerForCausalLM(NodeHeadMixin, NodeTransformerLMPreTrainedModel
         loss = None
         if labels is not None:
             shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-            loss = nn.functional.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=-100)
+            targets = labels[:, 1:]
+            if attention_mask is not None and attention_mask.shape == labels.shape:
+                targets = targets.masked_fill(attention_mask[:, :-1] == 0, -100)
+            loss = nn.functional.cross_entropy(shifted, targets.reshape(-1), ignore_index=-100)
             loss = self._with_regularizers(loss)
         out = CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
                                      hidden_states=outputs.hidden_states)

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from ..ode import ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_scope
+from ..ode.precision import controller_dtype
 from ..ode.solve import non_finite_error
 from ..ode.regularization import solve_with_regularizers
 from .attention import MultiheadAttention, attention_bias, twice_differentiable
@@ -64,12 +65,16 @@ class LayerSpec:
 
 
 def padding_rms_norm(keep: torch.Tensor | None):
-    """Adaptive error norm over real positions only: padding must not steer the step size."""
+    """Adaptive error norm over real positions only: padding must not steer the step size.
+
+    Summed in at least float32 (:func:`~node_seq.ode.precision.controller_dtype`): a bfloat16 sum
+    over a batch of squares would round away the small errors that decide the step."""
     if keep is None:
         return None
     weight = keep.to(torch.float32)[..., None]
 
     def norm(error: torch.Tensor) -> torch.Tensor:
+        error = error.to(controller_dtype(error))
         if error.dim() != 3 or error.shape[:2] != weight.shape[:2]:
             return error.pow(2).mean().sqrt()
         total = (weight.to(error.dtype) * error.pow(2)).sum()

@@ -18,6 +18,7 @@ import torchdiffeq
 
 from .config import SolverConfig
 from .embedded import PAIRS, integrate_embedded
+from .precision import AutocastState
 from .stats import CountingField
 
 #: Our fixed-grid names, in torchdiffeq's words (its "rk4" is the 3/8 rule, as is ours).
@@ -46,6 +47,7 @@ class _AdjointSolve(torch.autograd.Function):
         with torch.enable_grad():
             y1 = solve_on(y0_leaf, t_leaf)
         ctx.graph = (y1, [y0_leaf, t_leaf, *tensors[:num_params], *leaves])
+        ctx.autocast = AutocastState.current(y0.device)
         return y1.detach()
 
     @staticmethod
@@ -53,7 +55,8 @@ class _AdjointSolve(torch.autograd.Function):
         y1, wrt = ctx.graph
         del ctx.graph
         wanted = [x for x in wrt if x.requires_grad]
-        found = iter(torch.autograd.grad(y1, wanted, grad_y1, allow_unused=True))
+        with ctx.autocast():  # the backward solve evaluates the field as the forward solve did
+            found = iter(torch.autograd.grad(y1, wanted, grad_y1, allow_unused=True))
         grads = [next(found) if x.requires_grad else None for x in wrt]
         return (None, None, None, *grads)
 

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from .config import SolverConfig
+from .precision import AutocastState
 from .reversible import _accumulate
 from .schemes import Grid, State
 from .stats import CountingField
@@ -79,7 +80,7 @@ class _Reversal:
     def _replay(self, grid: Grid, i: int, state: State) -> State:
         """Step ``i`` with the random numbers and autocast settings it first ran with."""
         self.ctx.rng[i].restore()
-        with torch.autocast(self.ctx.device_type, dtype=self.ctx.autocast_dtype, enabled=self.ctx.autocast):
+        with self.ctx.autocast():
             return grid.step(i, state)
 
     def advance(self, start: int, stop: int, y: torch.Tensor) -> torch.Tensor:
@@ -125,9 +126,7 @@ class _BinomialCheckpointSolve(torch.autograd.Function):
         ctx.leaves = leaves
         t0_value, t1_value = float(t0), float(t1)
         ctx.grid = grid = Grid.over(method, field, t0_value, t1_value, steps, y0)
-        ctx.device_type = y0.device.type
-        ctx.autocast = torch.is_autocast_enabled(ctx.device_type)
-        ctx.autocast_dtype = torch.get_autocast_dtype(ctx.device_type)
+        ctx.autocast = AutocastState.current(y0.device)
         keep = set(first_descent(steps, snapshots))
         ctx.rng, ctx.snapshots = [], {}
 

@@ -16,6 +16,13 @@ Why not torchdiffeq's loop, which the adjoint and the other adaptive methods sti
 What is solved is unchanged: the same tableaux (torchdiffeq's error estimates), the same error
 test ``norm(err / (atol + rtol * max(|y0|, |y1|))) <= 1`` with the caller's norm, and the same
 step-size controller (safety 0.9, growth at most 10x, shrink at most 5x on a rejection).
+
+**Mixed precision**: under autocast the field returns bfloat16 (or float16) stage values. The
+state is combined in its own dtype (float32 in the models: ``y + h * k`` promotes), but the error
+estimate is a sum of stage values whose weights add up to zero, so it is all cancellation: summed in
+bfloat16 it is mostly rounding, and so is the starting step's difference of two slopes. The
+controller therefore works in :func:`controller_dtype` (at least float32); a float32 or float64
+solve is untouched.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Callable
 import torch
 
 from .config import SolverConfig
+from .precision import controller_dtype
 from .stats import CountingField
 
 SAFETY, MAX_GROWTH, MAX_SHRINK = 0.9, 10.0, 0.2
@@ -82,7 +90,7 @@ PAIRS = {
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    return x.pow(2).mean().sqrt()
+    return x.to(controller_dtype(x)).pow(2).mean().sqrt()
 
 
 def integrate_embedded(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1,
@@ -96,14 +104,15 @@ def integrate_embedded(field: CountingField, y0: torch.Tensor, config: SolverCon
     norm = norm or rms_norm
     times = _Times(t0, t1, y0)
     rtol, atol = config.rtol, config.atol
+    dtype = controller_dtype(y0)
 
     def slope(s: float, y: torch.Tensor) -> torch.Tensor:
         return times.scale(field(times.at(s), y))
 
     def error_ratio(y: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], h: float) -> float:
         with torch.no_grad():
-            err = _combine(None, ks, pair.error, h)
-            scale = torch.maximum(y.abs(), y1.abs()).mul_(rtol).add_(atol)
+            err = _combine(None, ks, pair.error, h, dtype=dtype)
+            scale = torch.maximum(y.abs(), y1.abs()).to(dtype).mul_(rtol).add_(atol)
             return float(norm(err.div_(scale)))
 
     s, y, f0 = 0.0, y0, slope(0.0, y0)
@@ -131,12 +140,14 @@ def integrate_embedded(field: CountingField, y0: torch.Tensor, config: SolverCon
     return y
 
 
-def _combine(y: torch.Tensor | None, ks: list[torch.Tensor], weights: tuple[float, ...], h: float) -> torch.Tensor:
-    """``y + h * sum(w_j k_j)`` (or the sum alone without ``y``), skipping zero weights."""
+def _combine(y: torch.Tensor | None, ks: list[torch.Tensor], weights: tuple[float, ...], h: float,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``y + h * sum(w_j k_j)`` (or the sum alone without ``y``, accumulated in ``dtype``), skipping
+    zero weights."""
     out = y
     for w, k in zip(weights, ks):
         if w != 0.0:
-            out = k * (h * w) if out is None else out.add(k, alpha=h * w)
+            out = k.to(dtype) * (h * w) if out is None else out.add(k, alpha=h * w)
     return out
 
 
@@ -154,11 +165,11 @@ def _first_step(slope, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol: flo
     interval: a size from ``|y0| / |f0|``, one Euler probe for the second derivative. One extra
     evaluation, no graph."""
     with torch.no_grad():
-        scale = y0.abs().mul(rtol).add_(atol)
+        scale = y0.abs().to(controller_dtype(y0)).mul_(rtol).add_(atol)
         d0, d1 = float(norm(y0 / scale)), float(norm(f0 / scale))
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         f1 = slope(h0, y0 + h0 * f0)
-        d2 = float(norm((f1 - f0) / scale)) / h0
+        d2 = float(norm((f1.to(scale.dtype) - f0) / scale)) / h0
     if max(d1, d2) <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
     else:

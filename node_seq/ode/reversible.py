@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import torch
 
 from .config import SolverConfig
+from .precision import AutocastState
 from .schemes import Grid, State
 from .stats import CountingField
 
@@ -39,7 +40,7 @@ class _ReversedSteps(torch.autograd.Function):
         # grad_tensors: the field's parameters, then the original inputs behind ``leaves``.
         (y,) = _march_without_graph(grid, y0)
         ctx.save_for_backward(y, *grad_tensors[:num_params])
-        ctx.grid, ctx.leaves = grid, leaves
+        ctx.grid, ctx.leaves, ctx.autocast = grid, leaves, AutocastState.current(y0.device)
         return y
 
     @staticmethod
@@ -50,9 +51,9 @@ class _ReversedSteps(torch.autograd.Function):
         wrt = [*params, *ctx.leaves]  # gradients for the leaves go to the original inputs
         grads: list[torch.Tensor | None] = [None] * len(wrt)
         for i in reversed(range(grid.steps)):
-            with torch.no_grad():
+            with torch.no_grad(), ctx.autocast():
                 (y_prev,) = grid.step_back(i, (y,))
-            with torch.enable_grad():
+            with torch.enable_grad(), ctx.autocast():
                 y_in = y_prev.detach().requires_grad_()
                 (y_out,) = grid.step(i, (y_in,))
                 step_grads = torch.autograd.grad(y_out, [y_in, *wrt], grad_y, allow_unused=True)
@@ -70,7 +71,7 @@ class _ExactReversal(torch.autograd.Function):
         # grad_tensors: the field's parameters, then the original inputs behind ``leaves``.
         y, z, _ = _march_without_graph(grid, y0)
         ctx.save_for_backward(y, z, *grad_tensors[:num_params])
-        ctx.grid, ctx.leaves = grid, leaves
+        ctx.grid, ctx.leaves, ctx.autocast = grid, leaves, AutocastState.current(y0.device)
         return y
 
     @staticmethod
@@ -82,12 +83,12 @@ class _ExactReversal(torch.autograd.Function):
         wrt = [*params, *ctx.leaves]  # gradients for the leaves go to the original inputs
         grads: list[torch.Tensor | None] = [None] * len(wrt)
         grad_z = torch.zeros_like(z)
-        with torch.no_grad():
+        with torch.no_grad(), ctx.autocast():
             state = scheme.at_point(grid, grid.steps, y, z)
         for i in reversed(range(grid.steps)):
-            with torch.no_grad():
+            with torch.no_grad(), ctx.autocast():
                 state = grid.step_back(i, state)
-            with torch.enable_grad():
+            with torch.enable_grad(), ctx.autocast():
                 y_in = state[0].detach().requires_grad_()
                 z_in = state[1].detach().requires_grad_()
                 y_out, z_out, _ = grid.step(i, scheme.at_point(grid, i, y_in, z_in))

@@ -172,10 +172,21 @@ def test_training_loss_is_next_token_cross_entropy_and_reaches_every_weight():
     labels = PROMPTS.masked_fill(MASK == 0, -100)
     out = model(PROMPTS, attention_mask=MASK, labels=labels)
     logits = out.logits[:, :-1].reshape(-1, 40)
-    expected = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    scored_from_tokens = labels[:, 1:].masked_fill(MASK[:, :-1] == 0, -100)  # a padding position predicts nothing
+    expected = torch.nn.functional.cross_entropy(logits, scored_from_tokens.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_left_padding_does_not_change_a_sentences_loss():
+    """The padded row's loss equals the same sentence's alone: its first token (``</s>``) is context,
+    never scored from the padding before it."""
+    model = tiny_lm(node_method="rk4")
+    alone = PROMPTS[1:, 2:]
+    labels = PROMPTS.masked_fill(MASK == 0, -100)
+    padded = model(PROMPTS[1:], attention_mask=MASK[1:], labels=labels[1:]).loss
+    torch.testing.assert_close(padded, model(alone, labels=alone).loss)
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -59,6 +59,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     add("--activation-checkpointing", action="store_true",
         help="keep only each layer's input and recompute its solve in the backward pass (the Trainer's "
              "activation_checkpointing: less memory, the same gradients, one more forward solve)")
+    add("--bf16", action="store_true",
+        help="mixed precision: the forward pass under bfloat16 autocast, parameters, optimizer and ODE state in "
+             "float32 (the Trainer's bf16; also on the CPU)")
     add("--torch-compile", action="store_true",
         help="compile the model for training (the Trainer's torch_compile; fixed-grid solves compile whole)")
     add("--torch-compile-backend", default=None, help="torch.compile backend (default inductor; implies --torch-compile)")
@@ -84,7 +87,7 @@ def checked(parser: argparse.ArgumentParser, args: argparse.Namespace, front_end
 def training_arguments(args: argparse.Namespace, out: Path, *, has_valid: bool) -> dict:
     """The ``TrainingArguments`` both trainers share, from the shared options."""
     return dict(
-        output_dir=str(out), use_cpu=args.cpu, report_to=[], seed=args.seed, num_train_epochs=args.epochs,
+        output_dir=str(out), use_cpu=args.cpu, bf16=args.bf16, report_to=[], seed=args.seed, num_train_epochs=args.epochs,
         max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup_steps,
         lr_scheduler_type="inverse_sqrt", adam_beta2=0.98, weight_decay=0.0, logging_steps=args.logging_steps,
