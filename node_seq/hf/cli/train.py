@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=1)
     add("--threads", type=int, default=1, help="torch CPU threads")
     add("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
+    add("--fsdp", choices=sorted(FSDP_STYLES), default=None,
+        help="shard parameters, gradients and optimizer state over the torchrun processes with FSDP2 (transformers' "
+             "DistributedConfig, one group per layer; CPU or GPU): full_shard frees a layer's gathered weights "
+             "after its forward, shard_grad_op keeps them until its backward")
     add("--torch-compile", action="store_true",
         help="compile the model for training (the Trainer's torch_compile; fixed-grid solves compile whole)")
     add("--torch-compile-backend", default=None, help="torch.compile backend (default inductor; implies --torch-compile)")
@@ -66,6 +71,8 @@ def checked(parser: argparse.ArgumentParser, args: argparse.Namespace, front_end
     """Refuse a missing data folder and invalid NODE options (naming the flag) before any work."""
     if not Path(args.data).is_dir():
         parser.error(f"--data: not a directory: {args.data}")
+    if args.fsdp and world_size() < 2:
+        parser.error("--fsdp: shards over several processes; start them with torchrun --nproc_per_node N (N >= 2)")
     for flag in ("embed_dim", "ffn_dim", "layers", "heads", "batch_size", "threads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')}: must be an integer >= 1, got {getattr(args, flag)}")
@@ -91,6 +98,37 @@ def training_arguments(args: argparse.Namespace, out: Path, *, has_valid: bool) 
         torch_compile=args.torch_compile, torch_compile_backend=args.torch_compile_backend,
         torch_compile_mode=args.torch_compile_mode,
     )
+
+
+#: ``--fsdp`` -> the FSDP2 style of every layer of the model's ``base_model_fsdp_plan``.
+FSDP_STYLES = {"full_shard": "free_full_weight", "shard_grad_op": "keep_full_weight"}
+
+
+def world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def sharded(model, args: argparse.Namespace):
+    """``model`` sharded over the processes by transformers' own FSDP2 (what ``from_pretrained(
+    distributed_config=...)`` does), with ``--fsdp``; else ``model`` as it is.
+
+    Not ``TrainingArguments(fsdp=...)``: accelerate applies that only on accelerators, and on a CPU
+    trains with DDP instead, silently. transformers' ``DistributedConfig`` shards on CPU and GPU
+    alike; the ``Trainer`` then neither wraps the model in DDP nor shards it again.
+    """
+    if not args.fsdp:
+        return model
+    from torch.distributed.fsdp import register_fsdp_forward_method
+    from transformers import DistributedConfig
+
+    plan = dict.fromkeys(model.fsdp_plan, FSDP_STYLES[args.fsdp])
+    config, _, mesh = type(model).prepare_distribute_model(DistributedConfig(fsdp_size=world_size(), fsdp_plan=plan))
+    model = type(model).maybe_distribute_model(model, config, mesh)
+    # generate runs the encoder and the decoder steps without the model's forward: gather the root
+    # group (embeddings, lm_head) around it as around forward
+    register_fsdp_forward_method(model, "generate")
+    return model
 
 
 def start(args: argparse.Namespace) -> Path:
@@ -160,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         decoder_layers=args.layers, encoder_attention_heads=args.heads, decoder_attention_heads=args.heads,
         dropout=args.dropout, **args.node_options.to_front_end(HF),
     )
-    model = NodeTransformerForConditionalGeneration(config)
+    model = sharded(NodeTransformerForConditionalGeneration(config), args)
     has_valid = "valid" in encoded
     training_args = Seq2SeqTrainingArguments(
         **training_arguments(args, out, has_valid=has_valid), label_smoothing_factor=args.label_smoothing,
