@@ -8,7 +8,9 @@ Runs, each writing its own ``<name>.{json,md}`` under ``--out-dir`` (default ``b
 * ``fairseq_train``: NODE training tokens/s against fairseq's Transformer (same evaluations);
 * ``decoding``: fairseq-generate sentences/s with the per-stage cache;
 * ``odenet4``: ODENet4 training images/s on CIFAR-sized inputs, fp32 and bf16 autocast (AMP), by
-  ``python -m vision.throughput``.
+  ``python -m vision.throughput``;
+* ``fsdp``: ``node-seq-train-hf`` on every GPU with ``--fsdp full_shard`` and with DDP against one
+  process with the whole batch (``benchmarks.fsdp_parity``; needs two GPUs, says so on one).
 
 then ``gpu_suite.{json,md}``: one line per headline figure. Meant to finish well inside ten
 minutes on one GPU; ``--device cpu --quick`` is its smoke test::
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 from . import compile as compile_benchmark
-from . import decoding, fairseq_train, solver_overhead
+from . import decoding, fairseq_train, fsdp_parity, solver_overhead
 from .common import command_line, machine, markdown_table, write_outputs
 
 
@@ -86,6 +88,8 @@ def main(argv=None) -> int:
         [*dev, "--work", str(work / "decoding"), "--out", str(out / "decoding"), *(["--quick"] if args.quick else [])]))
     run("odenet4", lambda: odenet4_throughput(str(out / "odenet4"), device=args.device, quick=args.quick,
                                               repeats=1 if args.quick else 20))
+    run("fsdp", lambda: fsdp_parity.main(
+        [*dev, "--work", str(work / "fsdp"), "--out", str(out / "fsdp"), *(["--quick"] if args.quick else [])]))
 
     headline = []
     for r in _rows(out / "solver_overhead"):
@@ -106,6 +110,14 @@ def main(argv=None) -> int:
         headline.append(("decoding", f"length {r['length']}, {r['variant']}: sentences/s", r["sentences_per_s"]))
     for r in _rows(out / "odenet4"):
         headline.append(("odenet4", f"{r['precision']}, batch {r['batch']}: images/s", r["images_per_s"]))
+    fsdp = json.loads((out / "fsdp.json").read_text())
+    if "skipped" in fsdp["meta"]:
+        headline.append(("fsdp", "not run", fsdp["meta"]["skipped"]))
+    for r in fsdp["rows"]:
+        headline.append(("fsdp", f"{r['run']}, {r['processes']} processes: max relative loss difference to one",
+                         r["max_loss_rel_difference"]))
+        headline.append(("fsdp", f"{r['run']}, {r['processes']} processes: training samples/s",
+                         r["train_samples_per_s"]))
     table = markdown_table(["benchmark", "figure", "value"], headline)
     table += "\n\nSeconds per benchmark: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
     meta = {"machine": machine(), "device": args.device, "backend": backend, "quick": args.quick, "seconds": seconds}

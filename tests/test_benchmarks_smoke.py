@@ -205,10 +205,15 @@ def test_gpu_suite_smoke_on_cpu(tmp_path):
     out = tmp_path / "gpu"
     assert gpu_suite.main(["--device", "cpu", "--quick", "--out-dir", str(out), "--work", str(tmp_path / "work")]) == 0
     summary = _load(out / "gpu_suite")
-    assert {"solver overhead", "compile", "training", "decoding", "odenet4"} == {r["benchmark"] for r in summary["rows"]}
-    assert set(summary["meta"]["seconds"]) == {"solver_overhead", "compile", "fairseq_train", "decoding", "odenet4"}
-    for name in ("solver_overhead", "compile", "fairseq_train", "decoding"):
+    assert {"solver overhead", "compile", "training", "decoding", "odenet4", "fsdp"} == {
+        r["benchmark"] for r in summary["rows"]}
+    assert set(summary["meta"]["seconds"]) == {"solver_overhead", "compile", "fairseq_train", "decoding", "odenet4",
+                                                "fsdp"}
+    for name in ("solver_overhead", "compile", "fairseq_train", "decoding", "fsdp"):
         _load(out / name)
+    fsdp = {r["run"]: r for r in _load(out / "fsdp")["rows"]}  # two CPU processes share the batch of one
+    assert fsdp["FSDP2 full_shard"]["processes"] == 2 and fsdp["FSDP2 full_shard"]["same_nfe"]
+    assert fsdp["FSDP2 full_shard"]["max_loss_rel_difference"] < 1e-5
     _load(out / "odenet4", package="vision")  # vision.throughput: benchmarks may not import vision
 
 
@@ -232,3 +237,15 @@ def test_multi30k_lm_quick(tmp_path):
     assert result["rows"][0]["test_p_vs_plain"] is None and 0 < result["rows"][1]["test_p_vs_plain"] <= 1
     assert (tmp_path / "results" / "multi30k_lm_elastic" / "midpoint" / "elastic.csv").exists()
     assert out.with_suffix(".md").read_text().startswith("Command: `python -m benchmarks.multi30k_lm")
+
+
+def test_fsdp_parity_on_one_gpu_says_why_it_did_not_run(tmp_path, monkeypatch):
+    """FSDP needs a process per GPU and two of them: on a one-GPU machine the result says so (the
+    GPU suite goes on) and no training starts."""
+    from benchmarks import fsdp_parity
+
+    monkeypatch.setattr(fsdp_parity, "processes_for", lambda device: 1)
+    monkeypatch.setattr(fsdp_parity, "train", lambda *args, **kwargs: pytest.fail("trained on one GPU"))
+    assert fsdp_parity.main(["--device", "cuda", "--out", str(tmp_path / "fsdp"), "--work", str(tmp_path / "w")]) == 0
+    result = _load(tmp_path / "fsdp")
+    assert result["rows"] == [] and result["meta"]["skipped"].endswith("this machine has 1 GPU")
