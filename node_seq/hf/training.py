@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from transformers import Seq2SeqTrainer, Trainer
+from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase, Seq2SeqTrainer, Trainer
 
 from ..nn.layers import check_finite, collect_stats
 from ..ode import compile_settings
@@ -190,7 +190,7 @@ def tokenize_lm(datasets, tokenizer, *, max_length: int = 256):
     return datasets.map(encode, batched=True, remove_columns=["text"])
 
 
-def lm_collator(tokenizer):
+def lm_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForLanguageModeling:
     """``DataCollatorForLanguageModeling`` that pads on the right, so every sentence starts at position 0.
 
     A sentence's first token (``</s>``) is context for its first piece, as in fairseq, and never a
@@ -199,8 +199,6 @@ def lm_collator(tokenizer):
     predicted from padding, and the loss of a sentence would depend on the batch it is in.
     """
     import copy
-
-    from transformers import DataCollatorForLanguageModeling
 
     right = copy.deepcopy(tokenizer)
     right.padding_side = "right"

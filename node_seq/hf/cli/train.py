@@ -19,9 +19,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node_seq.nn.options import HF, TRAIN_HF, NodeOptions, add_arguments
 from node_seq.ode import OptionError
+
+if TYPE_CHECKING:  # transformers is imported when training starts, not for --help
+    from transformers import PreTrainedModel
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -109,7 +113,7 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def sharded(model, args: argparse.Namespace):
+def sharded(model: PreTrainedModel, args: argparse.Namespace) -> PreTrainedModel:
     """``model`` sharded over the processes by transformers' own FSDP2 (what ``from_pretrained(
     distributed_config=...)`` does), with ``--fsdp``; else ``model`` as it is.
 
