@@ -77,9 +77,8 @@ def main(argv=None) -> int:
     write_task(work / "data", sizes={"train": sizes["train"], "valid": 16, "test": 16})
     global_batch = sizes["batch"]
     runs = {"one process": (1, global_batch, []),
-            "FSDP2 full_shard": (processes, global_batch // processes, ["--fsdp", "full_shard"])}
-    if not args.quick:
-        runs["DDP"] = (processes, global_batch // processes, [])
+            "FSDP2 full_shard": (processes, global_batch // processes, ["--fsdp", "full_shard"]),
+            "DDP": (processes, global_batch // processes, [])}
     histories = {name: train(work / name.replace(" ", "_"), work / "data", processes=n, batch=batch, sizes=sizes,
                              cpu=cpu, extra=extra)
                  for name, (n, batch, extra) in runs.items()}
