@@ -635,13 +635,11 @@ class NodeHeadMixin:
         over the whole update, not a mean of per-batch means (which weights a short batch's tokens more).
         """
         labels = labels.reshape(-1)
-        if num_items_in_batch is None:
-            loss, share = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels,
-                                                      ignore_index=-100), 1.0
-        else:
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels,
-                                               ignore_index=-100, reduction="sum") / num_items_in_batch
-            share = labels.ne(-100).sum() / num_items_in_batch
+        scored = labels.ne(-100).sum()
+        total = scored if num_items_in_batch is None else num_items_in_batch
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels, ignore_index=-100,
+                                           reduction="sum") / total
+        share = scored / total
         for name, weight in self.regularizer_weights.items():
             value = total_regularizer(self, name)  # None outside training mode
             if value is not None:
@@ -724,7 +722,8 @@ class NodeTransformerForConditionalGeneration(NodeHeadMixin, NodeTransformerPreT
                 inputs_embeds: torch.Tensor | None = None, decoder_inputs_embeds: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, num_items_in_batch: torch.Tensor | int | None = None) -> Seq2SeqLMOutput:
+                return_dict: bool | None = None,
+                num_items_in_batch: torch.Tensor | int | None = None) -> Seq2SeqLMOutput:
         """:meth:`NodeTransformerModel.forward`, then logits, and with ``labels`` the loss.
 
         The loss is the mean cross-entropy over tokens whose label is not -100 (with

@@ -107,7 +107,9 @@ class NodeTransformerForCausalLM(NodeHeadMixin, NodeTransformerLMPreTrainedModel
         ``labels`` are aligned with the inputs (``labels = input_ids``, -100 where not scored): the
         logits at position i are scored against ``labels[i + 1]``. The loss is their mean
         cross-entropy (with ``num_items_in_batch``, ``Trainer``'s count of the update's scored tokens:
-        their sum divided by it), plus each regulariser's weight times its value while training.
+        their sum divided by it), plus each regulariser's weight times its value while training. A
+        padding position predicts nothing: left-padded, a row's first token would otherwise be scored
+        from the padding before it (whose attention is all masked), and the loss would depend on padding.
         """
         if labels is not None:
             use_cache = False
@@ -116,7 +118,10 @@ class NodeTransformerForCausalLM(NodeHeadMixin, NodeTransformerLMPreTrainedModel
         logits = self.lm_head(outputs.last_hidden_state)  # (batch, length, vocab)
         loss = None
         if labels is not None:
-            loss = self._loss(logits[:, :-1], labels[:, 1:], num_items_in_batch)
+            targets = labels[:, 1:]
+            if attention_mask is not None and attention_mask.shape == labels.shape:
+                targets = targets.masked_fill(attention_mask[:, :-1] == 0, -100)
+            loss = self._loss(logits[:, :-1], targets, num_items_in_batch)
         out = CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
                                      hidden_states=outputs.hidden_states)
         return_dict = self.config.return_dict if return_dict is None else return_dict

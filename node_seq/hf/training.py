@@ -195,8 +195,10 @@ def lm_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForLanguageMo
 
     A sentence's first token (``</s>``) is context for its first piece, as in fairseq, and never a
     target: at position 0 nothing predicts it. The tokenizer pads on the left (prompts for
-    ``generate``); there every sentence but the batch's longest would have its ``</s>`` scored as
-    predicted from padding, and the loss of a sentence would depend on the batch it is in.
+    ``generate``); there the ``</s>`` of every sentence but the batch's longest follows padding.
+    The model scores nothing from padding, but the ``Trainer`` counts the update's targets from the
+    labels alone (``num_items_in_batch``: ``labels[..., 1:]``), which would count those ``</s>``
+    too, a number that depends on how the sentences are split into batches.
     """
     import copy
 
@@ -211,9 +213,10 @@ def perplexities(results: dict) -> dict:
             if key.endswith("_loss")}
 
 
-def train_and_report(trainer, model, tokenizer, encoded, out: Path, *, derived=None) -> dict:
-    """Train, evaluate on ``valid`` and ``test`` where ``encoded`` has them, save ``out/final`` and the
-    log history (one process writes, under torchrun), and print the results as one JSON line.
+def train_and_report(trainer, encoded, out: Path, *, derived=None) -> dict:
+    """Train, evaluate on ``valid`` and ``test`` where ``encoded`` has them, save ``out/final`` (the
+    model and the trainer's tokenizer) and the log history (one process writes, under torchrun), and
+    print the results as one JSON line.
 
     ``derived(results)`` adds figures computed from the evaluation's (perplexities from losses).
     """

@@ -131,7 +131,8 @@ def test_training_loss_is_next_token_cross_entropy_and_reaches_every_weight():
     labels = PROMPTS.masked_fill(MASK == 0, -100)
     out = model(PROMPTS, attention_mask=MASK, labels=labels)
     logits = out.logits[:, :-1].reshape(-1, 40)
-    expected = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    scored_from_tokens = labels[:, 1:].masked_fill(MASK[:, :-1] == 0, -100)  # a padding position predicts nothing
+    expected = torch.nn.functional.cross_entropy(logits, scored_from_tokens.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters())

@@ -61,14 +61,14 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=1)
     add("--threads", type=int, default=1, help="torch CPU threads")
     add("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
-    add("--fsdp", choices=sorted(FSDP_STYLES), default=None,
-        help="shard parameters, gradients and optimizer state over the torchrun processes with FSDP2 (transformers' "
-             "DistributedConfig, one group per layer; CPU or GPU): full_shard frees a layer's gathered weights "
-             "after its forward, shard_grad_op keeps them until its backward")
     add("--torch-compile", action="store_true",
         help="compile the model for training (the Trainer's torch_compile; fixed-grid solves compile whole)")
     add("--torch-compile-backend", default=None, help="torch.compile backend (default inductor; implies --torch-compile)")
     add("--torch-compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (implies --torch-compile)")
+    add("--fsdp", choices=sorted(FSDP_STYLES), default=None,
+        help="shard parameters, gradients and optimizer state over the torchrun processes with FSDP2 (transformers' "
+             "DistributedConfig, one group per layer; CPU or GPU): full_shard frees a layer's gathered weights "
+             "after its forward, shard_grad_op keeps them until its backward")
 
 
 def checked(parser: argparse.ArgumentParser, args: argparse.Namespace, front_end: str) -> argparse.Namespace:
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=encoded["valid"] if has_valid else None, processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), compute_metrics=bleu_metrics(tokenizer),
     )
-    return train_and_report(trainer, model, tokenizer, encoded, out)
+    return train_and_report(trainer, encoded, out)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset=encoded["train"], eval_dataset=encoded["valid"] if has_valid else None,
         processing_class=tokenizer, data_collator=lm_collator(tokenizer),
     )
-    return train_and_report(trainer, model, tokenizer, encoded, out, derived=perplexities)
+    return train_and_report(trainer, encoded, out, derived=perplexities)
 
 
 def cli(argv: list[str] | None = None) -> int:
