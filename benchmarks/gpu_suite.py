@@ -11,6 +11,8 @@ Runs, each writing its own ``<name>.{json,md}`` under ``--out-dir`` (default ``b
   ``python -m vision.throughput``;
 * ``mixed_precision``: an HF NODE-Transformer's training step in float32 and under bf16 autocast
   (rk4 and dopri5): time, peak memory, NFE, final loss.
+* ``fsdp``: ``node-seq-train-hf`` on every GPU with ``--fsdp full_shard`` and with DDP against one
+  process with the whole batch (``benchmarks.fsdp_parity``; needs two GPUs, says so on one).
 
 then ``gpu_suite.{json,md}``: one line per headline figure. Meant to finish well inside ten
 minutes on one GPU; ``--device cpu --quick`` is its smoke test::
@@ -30,7 +32,7 @@ from pathlib import Path
 import torch
 
 from . import compile as compile_benchmark
-from . import decoding, fairseq_train, mixed_precision, solver_overhead
+from . import decoding, fairseq_train, fsdp_parity, mixed_precision, solver_overhead
 from .common import command_line, machine, markdown_table, write_outputs
 
 
@@ -91,6 +93,8 @@ def main(argv=None) -> int:
     run("mixed_precision", lambda: mixed_precision.main(
         [*dev, *(["--quick", "--repeats", "1", "--train-steps", "2"] if args.quick else []),
          "--out", str(out / "mixed_precision")]))
+    run("fsdp", lambda: fsdp_parity.main(
+        [*dev, "--work", str(work / "fsdp"), "--out", str(out / "fsdp"), *(["--quick"] if args.quick else [])]))
 
     headline = []
     for r in _rows(out / "solver_overhead"):
@@ -117,6 +121,14 @@ def main(argv=None) -> int:
                              r["time_vs_float32"]))
             headline.append(("mixed precision", f"{r['method']} {r['precision']}: peak memory / float32",
                              r["peak_vs_float32"]))
+    fsdp = json.loads((out / "fsdp.json").read_text())
+    if "skipped" in fsdp["meta"]:
+        headline.append(("fsdp", "not run", fsdp["meta"]["skipped"]))
+    for r in fsdp["rows"]:
+        headline.append(("fsdp", f"{r['run']}, {r['processes']} processes: max relative loss difference to one",
+                         r["max_loss_rel_difference"]))
+        headline.append(("fsdp", f"{r['run']}, {r['processes']} processes: training samples/s",
+                         r["train_samples_per_s"]))
     table = markdown_table(["benchmark", "figure", "value"], headline)
     table += "\n\nSeconds per benchmark: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
     meta = {"machine": machine(), "device": args.device, "backend": backend, "quick": args.quick, "seconds": seconds}

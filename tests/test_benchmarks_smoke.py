@@ -221,12 +221,15 @@ def test_gpu_suite_smoke_on_cpu(tmp_path):
     out = tmp_path / "gpu"
     assert gpu_suite.main(["--device", "cpu", "--quick", "--out-dir", str(out), "--work", str(tmp_path / "work")]) == 0
     summary = _load(out / "gpu_suite")
-    assert {"solver overhead", "compile", "training", "decoding", "odenet4", "mixed precision"} == \
+    assert {"solver overhead", "compile", "training", "decoding", "odenet4", "mixed precision", "fsdp"} == \
         {r["benchmark"] for r in summary["rows"]}
     assert set(summary["meta"]["seconds"]) == {"solver_overhead", "compile", "fairseq_train", "decoding", "odenet4",
-                                               "mixed_precision"}
-    for name in ("solver_overhead", "compile", "fairseq_train", "decoding", "mixed_precision"):
+                                               "mixed_precision", "fsdp"}
+    for name in ("solver_overhead", "compile", "fairseq_train", "decoding", "mixed_precision", "fsdp"):
         _load(out / name)
+    fsdp = {r["run"]: r for r in _load(out / "fsdp")["rows"]}  # two CPU processes share the batch of one
+    assert fsdp["FSDP2 full_shard"]["processes"] == 2 and fsdp["FSDP2 full_shard"]["same_nfe"]
+    assert fsdp["FSDP2 full_shard"]["max_loss_rel_difference"] < 1e-5
     _load(out / "odenet4", package="vision")  # vision.throughput: benchmarks may not import vision
 
 
@@ -270,3 +273,15 @@ def test_hf_gradient_checkpointing_quick(tmp_path, capsys):
         hf_gradient_checkpointing.main(["--quick", "--methods", "rk45", "--out", str(tmp_path / "refused")])
     assert "--methods: unknown 'rk45'; choose from rk4, dopri5" in capsys.readouterr().err
     assert not (tmp_path / "refused.json").exists()
+
+
+def test_fsdp_parity_on_one_gpu_says_why_it_did_not_run(tmp_path, monkeypatch):
+    """FSDP needs a process per GPU and two of them: on a one-GPU machine the result says so (the
+    GPU suite goes on) and no training starts."""
+    from benchmarks import fsdp_parity
+
+    monkeypatch.setattr(fsdp_parity, "processes_for", lambda device: 1)
+    monkeypatch.setattr(fsdp_parity, "train", lambda *args, **kwargs: pytest.fail("trained on one GPU"))
+    assert fsdp_parity.main(["--device", "cuda", "--out", str(tmp_path / "fsdp"), "--work", str(tmp_path / "w")]) == 0
+    result = _load(tmp_path / "fsdp")
+    assert result["rows"] == [] and result["meta"]["skipped"].endswith("this machine has 1 GPU")

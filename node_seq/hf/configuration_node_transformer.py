@@ -41,6 +41,10 @@ class NodeTransformerConfig(NodeOptionFields):
 
     model_type = "node_transformer"
     keys_to_ignore_at_inference = ["cache"]
+    # FSDP2 (``from_pretrained(distributed_config=...)``): one group per ODE layer, gathered once per
+    # solve however often its field is called; embeddings, final norms and lm_head (tied or not) in
+    # the root group, so a weight shared by several of them is never split between groups.
+    base_model_fsdp_plan = {"encoder.layers.*": "free_full_weight", "decoder.layers.*": "free_full_weight"}
     attribute_map = {
         "hidden_size": "decoder_embed_dim",
         "num_attention_heads": "decoder_attention_heads",

@@ -33,6 +33,9 @@ class NodeTransformerLMConfig(NodeLMOptionFields):
 
     model_type = "node_transformer_lm"
     keys_to_ignore_at_inference = ["cache"]
+    # FSDP2: one group per ODE layer, the rest (tied embedding and lm_head) in the root group
+    # (see NodeTransformerConfig).
+    base_model_fsdp_plan = {"decoder.layers.*": "free_full_weight"}
     attribute_map = {
         "hidden_size": "decoder_embed_dim",
         "num_attention_heads": "decoder_attention_heads",

@@ -677,12 +677,30 @@ class NodeHeadMixin:
         """Backward NFE of the last backward pass through the last forward pass's solves."""
         return collect_stats(self).nfe_backward
 
-    def _with_regularizers(self, loss: torch.Tensor) -> torch.Tensor:
-        """``loss`` plus each regulariser's weight times its value while training (both are means per token)."""
+    #: ``Trainer`` passes ``num_items_in_batch`` to ``forward`` (see :meth:`_loss`).
+    accepts_loss_kwargs = True
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor,
+              num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
+        """Cross-entropy of ``logits`` (..., vocab) against ``labels`` (-100: not scored) plus each
+        regulariser's weight times its value while training.
+
+        Without ``num_items_in_batch`` the mean over this batch's scored tokens. With it (``Trainer``
+        counts the scored tokens of a whole update: every process, every accumulated micro-batch) the
+        sum over this batch divided by that count, and each regulariser weighted by this batch's share
+        of the tokens: the gradient summed over processes and micro-batches is then one process's
+        over the whole update, not a mean of per-batch means (which weights a short batch's tokens more).
+        """
+        labels = labels.reshape(-1)
+        scored = labels.ne(-100).sum()
+        total = scored if num_items_in_batch is None else num_items_in_batch
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels, ignore_index=-100,
+                                           reduction="sum") / total
+        share = scored / total
         for name, weight in self.regularizer_weights.items():
             value = total_regularizer(self, name)  # None outside training mode
             if value is not None:
-                loss = loss + weight * value
+                loss = loss + weight * share * value
         return loss
 
     @torch.no_grad()
@@ -793,11 +811,13 @@ class NodeTransformerForConditionalGeneration(NodeHeadMixin, NodeTransformerPreT
                 inputs_embeds: torch.Tensor | None = None, decoder_inputs_embeds: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None) -> Seq2SeqLMOutput:
+                return_dict: bool | None = None,
+                num_items_in_batch: torch.Tensor | int | None = None) -> Seq2SeqLMOutput:
         """:meth:`NodeTransformerModel.forward`, then logits, and with ``labels`` the loss.
 
-        The loss is the mean cross-entropy over tokens whose label is not -100, plus each
-        regulariser's weight times its value while training (``node_kinetic_weight``, ...).
+        The loss is the mean cross-entropy over tokens whose label is not -100 (with
+        ``num_items_in_batch``, ``Trainer``'s count of the update's scored tokens: their sum divided
+        by it), plus each regulariser's weight times its value while training (``node_kinetic_weight``, ...).
         """
         if labels is not None:
             use_cache = False
@@ -809,9 +829,7 @@ class NodeTransformerForConditionalGeneration(NodeHeadMixin, NodeTransformerPreT
         logits = self.lm_head(outputs.last_hidden_state)  # (batch, target, vocab)
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                               ignore_index=-100)
-            loss = self._with_regularizers(loss)
+            loss = self._loss(logits, labels, num_items_in_batch)
         out = Seq2SeqLMOutput(
             loss=loss, logits=logits, cache=outputs.cache,
             decoder_hidden_states=outputs.decoder_hidden_states,

@@ -100,14 +100,16 @@ class NodeTransformerForCausalLM(NodeHeadMixin, NodeTransformerLMPreTrainedModel
                 cache: Cache | None = None, inputs_embeds: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None) -> CausalLMOutputWithPast:
+                return_dict: bool | None = None,
+                num_items_in_batch: torch.Tensor | int | None = None) -> CausalLMOutputWithPast:
         """:meth:`NodeTransformerLMModel.forward`, then logits, and with ``labels`` the loss.
 
         ``labels`` are aligned with the inputs (``labels = input_ids``, -100 where not scored): the
         logits at position i are scored against ``labels[i + 1]``. The loss is their mean
-        cross-entropy, plus each regulariser's weight times its value while training. A padding
-        position predicts nothing: left-padded, a row's first token would otherwise be scored from
-        the padding before it (whose attention is all masked), and the loss would depend on padding.
+        cross-entropy (with ``num_items_in_batch``, ``Trainer``'s count of the update's scored tokens:
+        their sum divided by it), plus each regulariser's weight times its value while training. A
+        padding position predicts nothing: left-padded, a row's first token would otherwise be scored
+        from the padding before it (whose attention is all masked), and the loss would depend on padding.
         """
         if labels is not None:
             use_cache = False
@@ -116,12 +118,10 @@ class NodeTransformerForCausalLM(NodeHeadMixin, NodeTransformerLMPreTrainedModel
         logits = self.lm_head(outputs.last_hidden_state)  # (batch, length, vocab)
         loss = None
         if labels is not None:
-            shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
             targets = labels[:, 1:]
             if attention_mask is not None and attention_mask.shape == labels.shape:
                 targets = targets.masked_fill(attention_mask[:, :-1] == 0, -100)
-            loss = nn.functional.cross_entropy(shifted, targets.reshape(-1), ignore_index=-100)
-            loss = self._with_regularizers(loss)
+            loss = self._loss(logits[:, :-1], targets, num_items_in_batch)
         out = CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
                                      hidden_states=outputs.hidden_states)
         return_dict = self.config.return_dict if return_dict is None else return_dict

@@ -3,7 +3,7 @@ perplexity, NFE in the logs.
 
 ``node_seq.hf.cli.train`` (translation) and ``node_seq.hf.cli.train_lm`` (language model) are the
 command lines; the pieces live here so tests can call them. Language models: :func:`load_text`,
-:func:`tokenize_lm`, :class:`NodeTrainer`, :func:`perplexities`.
+:func:`tokenize_lm`, :func:`lm_collator`, :class:`NodeTrainer`, :func:`perplexities`.
 
 * :func:`load_parallel_text`: ``{split}.{src}``/``{split}.{tgt}`` files -> a ``DatasetDict`` with a
   column per language (the ``text`` loader of ``datasets``, local files only);
@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from transformers import Seq2SeqTrainer, Trainer
+from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase, Seq2SeqTrainer, Trainer
 
 from ..nn.layers import check_finite, collect_stats
 from ..ode import compile_settings
@@ -81,6 +81,7 @@ class NodeNFELogging:
     ``nfe_f``/``nfe_b``: function evaluations of one training step's forward and backward pass
     (all ODE layers), averaged over the steps since the last log line. ``eval_nfe``: NFE per
     sentence of evaluation (with ``predict_with_generate``: the encoder plus every decoding step).
+    Under torchrun both are averaged over every process's solves, not rank 0's alone.
 
     With ``torch_compile`` the model's solves do not stop the graph to check for inf/nan; each
     step checks them all at once afterwards (:func:`~node_seq.nn.layers.check_finite`).
@@ -117,14 +118,28 @@ class NodeNFELogging:
         self._eval_nfe[1] += sentences
         return result
 
+    def _over_processes(self, counts: list[int]) -> list[float]:
+        """``counts`` summed over the processes of a distributed run (every process logs the same lines)."""
+        if self.args.world_size < 2:
+            return counts
+        import torch
+
+        return self.accelerator.reduce(torch.tensor(counts, dtype=torch.float64, device=self.args.device),
+                                       reduction="sum").tolist()
+
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if "loss" in logs and self._train_nfe[2]:
-            forward, backward, steps = self._train_nfe
-            logs["nfe_f"] = round(forward / steps, 1)
-            logs["nfe_b"] = round(backward / steps, 1)
+        # Each process solves its own part of the batch (an adaptive solver takes its own steps):
+        # the logged NFE are over all processes' solves.
+        if "loss" in logs:
+            forward, backward, steps = self._over_processes(self._train_nfe)
+            if steps:
+                logs["nfe_f"] = round(forward / steps, 1)
+                logs["nfe_b"] = round(backward / steps, 1)
             self._train_nfe = [0, 0, 0]
-        if f"{self._eval_prefix}_runtime" in logs and self._eval_nfe[1]:
-            logs[f"{self._eval_prefix}_nfe"] = round(self._eval_nfe[0] / self._eval_nfe[1], 1)
+        if f"{self._eval_prefix}_runtime" in logs:
+            nfe, sentences = self._over_processes(self._eval_nfe)
+            if sentences:
+                logs[f"{self._eval_prefix}_nfe"] = round(nfe / sentences, 1)
             self._eval_nfe = [0, 0]
         super().log(logs, *args, **kwargs)
 
@@ -175,15 +190,33 @@ def tokenize_lm(datasets, tokenizer, *, max_length: int = 256):
     return datasets.map(encode, batched=True, remove_columns=["text"])
 
 
+def lm_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForLanguageModeling:
+    """``DataCollatorForLanguageModeling`` that pads on the right, so every sentence starts at position 0.
+
+    A sentence's first token (``</s>``) is context for its first piece, as in fairseq, and never a
+    target: at position 0 nothing predicts it. The tokenizer pads on the left (prompts for
+    ``generate``); there the ``</s>`` of every sentence but the batch's longest follows padding.
+    The model scores nothing from padding, but the ``Trainer`` counts the update's targets from the
+    labels alone (``num_items_in_batch``: ``labels[..., 1:]``), which would count those ``</s>``
+    too, a number that depends on how the sentences are split into batches.
+    """
+    import copy
+
+    right = copy.deepcopy(tokenizer)
+    right.padding_side = "right"
+    return DataCollatorForLanguageModeling(right, mlm=False)
+
+
 def perplexities(results: dict) -> dict:
     """``{split}_perplexity`` (e to the mean token loss) for every ``{split}_loss`` of an evaluation."""
     return {key[: -len("loss")] + "perplexity": float(np.exp(value)) for key, value in results.items()
             if key.endswith("_loss")}
 
 
-def train_and_report(trainer, model, tokenizer, encoded, out: Path, *, derived=None) -> dict:
-    """Train, evaluate on ``valid`` and ``test`` where ``encoded`` has them, save ``out/final`` and the
-    log history (one process writes, under torchrun), and print the results as one JSON line.
+def train_and_report(trainer, encoded, out: Path, *, derived=None) -> dict:
+    """Train, evaluate on ``valid`` and ``test`` where ``encoded`` has them, save ``out/final`` (the
+    model and the trainer's tokenizer) and the log history (one process writes, under torchrun), and
+    print the results as one JSON line.
 
     ``derived(results)`` adds figures computed from the evaluation's (perplexities from losses).
     """
@@ -194,14 +227,13 @@ def train_and_report(trainer, model, tokenizer, encoded, out: Path, *, derived=N
             results.update(trainer.evaluate(encoded[split], metric_key_prefix=split))
     if derived is not None:
         results.update(derived(results))
+    trainer.save_model(out / "final")  # every process: a sharded model's full weights are gathered first
     if trainer.is_world_process_zero():
-        model.save_pretrained(out / "final")
-        tokenizer.save_pretrained(out / "final")
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()}), flush=True)
     return results
 
 
-__all__ = ["NodeNFELogging", "NodeSeq2SeqTrainer", "NodeTrainer", "bleu_metrics", "load_parallel_text", "load_text",
-           "perplexities", "tokenize", "tokenize_lm", "train_and_report"]
+__all__ = ["NodeNFELogging", "NodeSeq2SeqTrainer", "NodeTrainer", "bleu_metrics", "lm_collator", "load_parallel_text",
+           "load_text", "perplexities", "tokenize", "tokenize_lm", "train_and_report"]
 

@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node_seq.nn.options import HF, TRAIN_HF, NodeOptions, add_arguments
 from node_seq.ode import OptionError
+
+if TYPE_CHECKING:  # transformers is imported when training starts, not for --help
+    from transformers import PreTrainedModel
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -66,12 +71,18 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="compile the model for training (the Trainer's torch_compile; fixed-grid solves compile whole)")
     add("--torch-compile-backend", default=None, help="torch.compile backend (default inductor; implies --torch-compile)")
     add("--torch-compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (implies --torch-compile)")
+    add("--fsdp", choices=sorted(FSDP_STYLES), default=None,
+        help="shard parameters, gradients and optimizer state over the torchrun processes with FSDP2 (transformers' "
+             "DistributedConfig, one group per layer; CPU or GPU): full_shard frees a layer's gathered weights "
+             "after its forward, shard_grad_op keeps them until its backward")
 
 
 def checked(parser: argparse.ArgumentParser, args: argparse.Namespace, front_end: str) -> argparse.Namespace:
     """Refuse a missing data folder and invalid NODE options (naming the flag) before any work."""
     if not Path(args.data).is_dir():
         parser.error(f"--data: not a directory: {args.data}")
+    if args.fsdp and world_size() < 2:
+        parser.error("--fsdp: shards over several processes; start them with torchrun --nproc_per_node N (N >= 2)")
     for flag in ("embed_dim", "ffn_dim", "layers", "heads", "batch_size", "threads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')}: must be an integer >= 1, got {getattr(args, flag)}")
@@ -98,6 +109,37 @@ def training_arguments(args: argparse.Namespace, out: Path, *, has_valid: bool) 
         torch_compile=args.torch_compile, torch_compile_backend=args.torch_compile_backend,
         torch_compile_mode=args.torch_compile_mode,
     )
+
+
+#: ``--fsdp`` -> the FSDP2 style of every layer of the model's ``base_model_fsdp_plan``.
+FSDP_STYLES = {"full_shard": "free_full_weight", "shard_grad_op": "keep_full_weight"}
+
+
+def world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def sharded(model: PreTrainedModel, args: argparse.Namespace) -> PreTrainedModel:
+    """``model`` sharded over the processes by transformers' own FSDP2 (what ``from_pretrained(
+    distributed_config=...)`` does), with ``--fsdp``; else ``model`` as it is.
+
+    Not ``TrainingArguments(fsdp=...)``: accelerate applies that only on accelerators, and on a CPU
+    trains with DDP instead, silently. transformers' ``DistributedConfig`` shards on CPU and GPU
+    alike; the ``Trainer`` then neither wraps the model in DDP nor shards it again.
+    """
+    if not args.fsdp:
+        return model
+    from torch.distributed.fsdp import register_fsdp_forward_method
+    from transformers import DistributedConfig
+
+    plan = dict.fromkeys(model.fsdp_plan, FSDP_STYLES[args.fsdp])
+    config, _, mesh = type(model).prepare_distribute_model(DistributedConfig(fsdp_size=world_size(), fsdp_plan=plan))
+    model = type(model).maybe_distribute_model(model, config, mesh)
+    # generate runs the encoder and the decoder steps without the model's forward: gather the root
+    # group (embeddings, lm_head) around it as around forward
+    register_fsdp_forward_method(model, "generate")
+    return model
 
 
 def start(args: argparse.Namespace) -> Path:
@@ -167,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         decoder_layers=args.layers, encoder_attention_heads=args.heads, decoder_attention_heads=args.heads,
         dropout=args.dropout, **args.node_options.to_front_end(HF),
     )
-    model = NodeTransformerForConditionalGeneration(config)
+    model = sharded(NodeTransformerForConditionalGeneration(config), args)
     has_valid = "valid" in encoded
     training_args = Seq2SeqTrainingArguments(
         **training_arguments(args, out, has_valid=has_valid), label_smoothing_factor=args.label_smoothing,
@@ -178,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=encoded["valid"] if has_valid else None, processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), compute_metrics=bleu_metrics(tokenizer),
     )
-    return train_and_report(trainer, model, tokenizer, encoded, out)
+    return train_and_report(trainer, encoded, out)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from node_seq.hf.cli.train import add_data_arguments, add_model_arguments, add_training_arguments, checked, limited, \
-    start, tokenizer_definition, training_arguments
+    sharded, start, tokenizer_definition, training_arguments
 from node_seq.nn.options import HF_LM, TRAIN_HF_LM
 
 
@@ -41,12 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    from transformers import DataCollatorForLanguageModeling, TrainingArguments
+    from transformers import TrainingArguments
 
     import node_seq  # noqa: F401  (registers the Auto classes)
     from node_seq.hf import NodeTransformerForCausalLM, NodeTransformerLMConfig
     from node_seq.hf.tokenization_node_transformer import LANGUAGE_MODEL, build_tokenizer
-    from node_seq.hf.training import NodeTrainer, load_text, perplexities, tokenize_lm, train_and_report
+    from node_seq.hf.training import NodeTrainer, lm_collator, load_text, perplexities, tokenize_lm, \
+        train_and_report
 
     out = start(args)
     data = limited(load_text(args.data, args.lang, cache_dir=out / "datasets_cache"), args)
@@ -59,14 +60,14 @@ def main(argv: list[str] | None = None) -> dict:
         decoder_layers=args.layers, decoder_attention_heads=args.heads, dropout=args.dropout,
         max_position_embeddings=max(args.max_length, 1024), **args.node_options.to_front_end(HF_LM),
     )
-    model = NodeTransformerForCausalLM(config)
+    model = sharded(NodeTransformerForCausalLM(config), args)
     has_valid = "valid" in encoded
     trainer = NodeTrainer(
         model=model, args=TrainingArguments(**training_arguments(args, out, has_valid=has_valid)),
         train_dataset=encoded["train"], eval_dataset=encoded["valid"] if has_valid else None,
-        processing_class=tokenizer, data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        processing_class=tokenizer, data_collator=lm_collator(tokenizer),
     )
-    return train_and_report(trainer, model, tokenizer, encoded, out, derived=perplexities)
+    return train_and_report(trainer, encoded, out, derived=perplexities)
 
 
 def cli(argv: list[str] | None = None) -> int:
