@@ -2,7 +2,7 @@
 
 Each ODE layer of a trained ``node_transformer_lm`` is re-run with every method in ``--methods`` at
 step ``h_train / factor`` for every ``--factors`` entry (adaptive methods: tolerances ``tol /
-factor``; :func:`node_seq.ode.swap_solver`, the rule ``vision.evaluate`` applies to images). A
+factor``; :mod:`node_seq.elastic`, the sweep ``vision.evaluate`` runs on images). A
 model whose perplexity holds when the step shrinks has learned a vector field; one whose
 perplexity collapses has learned its training grid. A model trained with a learned block
 (``rk2_gated``, ``pc``) swept with another method drops its learned coefficients, as
@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
+from .. import elastic
 from ..nn.layers import collect_stats, node_layers
-from ..ode import LEARNED_METHODS, METHODS, OptionError, SolverConfig, swap_solvers
+from ..ode import LEARNED_METHODS, METHODS, OptionError, SolverConfig
 
 
 @torch.no_grad()
@@ -86,7 +87,7 @@ def paired_bootstrap(baseline: list[tuple[float, int]], system: list[tuple[float
 
 
 def sweep(model, task, split: str, *, methods: list[str], factors: list[float], max_tokens: int = 4096) -> list[dict]:
-    """One row per solver (:func:`node_seq.ode.swap_solvers`): its method, factor and steps, perplexity,
+    """One row per solver (:func:`node_seq.elastic.sweep`): its method, factor and steps, perplexity,
     NFE per forward pass."""
     layers = node_layers(model)
     if not layers:
@@ -98,27 +99,30 @@ def sweep(model, task, split: str, *, methods: list[str], factors: list[float], 
         raise OptionError(f"--methods: {untrained[0]!r} is a learned block and this model (trained with "
                           f"{trained.method!r}) has no coefficients for it; choose from "
                           f"{', '.join(m for m in METHODS if m not in LEARNED_METHODS or m == trained.method)}")
-    rows = []
-    try:
-        for method, factor, solver in swap_solvers(trained, methods, factors):
-            for layer in layers:
-                layer.solver = solver.validate()
-            row = {"method": method, "factor": factor, "steps": solver.steps,
-                   "trained": method == trained.method and factor == 1}
-            rows.append({**row, **evaluate(model, task, split, max_tokens=max_tokens)})
-    finally:
-        for layer in layers:
-            layer.solver = trained
-    return rows
+
+    def score(solver: SolverConfig) -> dict:
+        with elastic.solver_swapped(layers, solver):
+            return evaluate(model, task, split, max_tokens=max_tokens)
+
+    def columns(method: str, factor: float, solver: SolverConfig) -> dict:
+        return {"method": method, "factor": factor, "steps": solver.steps,
+                "trained": method == trained.method and factor == 1}
+
+    return elastic.sweep(trained, methods, factors, score, columns=columns)
+
+
+#: The table's columns (``elastic.md``, ``benchmarks.multi30k_lm``).
+COLUMNS: list[elastic.Column] = [
+    ("method", lambda r: r["method"] + (" (trained)" if r["trained"] else "")),
+    ("factor", lambda r: f"{r['factor']:g}"),
+    ("steps", lambda r: "adaptive" if r["steps"] is None else str(r["steps"])),
+    ("perplexity", lambda r: f"{r['perplexity']:.2f}"),
+    ("NFE per forward pass", lambda r: f"{r['nfe']:.1f}"),
+]
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = ["| method | factor | steps | perplexity | NFE per forward pass |", "|---|---|---|---|---|"]
-    for r in rows:
-        mark = " (trained)" if r["trained"] else ""
-        steps = "adaptive" if r["steps"] is None else str(r["steps"])
-        lines.append(f"| {r['method']}{mark} | {r['factor']:g} | {steps} | {r['perplexity']:.2f} | {r['nfe']:.1f} |")
-    return "\n".join(lines)
+    return elastic.markdown(rows, COLUMNS)
 
 
 def write(rows: list[dict], out: Path, *, title: str) -> None:
@@ -133,10 +137,8 @@ def write(rows: list[dict], out: Path, *, title: str) -> None:
         from ..plotting import plot_lines
     except ImportError:  # pragma: no cover (matplotlib missing)
         return
-    series = {method: [(r["nfe"], r["perplexity"]) for r in rows if r["method"] == method]
-              for method in dict.fromkeys(r["method"] for r in rows)}
-    plot_lines(series, str(out / "elastic.png"), title=title, xlabel="NFE per forward pass (all ODE layers)",
-               ylabel="perplexity")
+    plot_lines(elastic.series(rows, by="method", x="nfe", y="perplexity"), str(out / "elastic.png"), title=title,
+               xlabel="NFE per forward pass (all ODE layers)", ylabel="perplexity")
 
 
 def _floats(text: str, option: str) -> list[float]:
