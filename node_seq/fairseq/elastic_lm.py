@@ -26,9 +26,10 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .. import elastic
+from .. import elastic, significance
 from ..nn.layers import collect_stats, node_layers
 from ..ode import LEARNED_METHODS, METHODS, OptionError, SolverConfig
 
@@ -65,25 +66,19 @@ def evaluate(model, task, split: str, *, max_tokens: int = 4096, per_sample: boo
     return result
 
 
+def loss_per_token(sums: np.ndarray) -> np.ndarray:
+    """Loss per token from sums of ``(loss, tokens)`` (the log of the perplexity)."""
+    return sums[..., 0] / sums[..., 1]
+
+
 def paired_bootstrap(baseline: list[tuple[float, int]], system: list[tuple[float, int]], *,
                      resamples: int = 1000, seed: int = 12345) -> float:
-    """p-value of the difference in perplexity of two models scored on the same samples.
-
-    ``evaluate(..., per_sample=True)["samples"]`` of each. The samples are resampled with
-    replacement, the same draw for both models, as sacreBLEU's paired bootstrap resamples
-    sentences for BLEU; p is the share of resampled differences in loss per token at least as far
-    from their mean as the observed difference is from zero (with one added to both counts).
-    """
-    import numpy as np
-
+    """p-value of the difference in perplexity of two models scored on the same samples
+    (``evaluate(..., per_sample=True)["samples"]`` of each): :func:`node_seq.significance.paired_bootstrap`
+    of their loss per token."""
     if len(baseline) != len(system) or [t for _, t in baseline] != [t for _, t in system]:
         raise ValueError("paired_bootstrap: the two models were not scored on the same samples")
-    base_loss, tokens = np.array(baseline, dtype=np.float64).T
-    sys_loss = np.array([loss for loss, _ in system], dtype=np.float64)
-    draws = np.random.default_rng(seed).integers(0, len(tokens), size=(resamples, len(tokens)))
-    deltas = (sys_loss[draws].sum(1) - base_loss[draws].sum(1)) / tokens[draws].sum(1)
-    observed = (sys_loss.sum() - base_loss.sum()) / tokens.sum()
-    return float((1 + np.sum(np.abs(deltas - deltas.mean()) >= abs(observed))) / (resamples + 1))
+    return significance.paired_bootstrap(baseline, system, loss_per_token, resamples=resamples, seed=seed)
 
 
 def sweep(model, task, split: str, *, methods: list[str], factors: list[float], max_tokens: int = 4096) -> list[dict]:
