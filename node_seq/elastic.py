@@ -11,6 +11,8 @@ solver swap, the table and the plot live here once.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .ode import ODESolveError, SolverConfig, swap_solvers
@@ -68,6 +70,15 @@ def sweep(train: SolverConfig, methods: Sequence[str], factors: Sequence[float],
     columns = columns or (lambda method, factor, solver: {"method": method, "factor": factor, "steps": solver.steps})
     settings = ((columns(method, factor, solver), solver) for method, factor, solver in swap_solvers(train, methods, factors))
     return evaluate_settings(settings, score, failed=failed)
+
+
+def csv_text(rows: Sequence[dict]) -> str:
+    """The rows as CSV, one column per key of the first row (every row of a sweep has the same keys)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def markdown(rows: Sequence[dict], columns: Sequence[Column]) -> str:

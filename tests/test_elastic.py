@@ -1,10 +1,12 @@
 """The one "evaluate under other solvers" routine (:mod:`node_seq.elastic`), on stand-in layers."""
 
+import csv
 import dataclasses
+import io
 
 import pytest
 
-from node_seq.elastic import evaluate_settings, markdown, series, solver_swapped, sweep
+from node_seq.elastic import csv_text, evaluate_settings, markdown, series, solver_swapped, sweep
 from node_seq.ode import MaxStepsExceeded, SolverConfig
 
 
@@ -53,10 +55,13 @@ def test_a_failed_solve_is_a_row_with_its_error_only_when_asked():
         evaluate_settings(settings, score)
 
 
-def test_the_table_and_the_plot_lines():
+def test_the_tables_and_the_plot_lines():
     rows = [{"m": "euler", "nfe": 4, "acc": 0.5, "label": "euler:2"}, {"m": "rk4", "nfe": 8, "acc": None, "label": "x"},
             {"m": "euler", "nfe": None, "acc": 0.7, "label": "y"}, {"m": "rk4", "nfe": 16, "acc": 0.9, "label": "rk4:4"}]
     assert markdown(rows[:2], [("method", lambda r: r["m"]), ("NFE", lambda r: f"{r['nfe']:.1f}")]).splitlines() == [
         "| method | NFE |", "|---|---|", "| euler | 4.0 |", "| rk4 | 8.0 |"]
+    read = list(csv.DictReader(io.StringIO(csv_text(rows))))
+    assert [(r["m"], r["nfe"], r["acc"]) for r in read] == [("euler", "4", "0.5"), ("rk4", "8", ""), ("euler", "", "0.7"),
+                                                             ("rk4", "16", "0.9")]
     assert series(rows, by="m", x="nfe", y="acc") == {"euler": [(4, 0.5)], "rk4": [(16, 0.9)]}
     assert series(rows, by="m", x="nfe", y="acc", label="label")["rk4"] == [(16, 0.9, "rk4:4")]

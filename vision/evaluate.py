@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import json
 import math
 import os
@@ -77,11 +75,7 @@ def write_sweep(rows: list[dict], out_dir: str, *, title: str = "", train_steps:
     """``<prefix>.csv``, ``<prefix>.json`` and ``<prefix>.png`` in ``out_dir``; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {ext: os.path.join(out_dir, f"{prefix}.{ext}") for ext in ("csv", "json", "png")}
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(paths["csv"], buffer.getvalue())
+    write_text_atomic(paths["csv"], elastic.csv_text(rows))
     write_text_atomic(paths["json"], json.dumps({"title": title, "train_steps": train_steps, "rows": rows},
                                                 indent=2))
     plot_sweeps({title or "model": (rows, train_steps)}, paths["png"], title=title)

@@ -21,7 +21,6 @@ two agree), NFE the forward evaluations of all ODE layers per forward pass.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import time
 from pathlib import Path
@@ -123,10 +122,7 @@ def format_rows(rows: list[dict]) -> str:
 def write(rows: list[dict], out: Path, *, title: str) -> None:
     """``elastic.csv``, ``elastic.md`` and, with matplotlib (the ``vision`` extra), ``elastic.png``."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "elastic.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    (out / "elastic.csv").write_text(elastic.csv_text(rows), newline="")
     (out / "elastic.md").write_text(f"{title}\n\n{format_rows(rows)}\n")
     try:
         from ..plotting import plot_lines
