@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from node_seq.ode import adaptive_loop
+
 from .common import add_common_args, command_line, machine, markdown_table, write_outputs
 
 RTOL = ["--node-rtol", "0.01"]
@@ -46,39 +48,18 @@ RECIPE = ["--share-all-embeddings", "--dropout", "0.3", "--attention-dropout", "
           "--seed", "1", "--num-workers", "0"]
 
 
-@contextlib.contextmanager
-def step_loop(loop: str):
-    """``torchdiffeq``: route dopri5/bosh3 through torchdiffeq's loop, as before issue #16."""
-    from node_seq.ode import adaptive
-
-    saved = adaptive.PAIRS
-    if loop == "torchdiffeq":
-        adaptive.PAIRS = {}
-    try:
-        yield
-    finally:
-        adaptive.PAIRS = saved
-
-
-@contextlib.contextmanager
-def timed_field(totals: dict):
+def timed_field(totals: dict) -> contextlib.AbstractContextManager:
     """Add the wall time spent inside vector-field evaluations to ``totals['field']``."""
-    from node_seq.ode.stats import CountingField
+    from node_seq.ode import observe_evaluations
 
-    call = CountingField.__call__
-
-    def timed(self, t, y):
+    def timed(func, t, y, *inputs):
         start = time.perf_counter()
         try:
-            return call(self, t, y)
+            return func(t, y, *inputs)
         finally:
             totals["field"] += time.perf_counter() - start
 
-    CountingField.__call__ = timed
-    try:
-        yield
-    finally:
-        CountingField.__call__ = call
+    return observe_evaluations(timed)
 
 
 def build(data: str, arch: str, flags: list[str], max_tokens: int, state: dict | None):
@@ -135,7 +116,7 @@ def profile_table(model, criterion, sample, loop: str, rows: int = 15) -> str:
     """torch.profiler's operators by self CPU time over one training step (forward and backward)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with step_loop(loop), profile(activities=[ProfilerActivity.CPU]) as prof:
+    with adaptive_loop(loop), profile(activities=[ProfilerActivity.CPU]) as prof:
         train_step(model, criterion, sample, seed=0)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
@@ -179,7 +160,7 @@ def main(argv=None) -> int:
     for r, sample in enumerate(samples):
         for name in names[r % len(names):] + names[: r % len(names)]:
             _, model, criterion = models[name]
-            with step_loop(VARIANTS[name][1]):
+            with adaptive_loop(VARIANTS[name][1]):
                 runs[name].append(train_step(model, criterion, sample, seed=r))
 
     # What is solved: the decoder's output against a tight solve of the same weights (eval mode).
@@ -189,7 +170,7 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         _, model, _ = models[name]
-        with step_loop(VARIANTS[name][1]):
+        with adaptive_loop(VARIANTS[name][1]):
             deviation = None
             if name != BASELINE:
                 out = decoder_output(model, samples[0]).double()

@@ -7,10 +7,10 @@ Each setting decodes DATA_DIR's test split with ``fairseq-generate --model-overr
 it against ``DATA_DIR/raw/test.<target>`` (sacreBLEU, chrF2, NFE per sentence). A setting is
 ``trained`` (the checkpoint as trained), ``METHOD:STEPS`` (a fixed grid of STEPS steps per ODE
 block) or ``METHOD@RTOL`` (an adaptive method at that relative tolerance, absolute tolerance
-RTOL / 10). This is the translation counterpart of ``vision.evaluate``'s solver swap: a model whose
-BLEU holds on a finer grid has learned a vector field; one whose BLEU collapses has learned its
-discretisation. A model trained with a learned block (``rk2_gated``, ``pc``) decoded with another
-method drops its learned coefficients.
+RTOL / 10). This is the translation counterpart of ``vision.evaluate``'s solver swap (the loop, table
+and plot of both are :mod:`node_seq.elastic`'s): a model whose BLEU holds on a finer grid has learned
+a vector field; one whose BLEU collapses has learned its discretisation. A model trained with a learned
+block (``rk2_gated``, ``pc``) decoded with another method drops its learned coefficients.
 
 Writes ``OUT_DIR/elastic_depth.{json,md,png}`` and each decoding's log under ``OUT_DIR/logs/``. The
 rows of models already in ``OUT_DIR/elastic_depth.json`` and not named this time are kept (a model
@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 from benchmarks.multi30k_decode import command_line, decode, parse_model, target_language
+from node_seq import elastic
 from node_seq.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, LEARNED_METHODS
 
 DEFAULT_SETTINGS = "trained,euler:1,euler:2,euler:4,midpoint:1,rk4:1"
@@ -73,21 +74,24 @@ def parse_setting(text: str) -> Setting:
     raise SystemExit(f"--settings: {text!r} is not a setting; use {allowed}")
 
 
+COLUMNS: list[elastic.Column] = [
+    ("model", lambda r: r["model"]),
+    ("decoded with", lambda r: r["setting"]),
+    ("NFE/sentence", lambda r: "-" if r["nfe_per_sentence"] is None else f"{r['nfe_per_sentence']:.1f}"),
+    ("BLEU", lambda r: f"{r['bleu']:.2f}"),
+    ("chrF2", lambda r: f"{r['chrf']:.2f}"),
+]
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | decoded with | NFE/sentence | BLEU | chrF2 |", "|---|---|---|---|---|"]
-    for r in rows:
-        nfe = f"{r['nfe_per_sentence']:.1f}" if r["nfe_per_sentence"] is not None else "-"
-        lines.append(f"| {r['model']} | {r['setting']} | {nfe} | {r['bleu']:.2f} | {r['chrf']:.2f} |")
-    return "\n".join(lines) + "\n"
+    return elastic.markdown(rows, COLUMNS) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:
     """BLEU against NFE per sentence, one marker colour per model, each point labelled with its setting."""
     from node_seq.plotting import plot_lines
 
-    series = {model: [(r["nfe_per_sentence"], r["bleu"], r["setting"]) for r in rows
-                      if r["model"] == model and r["nfe_per_sentence"] is not None]
-              for model in dict.fromkeys(r["model"] for r in rows)}
+    series = elastic.series(rows, by="model", x="nfe_per_sentence", y="bleu", label="setting")
     plot_lines(series, str(path), title="Elastic depth: decoded with other solvers than trained with",
                xlabel="NFE per sentence (encoder + all decoding steps)", ylabel="sacreBLEU", log_x=10,
                styles={model: {"linestyle": "none"} for model in series})  # settings, not a curve
@@ -106,13 +110,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     named = {name for name, _ in models}
     rows = [r for r in json.loads(saved.read_text(encoding="utf-8")) if r["model"] not in named] \
         if saved.is_file() else []
-    for name, checkpoint in models:
-        for setting in settings:
-            log = args.out_dir / "logs" / f"{name}.{setting.label.replace(':', '-').replace('@', '-at-')}.log"
-            result = decode(args.data_dir, checkpoint, log, extra, overrides=setting.overrides())
-            rows.append({"model": name, "checkpoint": str(checkpoint), "setting": setting.label,
-                         **setting.overrides(), **result})
-            print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+
+    def score(point: tuple[str, Path, Setting]) -> dict:
+        name, checkpoint, setting = point
+        log = args.out_dir / "logs" / f"{name}.{setting.label.replace(':', '-').replace('@', '-at-')}.log"
+        return decode(args.data_dir, checkpoint, log, extra, overrides=setting.overrides())
+
+    points = [({"model": name, "checkpoint": str(checkpoint), "setting": setting.label, **setting.overrides()},
+                 (name, checkpoint, setting)) for name, checkpoint in models for setting in settings]
+    rows += elastic.evaluate_settings(points, score, report=lambda row: print(markdown([row]).splitlines()[-1],
+                                                                                flush=True))
     saved.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     (args.out_dir / "elastic_depth.md").write_text(markdown(rows), encoding="utf-8")
     plot(rows, args.out_dir / "elastic_depth.png")

@@ -24,6 +24,8 @@ FRONT_ENDS = ("node_seq.hf", "node_seq.fairseq", "vision", "benchmarks", "transf
 FORBIDDEN = {
     "node_seq.ode": ("node_seq.nn", "torch.nn.attention", *FRONT_ENDS),  # the core knows no attention
     "node_seq.memory": ("node_seq.nn", *FRONT_ENDS),
+    "node_seq.elastic": ("node_seq.nn", *FRONT_ENDS),  # the sweep sets layers' solvers, whatever the layers
+    "node_seq.significance": ("node_seq.nn", *FRONT_ENDS),
     "node_seq.nn": FRONT_ENDS,
     # the text pipeline serves both front ends (it runs fairseq's preprocessing, never a front end)
     "node_seq.text": ("node_seq.hf", "node_seq.fairseq", "vision", "benchmarks", "transformers"),

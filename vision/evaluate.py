@@ -15,8 +15,7 @@ Run on a finished training run::
 from __future__ import annotations
 
 import argparse
-import csv
-import io
+import contextlib
 import json
 import math
 import os
@@ -25,7 +24,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from node_seq.ode import ODESolveError, OptionError, SolverConfig, swap_solvers
+from node_seq import elastic
+from node_seq.ode import OptionError, SolverConfig
 
 from .checkpoint import load_checkpoint, write_text_atomic
 from .data import Dataset, Split, batches
@@ -35,22 +35,20 @@ from .data import Dataset, Split, batches
 def evaluate(model: torch.nn.Module, dataset: Dataset, split: Split, *, batch_size: int = 512,
              device: str | torch.device = "cpu", solver: SolverConfig | None = None, amp: bool = False) -> dict:
     """Accuracy and loss over the whole split (counted per example), and mean forward NFE per batch."""
-    was_training, old_solver = model.training, model.solver
+    was_training = model.training
     model.eval()
-    if solver is not None:
-        model.set_solver(solver)
     correct, loss, nfe, num_batches = 0, 0.0, 0, 0
     try:
-        for x, y in batches(split, batch_size, shuffle=False):
-            x, y = dataset.prepare(x).to(device), y.to(device)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x).float()
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            nfe += model.solve_stats().nfe_forward
-            num_batches += 1
+        with elastic.solver_swapped(model.ode_blocks(), solver) if solver is not None else contextlib.nullcontext():
+            for x, y in batches(split, batch_size, shuffle=False):
+                x, y = dataset.prepare(x).to(device), y.to(device)
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+                    logits = model(x).float()
+                loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+                nfe += model.solve_stats().nfe_forward
+                num_batches += 1
     finally:
-        model.set_solver(old_solver)
         model.train(was_training)
     n = len(split)
     return {"accuracy": correct / n, "loss": loss / n, "nfe_forward": nfe / max(1, num_batches)}
@@ -58,20 +56,18 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, split: Split, *, batch_si
 
 def solver_sweep(model: torch.nn.Module, dataset: Dataset, split: Split, *, train_solver: SolverConfig,
                  methods, factors, batch_size: int = 512, device="cpu", amp: bool = False) -> list[dict]:
-    """One row per solver (:func:`node_seq.ode.swap_solvers`): accuracy, loss and forward NFE per batch."""
-    rows = []
-    for method, factor, solver in swap_solvers(train_solver, methods, factors):
-        row = {"method": method, "factor": factor, "steps": solver.steps,
-               "step_size": 1.0 / solver.steps if solver.steps else None,
-               "rtol": None if solver.steps else solver.rtol, "atol": None if solver.steps else solver.atol}
-        try:
-            row.update(evaluate(model, dataset, split, batch_size=batch_size, device=device, solver=solver,
-                                amp=amp))
-            row["error"] = None
-        except ODESolveError as error:
-            row.update({"accuracy": None, "loss": None, "nfe_forward": None, "error": str(error)})
-        rows.append(row)
-    return rows
+    """One row per solver (:func:`node_seq.elastic.sweep`): accuracy, loss and forward NFE per batch;
+    a solve that fails is a row with its error."""
+    def score(solver: SolverConfig) -> dict:
+        return evaluate(model, dataset, split, batch_size=batch_size, device=device, solver=solver, amp=amp)
+
+    def columns(method: str, factor: float, solver: SolverConfig) -> dict:
+        return {"method": method, "factor": factor, "steps": solver.steps,
+                "step_size": 1.0 / solver.steps if solver.steps else None,
+                "rtol": None if solver.steps else solver.rtol, "atol": None if solver.steps else solver.atol}
+
+    return elastic.sweep(train_solver, methods, factors, score, columns=columns,
+                         failed=("accuracy", "loss", "nfe_forward"))
 
 
 def write_sweep(rows: list[dict], out_dir: str, *, title: str = "", train_steps: int | None = None,
@@ -79,11 +75,7 @@ def write_sweep(rows: list[dict], out_dir: str, *, title: str = "", train_steps:
     """``<prefix>.csv``, ``<prefix>.json`` and ``<prefix>.png`` in ``out_dir``; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {ext: os.path.join(out_dir, f"{prefix}.{ext}") for ext in ("csv", "json", "png")}
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(paths["csv"], buffer.getvalue())
+    write_text_atomic(paths["csv"], elastic.csv_text(rows))
     write_text_atomic(paths["json"], json.dumps({"title": title, "train_steps": train_steps, "rows": rows},
                                                 indent=2))
     plot_sweeps({title or "model": (rows, train_steps)}, paths["png"], title=title)
@@ -98,10 +90,10 @@ def plot_sweeps(sweeps: dict[str, tuple[list[dict], int | None]], path: str, *, 
     series, styles, shaded = {}, {}, []
     dashes = {}  # one line style per method, shared by the runs
     for i, (label, (rows, train_steps)) in enumerate(sweeps.items()):
+        by_method = elastic.series(rows, by="method", x="steps", y="accuracy")
         for method in dict.fromkeys(r["method"] for r in rows if r["steps"]):
             name = f"{label}: {method}"
-            series[name] = sorted({(r["steps"], r["accuracy"]) for r in rows
-                                   if r["method"] == method and r["steps"] and r["accuracy"] is not None})
+            series[name] = sorted(by_method[method])
             dash = dashes.setdefault(method, ["-", "--", ":", "-."][len(dashes) % 4])
             styles[name] = {"color": f"C{i}", "linestyle": dash, "markersize": 3}
         if train_steps:
@@ -190,14 +182,18 @@ def main(argv=None) -> int:
     return 0
 
 
+#: The table's columns (printed by this command and by ``vision.train``).
+COLUMNS: list[elastic.Column] = [
+    ("method", lambda r: r["method"]),
+    ("factor", lambda r: f"{r['factor']:g}"),
+    ("steps", lambda r: str(r["steps"]) if r["steps"] else f"tol {r['rtol']:.1e}"),
+    ("accuracy", lambda r: "failed" if r["accuracy"] is None else f"{r['accuracy']:.4f}"),
+    ("NFE/batch", lambda r: "" if r["nfe_forward"] is None else f"{r['nfe_forward']:.0f}"),
+]
+
+
 def format_rows(rows: list[dict]) -> str:
-    lines = ["| method | factor | steps | accuracy | NFE/batch |", "|---|---|---|---|---|"]
-    for r in rows:
-        acc = "failed" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
-        nfe = "" if r["nfe_forward"] is None else f"{r['nfe_forward']:.0f}"
-        steps = r["steps"] if r["steps"] else f"tol {r['rtol']:.1e}"
-        lines.append(f"| {r['method']} | {r['factor']:g} | {steps} | {acc} | {nfe} |")
-    return "\n".join(lines)
+    return elastic.markdown(rows, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Each ODE layer of a trained ``node_transformer_lm`` is re-run with every method in ``--methods`` at
 step ``h_train / factor`` for every ``--factors`` entry (adaptive methods: tolerances ``tol /
-factor``; :func:`node_seq.ode.swap_solver`, the rule ``vision.evaluate`` applies to images). A
+factor``; :mod:`node_seq.elastic`, the sweep ``vision.evaluate`` runs on images). A
 model whose perplexity holds when the step shrinks has learned a vector field; one whose
 perplexity collapses has learned its training grid. A model trained with a learned block
 (``rk2_gated``, ``pc``) swept with another method drops its learned coefficients, as
@@ -21,15 +21,16 @@ two agree), NFE the forward evaluations of all ODE layers per forward pass.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from .. import elastic, significance
 from ..nn.layers import collect_stats, node_layers
-from ..ode import LEARNED_METHODS, METHODS, OptionError, SolverConfig, swap_solvers
+from ..ode import LEARNED_METHODS, METHODS, OptionError, SolverConfig
 
 
 @torch.no_grad()
@@ -64,29 +65,23 @@ def evaluate(model, task, split: str, *, max_tokens: int = 4096, per_sample: boo
     return result
 
 
+def loss_per_token(sums: np.ndarray) -> np.ndarray:
+    """Loss per token from sums of ``(loss, tokens)`` (the log of the perplexity)."""
+    return sums[..., 0] / sums[..., 1]
+
+
 def paired_bootstrap(baseline: list[tuple[float, int]], system: list[tuple[float, int]], *,
                      resamples: int = 1000, seed: int = 12345) -> float:
-    """p-value of the difference in perplexity of two models scored on the same samples.
-
-    ``evaluate(..., per_sample=True)["samples"]`` of each. The samples are resampled with
-    replacement, the same draw for both models, as sacreBLEU's paired bootstrap resamples
-    sentences for BLEU; p is the share of resampled differences in loss per token at least as far
-    from their mean as the observed difference is from zero (with one added to both counts).
-    """
-    import numpy as np
-
+    """p-value of the difference in perplexity of two models scored on the same samples
+    (``evaluate(..., per_sample=True)["samples"]`` of each): :func:`node_seq.significance.paired_bootstrap`
+    of their loss per token."""
     if len(baseline) != len(system) or [t for _, t in baseline] != [t for _, t in system]:
         raise ValueError("paired_bootstrap: the two models were not scored on the same samples")
-    base_loss, tokens = np.array(baseline, dtype=np.float64).T
-    sys_loss = np.array([loss for loss, _ in system], dtype=np.float64)
-    draws = np.random.default_rng(seed).integers(0, len(tokens), size=(resamples, len(tokens)))
-    deltas = (sys_loss[draws].sum(1) - base_loss[draws].sum(1)) / tokens[draws].sum(1)
-    observed = (sys_loss.sum() - base_loss.sum()) / tokens.sum()
-    return float((1 + np.sum(np.abs(deltas - deltas.mean()) >= abs(observed))) / (resamples + 1))
+    return significance.paired_bootstrap(baseline, system, loss_per_token, resamples=resamples, seed=seed)
 
 
 def sweep(model, task, split: str, *, methods: list[str], factors: list[float], max_tokens: int = 4096) -> list[dict]:
-    """One row per solver (:func:`node_seq.ode.swap_solvers`): its method, factor and steps, perplexity,
+    """One row per solver (:func:`node_seq.elastic.sweep`): its method, factor and steps, perplexity,
     NFE per forward pass."""
     layers = node_layers(model)
     if not layers:
@@ -98,45 +93,43 @@ def sweep(model, task, split: str, *, methods: list[str], factors: list[float], 
         raise OptionError(f"--methods: {untrained[0]!r} is a learned block and this model (trained with "
                           f"{trained.method!r}) has no coefficients for it; choose from "
                           f"{', '.join(m for m in METHODS if m not in LEARNED_METHODS or m == trained.method)}")
-    rows = []
-    try:
-        for method, factor, solver in swap_solvers(trained, methods, factors):
-            for layer in layers:
-                layer.solver = solver.validate()
-            row = {"method": method, "factor": factor, "steps": solver.steps,
-                   "trained": method == trained.method and factor == 1}
-            rows.append({**row, **evaluate(model, task, split, max_tokens=max_tokens)})
-    finally:
-        for layer in layers:
-            layer.solver = trained
-    return rows
+
+    def score(solver: SolverConfig) -> dict:
+        with elastic.solver_swapped(layers, solver):
+            return evaluate(model, task, split, max_tokens=max_tokens)
+
+    def columns(method: str, factor: float, solver: SolverConfig) -> dict:
+        return {"method": method, "factor": factor, "steps": solver.steps,
+                "trained": method == trained.method and factor == 1}
+
+    return elastic.sweep(trained, methods, factors, score, columns=columns)
+
+
+#: The table's columns (``elastic.md``, ``benchmarks.multi30k_lm``).
+COLUMNS: list[elastic.Column] = [
+    ("method", lambda r: r["method"] + (" (trained)" if r["trained"] else "")),
+    ("factor", lambda r: f"{r['factor']:g}"),
+    ("steps", lambda r: "adaptive" if r["steps"] is None else str(r["steps"])),
+    ("perplexity", lambda r: f"{r['perplexity']:.2f}"),
+    ("NFE per forward pass", lambda r: f"{r['nfe']:.1f}"),
+]
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = ["| method | factor | steps | perplexity | NFE per forward pass |", "|---|---|---|---|---|"]
-    for r in rows:
-        mark = " (trained)" if r["trained"] else ""
-        steps = "adaptive" if r["steps"] is None else str(r["steps"])
-        lines.append(f"| {r['method']}{mark} | {r['factor']:g} | {steps} | {r['perplexity']:.2f} | {r['nfe']:.1f} |")
-    return "\n".join(lines)
+    return elastic.markdown(rows, COLUMNS)
 
 
 def write(rows: list[dict], out: Path, *, title: str) -> None:
     """``elastic.csv``, ``elastic.md`` and, with matplotlib (the ``vision`` extra), ``elastic.png``."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "elastic.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    (out / "elastic.csv").write_text(elastic.csv_text(rows), newline="")
     (out / "elastic.md").write_text(f"{title}\n\n{format_rows(rows)}\n")
     try:
         from ..plotting import plot_lines
     except ImportError:  # pragma: no cover (matplotlib missing)
         return
-    series = {method: [(r["nfe"], r["perplexity"]) for r in rows if r["method"] == method]
-              for method in dict.fromkeys(r["method"] for r in rows)}
-    plot_lines(series, str(out / "elastic.png"), title=title, xlabel="NFE per forward pass (all ODE layers)",
-               ylabel="perplexity")
+    plot_lines(elastic.series(rows, by="method", x="nfe", y="perplexity"), str(out / "elastic.png"), title=title,
+               xlabel="NFE per forward pass (all ODE layers)", ylabel="perplexity")
 
 
 def _floats(text: str, option: str) -> list[float]:

@@ -12,6 +12,7 @@ from .config import (
     swap_solver as swap_solver,
     swap_solvers as swap_solvers,
 )
+from .adaptive import adaptive_loop as adaptive_loop
 from .compiling import compile_settings as compile_settings
 from .errors import (
     MaxStepsExceeded as MaxStepsExceeded,
@@ -25,5 +26,6 @@ from .stats import (
     Stage as Stage,
     current_stage as current_stage,
     in_backward_solve as in_backward_solve,
+    observe_evaluations as observe_evaluations,
     stage_scope as stage_scope,
 )

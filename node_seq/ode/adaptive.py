@@ -11,15 +11,16 @@ torchdiffeq does the stepping; this module supplies what it lacks for sequence m
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 import torch
 import torchdiffeq
 
-from .config import SolverConfig
+from .config import OptionError, SolverConfig
 from .embedded import PAIRS, integrate_embedded
 from .precision import AutocastState
-from .stats import CountingField
+from .stats import _CONTEXT, CountingField
 
 #: Our fixed-grid names, in torchdiffeq's words (its "rk4" is the 3/8 rule, as is ours).
 TORCHDIFFEQ_NAMES = {"heun": "heun2"}
@@ -61,12 +62,30 @@ class _AdjointSolve(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
+#: How dopri5 and bosh3 are stepped: by our own loop (:mod:`.embedded`), or by torchdiffeq's.
+LOOPS = ("own", "torchdiffeq")
+
+
+@contextlib.contextmanager
+def adaptive_loop(loop: str) -> Iterator[None]:
+    """Step dopri5 and bosh3 by ``loop`` in the solves inside the block: ``"torchdiffeq"`` is how
+    they ran before issue #16 (its loop and its first-step estimate), kept so that a benchmark can
+    compare the two (``benchmarks.adaptive_path``); ``"own"`` is the default."""
+    if loop not in LOOPS:
+        raise OptionError(f"adaptive_loop: loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+    previous, _CONTEXT.loop = _CONTEXT.loop, loop
+    try:
+        yield
+    finally:
+        _CONTEXT.loop = previous
+
+
 def integrate_adaptive(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1,
                        norm: Callable | None = None) -> torch.Tensor:
     """An adaptive solve differentiated by autograd through its steps: dopri5 and bosh3 by our own
     loop (:mod:`.embedded`: fewer evaluations, none of them wasted on the backward pass), the other
     methods by ``torchdiffeq.odeint``."""
-    if config.method in PAIRS:
+    if config.method in PAIRS and _CONTEXT.loop == "own":
         return integrate_embedded(field, y0, config, t0, t1, norm)
     return _odeint(field, y0, config, t0, t1, norm, adjoint=False)
 

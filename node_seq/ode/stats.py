@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import threading
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -84,6 +85,8 @@ class _SolveContext(threading.local):
         # inside that frame would break its own guard.
         self.stage: Stage | None = None
         self.in_backward = False
+        self.evaluation_hook: Callable[..., torch.Tensor] | None = None  # see observe_evaluations
+        self.loop = "own"  # see node_seq.ode.adaptive.adaptive_loop
 
 
 _CONTEXT = _SolveContext()
@@ -114,6 +117,19 @@ def in_backward_solve() -> bool:
     return _CONTEXT.in_backward
 
 
+@contextlib.contextmanager
+def observe_evaluations(hook: Callable[..., torch.Tensor]) -> Iterator[None]:
+    """Run every vector-field evaluation of the solves started inside the block as ``hook(func, t, y,
+    *inputs)``, which must return ``func(t, y, *inputs)``: a benchmark times or traces evaluations
+    this way (``benchmarks.adaptive_path``). The hook is chosen once per solve, when its field is
+    made, so a solve started outside the block pays nothing per evaluation."""
+    previous, _CONTEXT.evaluation_hook = _CONTEXT.evaluation_hook, hook
+    try:
+        yield
+    finally:
+        _CONTEXT.evaluation_hook = previous
+
+
 class CountingField:
     """Calls ``func(t, y, *inputs)`` and counts each call into ``stats``.
 
@@ -125,6 +141,8 @@ class CountingField:
     def __init__(self, func: Callable[..., torch.Tensor], inputs: tuple[Any, ...], stats: SolveStats,
                  *, max_num_steps: int, on_limit: Callable[[str], Exception], coefficients: Any = None):
         self.func, self.inputs, self.stats = func, inputs, stats
+        hook = _CONTEXT.evaluation_hook
+        self._evaluate = func if hook is None else functools.partial(hook, func)
         self.coefficients = coefficients
         self.backward_phase = False
         self.max_num_steps = max_num_steps
@@ -136,11 +154,11 @@ class CountingField:
             self.stats.nfe_backward += 1
             previous, _CONTEXT.in_backward = _CONTEXT.in_backward, True
             try:
-                return self.func(t, y, *self.inputs)
+                return self._evaluate(t, y, *self.inputs)
             finally:
                 _CONTEXT.in_backward = previous
         self.stats.nfe_forward += 1
-        return self.func(t, y, *self.inputs)
+        return self._evaluate(t, y, *self.inputs)
 
     def trainable_parameters(self) -> tuple[torch.Tensor, ...]:
         """The parameters that want gradients: the wrapped field's (a plain function has none),
