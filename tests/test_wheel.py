@@ -34,6 +34,9 @@ from setup_py import REPO, setup_arguments
 
 pytestmark = pytest.mark.slow
 
+WHEEL, SDIST, DIST_INFO = (f"node_seq-{__version__}-py3-none-any.whl", f"node_seq-{__version__}.tar.gz",
+                           f"node_seq-{__version__}.dist-info")
+
 ARGUMENTS = setup_arguments()
 VISION_PACKAGE = next(package for package, folder in ARGUMENTS["package_dir"].items() if folder == "vision")
 # This environment's site-packages entries the fresh venv must not see: node-seq itself (an editable
@@ -77,21 +80,19 @@ def dist(tmp_path_factory) -> Path:
 
 
 def test_build_makes_an_sdist_and_a_wheel_with_every_module_and_command(dist):
-    assert sorted(path.name for path in dist.iterdir()) == [f"node_seq-{__version__}-py3-none-any.whl",
-                                                            f"node_seq-{__version__}.tar.gz"]
-    names = set(zipfile.ZipFile(dist / f"node_seq-{__version__}-py3-none-any.whl").namelist())
+    assert sorted(path.name for path in dist.iterdir()) == [WHEEL, SDIST]
+    wheel = zipfile.ZipFile(dist / WHEEL)
+    names = set(wheel.namelist())
     # Every file of node_seq/ (a data file left out of the wheel fails here); vision/'s README and
     # results/ are documentation, which no module reads.
     wanted = {name for name in source_files() if name.startswith("node_seq/")}
     wanted |= {f"{VISION_PACKAGE}/{name.removeprefix('vision/')}" for name in source_files()
                if re.fullmatch(r"vision/[^/]+\.py", name)}
     assert wanted - names == set()
-    assert {name.split("/")[0] for name in names if not name.startswith(f"node_seq-{__version__}.dist-info/")} \
-        == {"node_seq", VISION_PACKAGE}
+    assert {name.split("/")[0] for name in names} == {"node_seq", VISION_PACKAGE, DIST_INFO}
     entry_points = configparser.ConfigParser(delimiters=("=",))
     entry_points.optionxform = str
-    entry_points.read_string(zipfile.ZipFile(dist / f"node_seq-{__version__}-py3-none-any.whl")
-                             .read(f"node_seq-{__version__}.dist-info/entry_points.txt").decode())
+    entry_points.read_string(wheel.read(f"{DIST_INFO}/entry_points.txt").decode())
     declared = dict(entry.split(" = ") for entry in ARGUMENTS["entry_points"]["console_scripts"])
     assert dict(entry_points["console_scripts"]) == declared
 
@@ -113,7 +114,7 @@ def test_the_wheel_with_hf_installs_into_a_fresh_venv_and_runs_its_commands(dist
     purelib = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env=environment)
     Path(purelib.strip(), "borrowed_for_the_test.pth").write_text(f"{borrowed}\n")
 
-    run([sys.executable, "-m", "pip", "--python", python, "install", "--no-index", f"{dist / f'node_seq-{__version__}-py3-none-any.whl'}[hf]"],
+    run([sys.executable, "-m", "pip", "--python", python, "install", "--no-index", f"{dist / WHEEL}[hf]"],
         cwd=tmp_path, env=environment)
 
     found = json.loads(run([python, "-c", PROBE], cwd=tmp_path, env=environment))
