@@ -16,6 +16,7 @@ the build uses this environment's setuptools (``--no-isolation``), not a fresh o
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import json
 import os
 import re
@@ -71,6 +72,8 @@ def source_files() -> list[str]:
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> Path:
     """``python -m build`` of a copy of the checkout (the build writes egg-info beside setup.py)."""
+    if importlib.util.find_spec("build") is None:
+        pytest.fail("python -m build needs the package build, in the dev extra: pip install -c constraints.txt build")
     root = tmp_path_factory.mktemp("release")
     for name in source_files():
         (root / "source" / name).parent.mkdir(parents=True, exist_ok=True)
