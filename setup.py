@@ -52,7 +52,8 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["node_seq", "node_seq.*"]) + [VISION_PACKAGE],
+    packages=find_packages(include=["node_seq", "node_seq.*"])
+    + [VISION_PACKAGE] + [f"{VISION_PACKAGE}.{package}" for package in find_packages(where=str(HERE / "vision"))],
     package_dir={VISION_PACKAGE: "vision"},
     install_requires=["torch>=2.14,<3", "torchdiffeq==0.2.5", "numpy>=2.4,<3"],
     extras_require={
