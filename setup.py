@@ -1,6 +1,11 @@
 """node-seq: Neural-ODE sequence models for fairseq and HuggingFace Transformers."""
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
 
 # Ranges for `pip install node-seq[...]` into an environment of one's own. Lower bounds: the oldest
 # versions tested (the exact set the project is tested with is constraints.txt); upper bounds: the next
@@ -15,7 +20,14 @@ HF = ["transformers>=5.24,<6", "huggingface_hub>=2.4,<3", "datasets>=5.2,<6", TO
 FAIRSEQ = ["fairseq-fixed==0.12.3.1", TOKENIZERS, SACREBLEU]
 VISION = ["torchvision>=0.29,<1", "scikit-learn>=1.9,<2", "matplotlib>=3.11,<4", "pyyaml>=6,<7", "tqdm>=4.70,<5"]
 # The conversion tests build their own sentencepiece model and subword-nmt codes with the real tools.
-DEV = ["pytest>=9,<10", "hypothesis>=6.170,<7", "sentencepiece>=0.2.3,<0.3", "subword-nmt>=0.3.8,<0.4"]
+# tests/test_wheel.py builds the release with `python -m build`.
+DEV = ["pytest>=9,<10", "hypothesis>=6.170,<7", "sentencepiece>=0.2.3,<0.3", "subword-nmt>=0.3.8,<0.4", "build>=1.6,<2"]
+# The repository's vision/ folder installs as node_seq_vision: a top-level `vision` in site-packages would
+# shadow (or be shadowed by) any other distribution's `vision`. From a checkout, `python -m vision.train` works.
+VISION_PACKAGE = "node_seq_vision"
+# The one place the version is written: node_seq.__version__, read here as text (importing node_seq needs torch).
+VERSION = re.search(r'^__version__ = "([^"]+)"$', (HERE / "node_seq" / "__init__.py").read_text(encoding="utf-8"),
+                    re.MULTILINE).group(1)
 # Every command of the project; each module also runs as `python -m <module>` (what scripts/*.sh call).
 CONSOLE_SCRIPTS = [
     "node-seq-numbers = node_seq.text.numbers:main",
@@ -28,19 +40,21 @@ CONSOLE_SCRIPTS = [
     "node-seq-convert-lm = node_seq.hf.cli.convert_lm:main",
     "node-seq-translate = node_seq.hf.cli.translate:main",
     "node-seq-elastic-lm = node_seq.fairseq.elastic_lm:main",
-    "node-seq-vision-train = vision.train:main",
-    "node-seq-vision-evaluate = vision.evaluate:main",
-    "node-seq-vision-memory = vision.memory:main",
+    f"node-seq-vision-train = {VISION_PACKAGE}.train:main",
+    f"node-seq-vision-evaluate = {VISION_PACKAGE}.evaluate:main",
+    f"node-seq-vision-memory = {VISION_PACKAGE}.memory:main",
 ]
 
 setup(
     name="node-seq",
-    version="0.1.0",
+    version=VERSION,
     description="Neural-ODE Transformers for fairseq and HuggingFace, and ODENet image classifiers",
-    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["node_seq", "node_seq.*", "vision", "vision.*"]),
+    packages=find_packages(include=["node_seq", "node_seq.*"])
+    + [VISION_PACKAGE] + [f"{VISION_PACKAGE}.{package}" for package in find_packages(where=str(HERE / "vision"))],
+    package_dir={VISION_PACKAGE: "vision"},
     install_requires=["torch>=2.14,<3", "torchdiffeq==0.2.5", "numpy>=2.4,<3"],
     extras_require={
         "fairseq": FAIRSEQ,

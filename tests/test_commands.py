@@ -23,12 +23,15 @@ NOT_CONSOLE_SCRIPTS = {
 
 
 def console_scripts() -> dict[str, tuple[str, str]]:
-    """``name -> (module, function)`` from setup.py's ``entry_points``."""
+    """``name -> (module, function)`` from setup.py's ``entry_points``, the module named as this checkout
+    imports it (setup.py's ``package_dir`` installs the folder ``vision`` as ``node_seq_vision``)."""
+    arguments = setup_arguments()
     scripts = {}
-    for entry in setup_arguments()["entry_points"]["console_scripts"]:
+    for entry in arguments["entry_points"]["console_scripts"]:
         name, target = (part.strip() for part in entry.split("="))
         module, function = target.split(":")
-        scripts[name] = (module, function)
+        package, _, rest = module.partition(".")
+        scripts[name] = (".".join([arguments["package_dir"].get(package, package), rest]), function)
     return scripts
 
 

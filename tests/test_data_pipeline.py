@@ -1,6 +1,7 @@
 """The embedded task, the shared tokenizer, data preparation and scoring, including their errors."""
 
 import gzip
+import re
 
 import pytest
 
@@ -75,6 +76,45 @@ def test_prepare_rejects_bad_data_before_writing(tmp_path, problem, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         prepare(raw, out, src="de", tgt="en", splits={"train": "train", "valid": "val"}, vocab_size=16)
     assert not out.exists()
+
+
+def test_prepare_binarizes_fairseqs_extra_test_sets(tmp_path):
+    """test, test1, test2 (Multi30k's 2016 and 2017 sets, say) each reach bin/ under fairseq's name."""
+    pytest.importorskip("fairseq")
+    from fairseq.data import Dictionary, data_utils
+
+    from node_seq.text.prepare import main
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    sizes = {"train": 6, "valid": 2, "t16": 3, "t17": 4, "t18": 5}
+    for stem, size in sizes.items():
+        for lang in ("de", "en"):
+            _write(raw, f"{stem}.{lang}", [f"{stem} {lang} {n}" for n in range(size)])
+    main([str(raw), str(tmp_path / "out"), "--src", "de", "--tgt", "en", "--vocab-size", "40",
+          "--splits", "train,valid,test2=t18,test=t16,test1=t17"])
+    bin_dir = tmp_path / "out" / "bin"
+    dictionary = Dictionary.load(str(bin_dir / "dict.de.txt"))
+    for split, stem in {"test": "t16", "test1": "t17", "test2": "t18"}.items():
+        dataset = data_utils.load_indexed_dataset(str(bin_dir / f"{split}.de-en.de"), dictionary)
+        assert len(dataset) == sizes[stem]
+        assert (tmp_path / "out" / "raw" / f"{split}.en").read_text().startswith(f"{stem} en 0\n")
+
+
+@pytest.mark.parametrize("splits,message", [
+    ("train,dev", r"split names are train, valid, test, and valid1, valid2, ..., test1, test2, ... .*\['dev'\]"),
+    ("train,test,test01", r"split names are .*\['test01'\]"),
+    ("train,test0", r"split names are .*\['test0'\]"),
+    ("train,test,test2", r"test2 needs test1 \(fairseq numbers the extra sets in order: test, test1, test2"),
+    ("train,valid1", r"valid1 needs valid "),
+])
+def test_prepare_refuses_split_names_fairseq_cannot_write(tmp_path, capsys, splits, message):
+    from node_seq.text.prepare import main
+
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), str(tmp_path / "out"), "--src", "de", "--tgt", "en", "--splits", splits])
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
 
 
 def test_score_counts_exact_matches_and_refuses_partial_logs(tmp_path):

@@ -78,3 +78,12 @@ def test_constraints_pin_every_package_setup_names():
 def test_all_is_every_extra():
     extras = ARGUMENTS["extras_require"]
     assert set(extras["all"]) == {r for name, extra in extras.items() if name != "all" for r in extra}
+
+
+def test_changelog_has_a_section_for_the_version():
+    """A version bump (node_seq.__version__, the one place; setup.py reads it) comes with its changelog entry."""
+    import node_seq
+
+    assert ARGUMENTS["version"] == node_seq.__version__
+    headings = re.findall(r"^## (\S+)", (REPO / "CHANGELOG.md").read_text(encoding="utf-8"), re.MULTILINE)
+    assert headings[0] == "Unreleased" and node_seq.__version__ in headings

@@ -128,7 +128,7 @@ def load_run(run_dir: str, checkpoint: str = "last"):
 def main(argv=None) -> int:
     from .config import METHODS, coerce
 
-    parser = argparse.ArgumentParser(prog="python -m vision.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", help="a training run's output folder")
     parser.add_argument("--checkpoint", default="last", help="last, best, or a checkpoint path")
     parser.add_argument("--test-solver-list", default=None, help="e.g. euler,midpoint,rk4 (default: the run's)")

@@ -48,7 +48,7 @@ def measure(model: torch.nn.Module, x: torch.Tensor, solver: SolverConfig) -> di
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vision.memory", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="odenet4")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--input-shape", default="3,32,32")

@@ -44,7 +44,7 @@ def images_per_second(model: torch.nn.Module, *, batch_size: int, device: str, a
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vision.throughput", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="odenet4")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=128)

@@ -44,7 +44,7 @@ CONFIG_FILE, LAST, BEST, METRICS = "config.yaml", "checkpoint_last.pt", "checkpo
 # ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vision.train", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", help="YAML or JSON file of options (command-line options override it)")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import gzip
 import io
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -33,13 +34,39 @@ def _read_raw(raw_dir: Path, name: str, lang: str) -> str:
     raise FileNotFoundError(f"missing split file {raw_dir / f'{name}.{lang}'}[.gz]")
 
 
+# fairseq-preprocess names the files of ``--validpref a,b,c`` valid, valid1, valid2 (and so for test):
+# several evaluation sets, e.g. Multi30k's test=test_2016_flickr,test1=test_2017_flickr.
+SPLIT_NAME = re.compile(r"train|(?P<kind>valid|test)(?P<number>[1-9][0-9]*)?")
+
+
+def check_split_names(names) -> None:
+    """Refuse names fairseq-preprocess cannot write, and numbered sets with a gap before them
+    (fairseq numbers them by position, so ``test2`` without ``test1`` would come out as ``test1``)."""
+    unknown = sorted(name for name in names if not SPLIT_NAME.fullmatch(name))
+    if unknown:
+        raise ValueError(f"--splits: split names are train, valid, test, and valid1, valid2, ..., test1, test2, ... "
+                         f"for more evaluation sets; got {unknown}")
+    for name in names:
+        match = SPLIT_NAME.fullmatch(name)
+        if match["number"]:
+            number = int(match["number"])
+            previous = f"{match['kind']}{number - 1 if number > 1 else ''}"
+            if previous not in names:
+                raise ValueError(f"--splits: {name} needs {previous} (fairseq numbers the extra sets in order: "
+                                 f"{match['kind']}, {match['kind']}1, {match['kind']}2, ...)")
+
+
+def evaluation_sets(names, kind: str) -> list[str]:
+    """``kind`` ("valid" or "test") and its numbered sets among ``names``, in fairseq's order."""
+    return sorted((name for name in names if (match := SPLIT_NAME.fullmatch(name)) and match["kind"] == kind),
+                  key=lambda name: int(name[len(kind):] or 0))
+
+
 def parse_splits(text: str) -> dict[str, str]:
     splits = dict(part.split("=", 1) if "=" in part else (part, part) for part in text.split(",") if part)
     if "train" not in splits:
         raise ValueError(f"--splits: needs a train split, got {text!r}")
-    unknown = set(splits) - {"train", "valid", "test"}
-    if unknown:
-        raise ValueError(f"--splits: split names are train, valid, test; got {sorted(unknown)}")
+    check_split_names(splits)
     return splits
 
 
@@ -65,9 +92,9 @@ def binarize(out: Path, argv: list[str], piece_file: Callable[[str], str], split
         shutil.rmtree(out / "bin")
     argv = [*argv, "--destdir", str(out / "bin"), "--workers", str(workers),
             "--trainpref", str(out / "bpe" / piece_file("train"))]
-    for split in ("valid", "test"):
-        if split in splits:
-            argv += [f"--{split}pref", str(out / "bpe" / piece_file(split))]
+    for kind in ("valid", "test"):
+        if sets := evaluation_sets(splits, kind):
+            argv += [f"--{kind}pref", ",".join(str(out / "bpe" / piece_file(split)) for split in sets)]
     with contextlib.redirect_stdout(io.StringIO()):  # fairseq prints its whole namespace
         preprocess.main(options.get_preprocessing_parser().parse_args(argv))
     shutil.copy(out / "tokenizer.json", out / "bin" / "tokenizer.json")
@@ -79,7 +106,8 @@ def corpus_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("raw_dir")
     parser.add_argument("out_dir")
-    parser.add_argument("--splits", default="train,valid,test", help="split=file-stem pairs, e.g. valid=val")
+    parser.add_argument("--splits", default="train,valid,test",
+                        help="split=file-stem pairs, e.g. valid=val; more test sets as test1, test2, ... (fairseq's names)")
     parser.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary size when learning one")
     parser.add_argument("--workers", type=int, default=1)
     return parser
@@ -100,6 +128,7 @@ def checked_splits(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def prepare(raw_dir: str | Path, out_dir: str | Path, *, src: str, tgt: str, splits: dict[str, str],
             vocab_size: int, workers: int = 1) -> Path:
+    check_split_names(splits)
     raw_dir, out = Path(raw_dir), Path(out_dir)
     texts = {(split, lang): _read_raw(raw_dir, name, lang) for split, name in splits.items() for lang in (src, tgt)}
     for (split, lang), text in texts.items():  # every file is read (and checked) before anything is written

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .prepare import _read_raw, binarize, check_lines, checked_splits, corpus_parser, write_raw
+from .prepare import _read_raw, binarize, check_lines, check_split_names, checked_splits, corpus_parser, write_raw
 from .tokenizer import encode_file, load_tokenizer, train_tokenizer
 
 
 def prepare_lm(raw_dir: str | Path, out_dir: str | Path, *, lang: str, splits: dict[str, str], vocab_size: int,
                tokenizer: str | Path | None = None, workers: int = 1) -> Path:
     """Returns ``OUT_DIR/bin``. Every input is read and checked before anything is written."""
+    check_split_names(splits)
     raw_dir, out = Path(raw_dir), Path(out_dir)
     texts = {split: _read_raw(raw_dir, name, lang) for split, name in splits.items()}
     for split, text in texts.items():
