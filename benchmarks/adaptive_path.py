@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -48,16 +49,15 @@ RECIPE = ["--share-all-embeddings", "--dropout", "0.3", "--attention-dropout", "
 
 @contextlib.contextmanager
 def step_loop(loop: str):
-    """``torchdiffeq``: route dopri5/bosh3 through torchdiffeq's loop, as before issue #16."""
-    from node_seq.ode import adaptive
+    """``torchdiffeq``: route dopri5/bosh3 through torchdiffeq's loop, as before issue #16 (the same
+    methods registered without their embedded pair, for the duration)."""
+    from node_seq.ode import REGISTRY, registered
 
-    saved = adaptive.PAIRS
-    if loop == "torchdiffeq":
-        adaptive.PAIRS = {}
-    try:
+    if loop != "torchdiffeq":
         yield
-    finally:
-        adaptive.PAIRS = saved
+        return
+    with registered(*(dataclasses.replace(method, pair=None) for method in REGISTRY.values() if method.pair)):
+        yield
 
 
 @contextlib.contextmanager

@@ -15,10 +15,11 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..ode import (
-    ADAPTIVE_METHODS, FIXED_GRID_METHODS, GRADIENTS, LEARNED_METHODS, METHODS, OptionError, SolverConfig, parse_time_points,
+    ADAPTIVE_METHODS, FALLBACK_METHODS, FIXED_GRID_METHODS, GRADIENTS, LEARNED_METHODS, METHODS, OptionError,
+    SolverConfig, parse_time_points,
 )
 from .layers import FAILURE_POLICIES, FailurePolicy
 
@@ -33,8 +34,6 @@ ENCODER_DECODER = frozenset({FAIRSEQ, HF, TRAIN_HF})
 FAIRSEQ_ONLY = frozenset({FAIRSEQ, FAIRSEQ_LM})
 SEQUENCE_TO_SEQUENCE = frozenset({FAIRSEQ, HF, TRAIN_HF})
 EVERYWHERE = frozenset(FRONT_ENDS)
-#: Methods a failed solve can fall back to (a fixed grid that needs no special gradient).
-FALLBACK_METHODS = tuple(m for m in FIXED_GRID_METHODS if m != "reversible_heun")
 #: Where plain layers put their LayerNorms. ODE layers are always pre-norm: their field is the
 #: branch, which a LayerNorm after the residual sum would not be.
 PLAIN_NORMS = ("pre", "post")
@@ -42,8 +41,14 @@ PLAIN_NORMS = ("pre", "post")
 INITIAL_STEPS = ("interval", "estimate")
 
 
-def _option(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
-            front_ends: frozenset = EVERYWHERE) -> Any:
+def _method_help() -> str:
+    """The method option's help, listing the registry's methods as it is read (never stale)."""
+    return (f"ODE solver: a fixed grid ({', '.join(FIXED_GRID_METHODS)}), a learned block "
+            f"({', '.join(LEARNED_METHODS)}; sequence models only) or adaptive ({', '.join(ADAPTIVE_METHODS)})")
+
+
+def _option(default: Any, help: str | Callable[[], str], *, choices: Sequence[str] | None = None,
+            metavar: str | None = None, front_ends: frozenset = EVERYWHERE) -> Any:
     return dataclasses.field(default=default, metadata=dict(help=help, choices=choices, metavar=metavar,
                                                              front_ends=front_ends))
 
@@ -61,9 +66,7 @@ class NodeOptions:
                               "of the ODE layer's field) or post (LN(x + f(x)) per sublayer, as fairseq's "
                               "transformer)", choices=PLAIN_NORMS, front_ends=SEQUENCE_TO_SEQUENCE)
     # the solver (node_seq.ode.SolverConfig)
-    method: str = _option("dopri5", "ODE solver: a fixed grid (euler, midpoint, heun, rk4, rk4_classic, "
-                          "reversible_heun), a learned block (rk2_gated, pc; sequence models only) or adaptive "
-                          "(dopri5, bosh3, adaptive_heun, dopri8, fehlberg2)", choices=METHODS)
+    method: str = _option("dopri5", _method_help, choices=METHODS)
     steps: int | None = _option(None, "steps of a fixed-grid method over the interval (default 1)", metavar="N")
     step_size: float | None = _option(None, "step size of a fixed-grid method, instead of the steps (rounded "
                                       "so that the grid is uniform)", metavar="H")
@@ -216,10 +219,14 @@ class Option:
     name: str
     type: Any  # the field's annotation, e.g. ``int | None``
     default: Any
-    help: str
-    choices: tuple | None
+    describe: str | Callable[[], str]  # the help, or what writes it when asked (a list of methods)
+    choices: Sequence[str] | None
     metavar: str | None
     front_ends: frozenset
+
+    @property
+    def help(self) -> str:
+        return self.describe() if callable(self.describe) else self.describe
 
     @property
     def optional(self) -> bool:

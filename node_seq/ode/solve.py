@@ -14,7 +14,6 @@ from .config import SolverConfig
 from .errors import MaxStepsExceeded, NonFiniteState, StepSizeUnderflow
 from .fixed_grid import integrate, integrate_checkpointed
 from .reversible import integrate_exact_reversal, integrate_reversed_steps
-from .schemes import SCHEMES
 from .stats import CountingField, SolveStats
 
 #: ``(field, y0, config, t0, t1, norm) -> y(t1)``; ``norm`` is read by adaptive methods only.
@@ -127,7 +126,7 @@ def solve(
         or bool(field.trainable_parameters())
     )
     mode = _gradient_mode(config, needs_grad)
-    y1 = INTEGRATORS[mode, _method_kind(config.method)](field, y0, config, t0, t1, norm)
+    y1 = INTEGRATORS[mode, _step_kind(config)](field, y0, config, t0, t1, norm)
     if config.is_fixed_grid:
         field.count_grid_steps(config.grid_steps)
         if mode == "checkpoint" and torch.compiler.is_compiling():
@@ -160,8 +159,10 @@ def _gradient_mode(config: SolverConfig, needs_grad: bool) -> str:
     return config.gradient
 
 
-def _method_kind(method: str) -> str:
-    return SCHEMES[method].kind if method in SCHEMES else "adaptive"
+def _step_kind(config: SolverConfig) -> str:
+    """What steps the method: its fixed-grid scheme's kind, or an adaptive loop."""
+    scheme = config.method_spec.scheme
+    return scheme.kind if scheme is not None else "adaptive"
 
 
 def _check_interval(config: SolverConfig, t0, t1) -> None:
