@@ -16,9 +16,10 @@ import pytest
 import torch
 from torchdiffeq._impl.odeint import SOLVERS as TORCHDIFFEQ_SOLVERS
 
+from node_seq.nn.layers import FailurePolicy
 from node_seq.nn.options import FAIRSEQ, OPTIONS, NodeOptions, add_arguments
 from node_seq.ode import (
-    ADAPTIVE_METHODS, FALLBACK_METHODS, FIXED_GRID_METHODS, METHODS, REGISTRY,
+    ADAPTIVE_METHODS, DEFAULT_FALLBACK, DEFAULT_SOLVER, FALLBACK_METHODS, FIXED_GRID_METHODS, METHODS, REGISTRY,
     MethodSpec, OptionError, SolverConfig, register, registered, solve,
 )
 from node_seq.ode.embedded import EmbeddedPair
@@ -145,3 +146,10 @@ def test_our_pairs_are_torchdiffeqs_tableaux(name):
         torch.testing.assert_close(torch.tensor(row, dtype=torch.float64), beta)
     torch.testing.assert_close(torch.tensor(pair.error, dtype=torch.float64), tableau.c_error)
 
+
+def test_every_front_end_default_is_the_one_default_solver():
+    """The schema's solver options default to DEFAULT_SOLVER's fields (its first step aside: the schema's
+    ``initial_step`` tries the whole interval), and the fallback's to DEFAULT_FALLBACK."""
+    solver = NodeOptions.from_front_end({}, FAIRSEQ).solver(FAIRSEQ)
+    assert solver == dataclasses.replace(DEFAULT_SOLVER, first_step=DEFAULT_SOLVER.t1 - DEFAULT_SOLVER.t0)
+    assert NodeOptions().failure().fallback == DEFAULT_FALLBACK == FailurePolicy().fallback

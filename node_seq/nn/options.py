@@ -18,8 +18,8 @@ import typing
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..ode import (
-    ADAPTIVE_METHODS, FALLBACK_METHODS, FIXED_GRID_METHODS, GRADIENTS, LEARNED_METHODS, METHODS, OptionError,
-    SolverConfig, parse_time_points,
+    ADAPTIVE_METHODS, DEFAULT_FALLBACK, DEFAULT_SOLVER, FALLBACK_METHODS, FIXED_GRID_METHODS, GRADIENTS, LEARNED_METHODS,
+    METHODS, OptionError, SolverConfig, parse_time_points,
 )
 from .layers import FAILURE_POLICIES, FailurePolicy
 
@@ -55,7 +55,8 @@ def _option(default: Any, help: str | Callable[[], str], *, choices: Sequence[st
 
 @dataclasses.dataclass(frozen=True)
 class NodeOptions:
-    """The values of every NODE option (defaults: the seed's, adaptive ``dopri5`` on both sides)."""
+    """The values of every NODE option; the solver's defaults are :data:`~node_seq.ode.DEFAULT_SOLVER`'s
+    (the seed's adaptive method on both sides) and the fallback's :data:`~node_seq.ode.DEFAULT_FALLBACK`'s."""
 
     # which layers are ODE blocks
     encoder: bool = _option(True, "encoder layers are ODE blocks (off: plain pre-norm layers)",
@@ -65,28 +66,35 @@ class NodeOptions:
     plain_norm: str = _option("pre", "where the plain (non-ODE) layers normalise: pre (x + f(LN x), one Euler step "
                               "of the ODE layer's field) or post (LN(x + f(x)) per sublayer, as fairseq's "
                               "transformer)", choices=PLAIN_NORMS, front_ends=SEQUENCE_TO_SEQUENCE)
-    # the solver (node_seq.ode.SolverConfig)
-    method: str = _option("dopri5", _method_help, choices=METHODS)
-    steps: int | None = _option(None, "steps of a fixed-grid method over the interval (default 1)", metavar="N")
-    step_size: float | None = _option(None, "step size of a fixed-grid method, instead of the steps (rounded "
-                                      "so that the grid is uniform)", metavar="H")
-    rtol: float = _option(1e-3, "relative tolerance of adaptive methods")
-    atol: float = _option(1e-4, "absolute tolerance of adaptive methods")
+    # the solver (node_seq.ode.SolverConfig); its defaults are the core's one default solver
+    method: str = _option(DEFAULT_SOLVER.method, _method_help, choices=METHODS)
+    steps: int | None = _option(DEFAULT_SOLVER.steps, "steps of a fixed-grid method over the interval (default 1)",
+                                metavar="N")
+    step_size: float | None = _option(DEFAULT_SOLVER.step_size, "step size of a fixed-grid method, instead of the "
+                                      "steps (rounded so that the grid is uniform)", metavar="H")
+    rtol: float = _option(DEFAULT_SOLVER.rtol, "relative tolerance of adaptive methods")
+    atol: float = _option(DEFAULT_SOLVER.atol, "absolute tolerance of adaptive methods")
     initial_step: str = _option("interval", "first step of adaptive methods: the whole interval (shrunk by the "
                                 "step-size controller if it fails the error test) or an estimate from the field "
                                 "(Hairer's rule: one more evaluation, and usually a far smaller step)",
                                 choices=INITIAL_STEPS)
-    ts: tuple[float, float] = _option((0.0, 1.0), "integration interval of every ODE block", metavar="T0,T1",
-                                      front_ends=SEQUENCE_MODELS)
-    gradient: str = _option("backprop", "how gradients are computed: backprop, checkpoint (recompute steps), "
-                            "adjoint (continuous adjoint) or reversible (rebuild states backwards)", choices=GRADIENTS)
-    adjoint_rtol: float | None = _option(None, "rtol of the adjoint's backward solve (default: the forward rtol)")
-    adjoint_atol: float | None = _option(None, "atol of the adjoint's backward solve (default: the forward atol)")
-    seminorm: bool = _option(False, "adjoint error norm without the parameter channels (fewer backward steps)")
+    ts: tuple[float, float] = _option((DEFAULT_SOLVER.t0, DEFAULT_SOLVER.t1), "integration interval of every ODE "
+                                      "block", metavar="T0,T1", front_ends=SEQUENCE_MODELS)
+    gradient: str = _option(DEFAULT_SOLVER.gradient, "how gradients are computed: backprop, checkpoint (recompute "
+                            "steps), adjoint (continuous adjoint) or reversible (rebuild states backwards)",
+                            choices=GRADIENTS)
+    adjoint_rtol: float | None = _option(DEFAULT_SOLVER.adjoint_rtol, "rtol of the adjoint's backward solve "
+                                         "(default: the forward rtol)")
+    adjoint_atol: float | None = _option(DEFAULT_SOLVER.adjoint_atol, "atol of the adjoint's backward solve "
+                                         "(default: the forward atol)")
+    seminorm: bool = _option(DEFAULT_SOLVER.seminorm, "adjoint error norm without the parameter channels (fewer "
+                             "backward steps)")
     checkpoint_snapshots: int | None = _option(
-        None, "with gradient checkpoint: store at most S states per solve (binomial schedule, memory independent "
-        "of the steps, steps recomputed a few times); default one state per step", metavar="S")
-    max_num_steps: int = _option(1000, "adaptive steps (accepted and rejected) allowed per solve before it fails")
+        DEFAULT_SOLVER.checkpoint_snapshots, "with gradient checkpoint: store at most S states per solve (binomial "
+        "schedule, memory independent of the steps, steps recomputed a few times); default one state per step",
+        metavar="S")
+    max_num_steps: int = _option(DEFAULT_SOLVER.max_num_steps, "adaptive steps (accepted and rejected) allowed per "
+                                 "solve before it fails")
     # what an ODE layer is
     augment_dims: int = _option(0, "augmented NODE: N extra zero channels inside each ODE block", metavar="N",
                                 front_ends=SEQUENCE_MODELS)
@@ -99,9 +107,9 @@ class NodeOptions:
     failure_policy: str = _option(
         "raise", "when a solve fails (max steps, step underflow, inf/nan): raise an error naming the layer, fall back "
         "to a fixed grid for that solve, or skip the batch", choices=FAILURE_POLICIES, front_ends=FAIRSEQ_ONLY)
-    fallback_method: str = _option("rk4", "fixed-grid method of the fallback", choices=FALLBACK_METHODS,
+    fallback_method: str = _option(DEFAULT_FALLBACK.method, "fixed-grid method of the fallback", choices=FALLBACK_METHODS,
                                    front_ends=FAIRSEQ_ONLY)
-    fallback_steps: int = _option(4, "steps of the fallback", front_ends=FAIRSEQ_ONLY)
+    fallback_steps: int = _option(DEFAULT_FALLBACK.steps, "steps of the fallback", front_ends=FAIRSEQ_ONLY)
     # how the layers run (HF and train_hf use the Trainer's own torch_compile instead)
     compile: bool = _option(False, "torch.compile every NODE-Transformer layer (a fixed-grid solve, forward and "
                             "backward, becomes one graph; inf/nan is checked once per forward pass)",

@@ -1,6 +1,8 @@
 """The ODE core of node-seq: one ``solve`` for every model, with its options, errors and stats."""
 
 from .config import (
+    DEFAULT_FALLBACK as DEFAULT_FALLBACK,
+    DEFAULT_SOLVER as DEFAULT_SOLVER,
     OptionError as OptionError,
     SolverConfig as SolverConfig,
     parse_time_points as parse_time_points,

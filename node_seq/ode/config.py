@@ -35,7 +35,7 @@ class SolverConfig:
     which costs one more evaluation and is usually far smaller.
     """
 
-    method: str = "rk4"
+    method: str = "dopri5"  # the defaults are every front end's (DEFAULT_SOLVER)
     steps: int | None = None
     step_size: float | None = None
     rtol: float = 1e-3
@@ -148,6 +148,14 @@ class SolverConfig:
             return self
         steps = steps_for_step_size(self.t0, self.t1, self.step_size)
         return dataclasses.replace(self, steps=steps, step_size=None)
+
+
+#: The solver of every front end unless the user chooses another: the option schema's defaults
+#: are its fields (its ``initial_step`` sets ``first_step``: the whole interval unless asked for
+#: Hairer's estimate), and a model built without a solver uses it.
+DEFAULT_SOLVER = SolverConfig()
+#: What a failed solve is redone with under the failure policy ``fallback`` unless configured.
+DEFAULT_FALLBACK = SolverConfig(method="rk4", steps=4)
 
 
 def _unknown_method(method: object) -> str:
