@@ -150,7 +150,7 @@ class ReversibleHeun:
     The step is algebraically invertible, so :meth:`step_back` is exact up to rounding.
     """
 
-    kind = "reversible_heun"
+    kind = "invertible"  # exactly undone by step_back
     stages = 1  # f(z) at the step's end; its start's comes from the step before
 
     def times_and_step(self, t0, t1, steps: int, like: torch.Tensor):

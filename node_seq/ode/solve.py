@@ -13,6 +13,7 @@ from .binomial import integrate_binomial
 from .config import SolverConfig
 from .errors import MaxStepsExceeded, NonFiniteState, StepSizeUnderflow
 from .fixed_grid import integrate, integrate_checkpointed
+from .methods import SNAPSHOTS
 from .reversible import integrate_exact_reversal, integrate_reversed_steps
 from .stats import CountingField, SolveStats
 
@@ -23,18 +24,18 @@ Integrator = Callable[..., torch.Tensor]
 #: :class:`SolverConfig` can ask for is here; the others are refused by its validation.
 INTEGRATORS: dict[tuple[str, str], Integrator] = {
     ("backprop", "runge_kutta"): integrate,
-    ("backprop", "reversible_heun"): integrate,
+    ("backprop", "invertible"): integrate,
     ("backprop", "adaptive"): integrate_adaptive,
     ("checkpoint", "runge_kutta"): integrate_checkpointed,
-    ("checkpoint", "reversible_heun"): integrate_checkpointed,
-    ("checkpoint_snapshots", "runge_kutta"): integrate_binomial,
+    ("checkpoint", "invertible"): integrate_checkpointed,
+    (SNAPSHOTS, "runge_kutta"): integrate_binomial,
     ("adjoint", "runge_kutta"): integrate_adjoint,
     ("adjoint", "adaptive"): integrate_adjoint,
     ("reversible", "runge_kutta"): integrate_reversed_steps,
-    ("reversible", "reversible_heun"): integrate_exact_reversal,
+    ("reversible", "invertible"): integrate_exact_reversal,
     ("backprop", "learned"): integrate,
     ("checkpoint", "learned"): integrate_checkpointed,
-    ("checkpoint_snapshots", "learned"): integrate_binomial,
+    (SNAPSHOTS, "learned"): integrate_binomial,
 }
 
 
@@ -155,7 +156,7 @@ def _gradient_mode(config: SolverConfig, needs_grad: bool) -> str:
     if not needs_grad:
         return "backprop"  # without a graph to build, every gradient mode is the same plain forward solve
     if config.gradient == "checkpoint" and config.checkpoint_snapshots is not None:
-        return "checkpoint_snapshots"
+        return SNAPSHOTS
     return config.gradient
 
 
