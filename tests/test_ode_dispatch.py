@@ -94,7 +94,7 @@ def test_a_config_with_tensor_end_points_gives_time_gradients(gradient):
 def _mode_and_kind(config):
     mode = "checkpoint_snapshots" if config.checkpoint_snapshots is not None else config.gradient
     kind = "adaptive" if not config.is_fixed_grid else (
-        "reversible_heun" if config.method == "reversible_heun" else "learned" if config.is_learned else "runge_kutta")
+        "invertible" if config.method == "reversible_heun" else "learned" if config.is_learned else "runge_kutta")
     return mode, kind
 
 

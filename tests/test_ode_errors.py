@@ -68,9 +68,10 @@ def test_adaptive_steps_shrink_to_underflow_at_a_blow_up():
     (dict(method="rk4", gradient="reversible"), "gradient 'reversible' runs only euler, heun, reversible_heun"),
     (dict(t0=1.0, t1=1.0), "the time interval must be increasing"),
     (dict(max_num_steps=0), "max_num_steps: must be an integer >= 1"),
-    (dict(gradient="checkpoint", checkpoint_snapshots=-1), "checkpoint_snapshots: must be an integer >= 0"),
-    (dict(gradient="checkpoint", checkpoint_snapshots=True), "checkpoint_snapshots: must be an integer >= 0"),
-    (dict(gradient="adjoint", checkpoint_snapshots=2), "checkpoint_snapshots: applies only to gradient 'checkpoint'"),
+    (dict(method="rk4", gradient="checkpoint", checkpoint_snapshots=-1), "checkpoint_snapshots: must be an integer >= 0"),
+    (dict(method="rk4", gradient="checkpoint", checkpoint_snapshots=True), "checkpoint_snapshots: must be an integer >= 0"),
+    (dict(method="rk4", gradient="adjoint", checkpoint_snapshots=2),
+     "checkpoint_snapshots: applies only to gradient 'checkpoint'"),
     (dict(method="reversible_heun", gradient="checkpoint", checkpoint_snapshots=2),
      "'reversible_heun' needs no snapshots: use gradient 'reversible'"),
 ])

@@ -18,10 +18,8 @@ import dataclasses
 import math
 from typing import Callable
 
-from node_seq.ode import SolverConfig
+from node_seq.ode import REGISTRY, SolverConfig
 
-#: Order of accuracy of the fixed-grid methods.
-ORDERS = {"euler": 1, "midpoint": 2, "heun": 2, "reversible_heun": 2, "rk4": 4}
 #: The method that checks each training method.
 REFERENCE_METHODS = {"euler": "midpoint", "midpoint": "rk4", "heun": "rk4", "reversible_heun": "rk4", "rk4": "rk4"}
 
@@ -37,8 +35,8 @@ def reference_solver(train: SolverConfig, *, error_ratio: float = 50.0) -> Solve
     """
     if train.is_fixed_grid:
         steps = train.steps or 1
-        p, method = ORDERS[train.method], REFERENCE_METHODS[train.method]
-        q = ORDERS[method]
+        p, method = train.method_spec.order, REFERENCE_METHODS[train.method]
+        q = REGISTRY[method].order
         h_ref = ((1.0 / steps) ** p / error_ratio) ** (1.0 / q)
         ref_steps = max(steps, math.ceil(1.0 / h_ref - 1e-9))
         return dataclasses.replace(train, method=method, steps=ref_steps, step_size=None, gradient="backprop",

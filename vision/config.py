@@ -17,15 +17,15 @@ import os
 from typing import Any
 
 from node_seq.nn.options import VISION, NodeOptions, options_of
-from node_seq.ode import LEARNED_METHODS, OptionError, SolverConfig
-from node_seq.ode import METHODS as ODE_METHODS
+from node_seq.ode import MethodNames, OptionError, SolverConfig
+from node_seq.ode.methods import LEARNED
 
 from .data import DATASETS
 from .models import create_model, list_models
 
 #: The methods an ODENet block can use: its blocks own no learned coefficients (rk2_gated and pc
 #: are the sequence models' layers).
-METHODS = tuple(method for method in ODE_METHODS if method not in LEARNED_METHODS)
+METHODS = MethodNames(lambda method: method.kind != LEARNED)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "multistep", "cosine")
 DEVICES = ("auto", "cpu", "cuda")

@@ -25,11 +25,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from node_seq.ode import OptionError, SolverConfig, SolveStats, current_stage, solve
+from node_seq.ode import DEFAULT_SOLVER, OptionError, SolverConfig, SolveStats, current_stage, solve
 
 from .norms import NormSpec, activation, output_norm, parse_norm, weight_normed
-
-DEFAULT_SOLVER = SolverConfig(method="euler", steps=1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from node_seq.ode import SolverConfig
+
 from .models import create_model
 
 
@@ -53,6 +55,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = create_model(args.model).to(args.device)
+    model.set_solver(SolverConfig(method="euler", steps=1))  # one step per block: the cost of the layers, not the solver
     rows = [{"model": args.model, "precision": name, "batch": args.batch_size,
              "images_per_s": images_per_second(model, batch_size=args.batch_size, device=args.device, amp=amp,
                                                repeats=args.repeats)}

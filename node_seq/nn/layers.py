@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
-from ..ode import ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_scope
+from ..ode import DEFAULT_FALLBACK, ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_scope
 from ..ode.precision import controller_dtype
 from ..ode.solve import non_finite_error
 from ..ode.regularization import solve_with_regularizers
@@ -42,7 +42,7 @@ class FailurePolicy:
     """How a training run survives a solve that cannot finish (see :data:`FAILURE_POLICIES`)."""
 
     policy: str = "raise"
-    fallback: SolverConfig = SolverConfig(method="rk4", steps=4)
+    fallback: SolverConfig = DEFAULT_FALLBACK
 
     def __post_init__(self):
         if self.policy not in FAILURE_POLICIES:

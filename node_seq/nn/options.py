@@ -15,10 +15,11 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..ode import (
-    ADAPTIVE_METHODS, FIXED_GRID_METHODS, GRADIENTS, LEARNED_METHODS, METHODS, OptionError, SolverConfig, parse_time_points,
+    ADAPTIVE_METHODS, DEFAULT_FALLBACK, DEFAULT_SOLVER, FALLBACK_METHODS, FIXED_GRID_METHODS, GRADIENTS, LEARNED_METHODS,
+    METHODS, OptionError, SolverConfig, parse_time_points,
 )
 from .layers import FAILURE_POLICIES, FailurePolicy
 
@@ -33,8 +34,6 @@ ENCODER_DECODER = frozenset({FAIRSEQ, HF, TRAIN_HF})
 FAIRSEQ_ONLY = frozenset({FAIRSEQ, FAIRSEQ_LM})
 SEQUENCE_TO_SEQUENCE = frozenset({FAIRSEQ, HF, TRAIN_HF})
 EVERYWHERE = frozenset(FRONT_ENDS)
-#: Methods a failed solve can fall back to (a fixed grid that needs no special gradient).
-FALLBACK_METHODS = tuple(m for m in FIXED_GRID_METHODS if m != "reversible_heun")
 #: Where plain layers put their LayerNorms. ODE layers are always pre-norm: their field is the
 #: branch, which a LayerNorm after the residual sum would not be.
 PLAIN_NORMS = ("pre", "post")
@@ -42,15 +41,22 @@ PLAIN_NORMS = ("pre", "post")
 INITIAL_STEPS = ("interval", "estimate")
 
 
-def _option(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
-            front_ends: frozenset = EVERYWHERE) -> Any:
+def _method_help() -> str:
+    """The method option's help, listing the registry's methods as it is read (never stale)."""
+    return (f"ODE solver: a fixed grid ({', '.join(FIXED_GRID_METHODS)}), a learned block "
+            f"({', '.join(LEARNED_METHODS)}; sequence models only) or adaptive ({', '.join(ADAPTIVE_METHODS)})")
+
+
+def _option(default: Any, help: str | Callable[[], str], *, choices: Sequence[str] | None = None,
+            metavar: str | None = None, front_ends: frozenset = EVERYWHERE) -> Any:
     return dataclasses.field(default=default, metadata=dict(help=help, choices=choices, metavar=metavar,
                                                              front_ends=front_ends))
 
 
 @dataclasses.dataclass(frozen=True)
 class NodeOptions:
-    """The values of every NODE option (defaults: the seed's, adaptive ``dopri5`` on both sides)."""
+    """The values of every NODE option; the solver's defaults are :data:`~node_seq.ode.DEFAULT_SOLVER`'s
+    (the seed's adaptive method on both sides) and the fallback's :data:`~node_seq.ode.DEFAULT_FALLBACK`'s."""
 
     # which layers are ODE blocks
     encoder: bool = _option(True, "encoder layers are ODE blocks (off: plain pre-norm layers)",
@@ -60,30 +66,35 @@ class NodeOptions:
     plain_norm: str = _option("pre", "where the plain (non-ODE) layers normalise: pre (x + f(LN x), one Euler step "
                               "of the ODE layer's field) or post (LN(x + f(x)) per sublayer, as fairseq's "
                               "transformer)", choices=PLAIN_NORMS, front_ends=SEQUENCE_TO_SEQUENCE)
-    # the solver (node_seq.ode.SolverConfig)
-    method: str = _option("dopri5", "ODE solver: a fixed grid (euler, midpoint, heun, rk4, rk4_classic, "
-                          "reversible_heun), a learned block (rk2_gated, pc; sequence models only) or adaptive "
-                          "(dopri5, bosh3, adaptive_heun, dopri8, fehlberg2)", choices=METHODS)
-    steps: int | None = _option(None, "steps of a fixed-grid method over the interval (default 1)", metavar="N")
-    step_size: float | None = _option(None, "step size of a fixed-grid method, instead of the steps (rounded "
-                                      "so that the grid is uniform)", metavar="H")
-    rtol: float = _option(1e-3, "relative tolerance of adaptive methods")
-    atol: float = _option(1e-4, "absolute tolerance of adaptive methods")
+    # the solver (node_seq.ode.SolverConfig); its defaults are the core's one default solver
+    method: str = _option(DEFAULT_SOLVER.method, _method_help, choices=METHODS)
+    steps: int | None = _option(DEFAULT_SOLVER.steps, "steps of a fixed-grid method over the interval (default 1)",
+                                metavar="N")
+    step_size: float | None = _option(DEFAULT_SOLVER.step_size, "step size of a fixed-grid method, instead of the "
+                                      "steps (rounded so that the grid is uniform)", metavar="H")
+    rtol: float = _option(DEFAULT_SOLVER.rtol, "relative tolerance of adaptive methods")
+    atol: float = _option(DEFAULT_SOLVER.atol, "absolute tolerance of adaptive methods")
     initial_step: str = _option("interval", "first step of adaptive methods: the whole interval (shrunk by the "
                                 "step-size controller if it fails the error test) or an estimate from the field "
                                 "(Hairer's rule: one more evaluation, and usually a far smaller step)",
                                 choices=INITIAL_STEPS)
-    ts: tuple[float, float] = _option((0.0, 1.0), "integration interval of every ODE block", metavar="T0,T1",
-                                      front_ends=SEQUENCE_MODELS)
-    gradient: str = _option("backprop", "how gradients are computed: backprop, checkpoint (recompute steps), "
-                            "adjoint (continuous adjoint) or reversible (rebuild states backwards)", choices=GRADIENTS)
-    adjoint_rtol: float | None = _option(None, "rtol of the adjoint's backward solve (default: the forward rtol)")
-    adjoint_atol: float | None = _option(None, "atol of the adjoint's backward solve (default: the forward atol)")
-    seminorm: bool = _option(False, "adjoint error norm without the parameter channels (fewer backward steps)")
+    ts: tuple[float, float] = _option((DEFAULT_SOLVER.t0, DEFAULT_SOLVER.t1), "integration interval of every ODE "
+                                      "block", metavar="T0,T1", front_ends=SEQUENCE_MODELS)
+    gradient: str = _option(DEFAULT_SOLVER.gradient, "how gradients are computed: backprop, checkpoint (recompute "
+                            "steps), adjoint (continuous adjoint) or reversible (rebuild states backwards)",
+                            choices=GRADIENTS)
+    adjoint_rtol: float | None = _option(DEFAULT_SOLVER.adjoint_rtol, "rtol of the adjoint's backward solve "
+                                         "(default: the forward rtol)")
+    adjoint_atol: float | None = _option(DEFAULT_SOLVER.adjoint_atol, "atol of the adjoint's backward solve "
+                                         "(default: the forward atol)")
+    seminorm: bool = _option(DEFAULT_SOLVER.seminorm, "adjoint error norm without the parameter channels (fewer "
+                             "backward steps)")
     checkpoint_snapshots: int | None = _option(
-        None, "with gradient checkpoint: store at most S states per solve (binomial schedule, memory independent "
-        "of the steps, steps recomputed a few times); default one state per step", metavar="S")
-    max_num_steps: int = _option(1000, "adaptive steps (accepted and rejected) allowed per solve before it fails")
+        DEFAULT_SOLVER.checkpoint_snapshots, "with gradient checkpoint: store at most S states per solve (binomial "
+        "schedule, memory independent of the steps, steps recomputed a few times); default one state per step",
+        metavar="S")
+    max_num_steps: int = _option(DEFAULT_SOLVER.max_num_steps, "adaptive steps (accepted and rejected) allowed per "
+                                 "solve before it fails")
     # what an ODE layer is
     augment_dims: int = _option(0, "augmented NODE: N extra zero channels inside each ODE block", metavar="N",
                                 front_ends=SEQUENCE_MODELS)
@@ -96,9 +107,9 @@ class NodeOptions:
     failure_policy: str = _option(
         "raise", "when a solve fails (max steps, step underflow, inf/nan): raise an error naming the layer, fall back "
         "to a fixed grid for that solve, or skip the batch", choices=FAILURE_POLICIES, front_ends=FAIRSEQ_ONLY)
-    fallback_method: str = _option("rk4", "fixed-grid method of the fallback", choices=FALLBACK_METHODS,
+    fallback_method: str = _option(DEFAULT_FALLBACK.method, "fixed-grid method of the fallback", choices=FALLBACK_METHODS,
                                    front_ends=FAIRSEQ_ONLY)
-    fallback_steps: int = _option(4, "steps of the fallback", front_ends=FAIRSEQ_ONLY)
+    fallback_steps: int = _option(DEFAULT_FALLBACK.steps, "steps of the fallback", front_ends=FAIRSEQ_ONLY)
     # how the layers run (HF and train_hf use the Trainer's own torch_compile instead)
     compile: bool = _option(False, "torch.compile every NODE-Transformer layer (a fixed-grid solve, forward and "
                             "backward, becomes one graph; inf/nan is checked once per forward pass)",
@@ -216,10 +227,14 @@ class Option:
     name: str
     type: Any  # the field's annotation, e.g. ``int | None``
     default: Any
-    help: str
-    choices: tuple | None
+    describe: str | Callable[[], str]  # the help, or what writes it when asked (a list of methods)
+    choices: Sequence[str] | None
     metavar: str | None
     front_ends: frozenset
+
+    @property
+    def help(self) -> str:
+        return self.describe() if callable(self.describe) else self.describe
 
     @property
     def optional(self) -> bool:

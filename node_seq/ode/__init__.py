@@ -1,11 +1,8 @@
 """The ODE core of node-seq: one ``solve`` for every model, with its options, errors and stats."""
 
 from .config import (
-    ADAPTIVE_METHODS as ADAPTIVE_METHODS,
-    FIXED_GRID_METHODS as FIXED_GRID_METHODS,
-    GRADIENTS as GRADIENTS,
-    LEARNED_METHODS as LEARNED_METHODS,
-    METHODS as METHODS,
+    DEFAULT_FALLBACK as DEFAULT_FALLBACK,
+    DEFAULT_SOLVER as DEFAULT_SOLVER,
     OptionError as OptionError,
     SolverConfig as SolverConfig,
     parse_time_points as parse_time_points,
@@ -19,6 +16,19 @@ from .errors import (
     NonFiniteState as NonFiniteState,
     ODESolveError as ODESolveError,
     StepSizeUnderflow as StepSizeUnderflow,
+)
+from .methods import (
+    ADAPTIVE_METHODS as ADAPTIVE_METHODS,
+    FALLBACK_METHODS as FALLBACK_METHODS,
+    FIXED_GRID_METHODS as FIXED_GRID_METHODS,
+    GRADIENTS as GRADIENTS,
+    LEARNED_METHODS as LEARNED_METHODS,
+    METHODS as METHODS,
+    REGISTRY as REGISTRY,
+    MethodNames as MethodNames,
+    MethodSpec as MethodSpec,
+    register as register,
+    registered as registered,
 )
 from .solve import solve as solve
 from .stats import (

@@ -18,13 +18,9 @@ import torch
 import torchdiffeq
 
 from .config import OptionError, SolverConfig
-from .embedded import PAIRS, integrate_embedded
+from .embedded import integrate_embedded
 from .precision import AutocastState
 from .stats import _CONTEXT, CountingField
-
-#: Our fixed-grid names, in torchdiffeq's words (its "rk4" is the 3/8 rule, as is ours).
-TORCHDIFFEQ_NAMES = {"heun": "heun2"}
-
 
 def _uniform_grid(steps: int) -> Callable:
     def grid(func, y0, t):
@@ -82,10 +78,11 @@ def adaptive_loop(loop: str) -> Iterator[None]:
 
 def integrate_adaptive(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1,
                        norm: Callable | None = None) -> torch.Tensor:
-    """An adaptive solve differentiated by autograd through its steps: dopri5 and bosh3 by our own
-    loop (:mod:`.embedded`: fewer evaluations, none of them wasted on the backward pass), the other
-    methods by ``torchdiffeq.odeint``."""
-    if config.method in PAIRS and _CONTEXT.loop == "own":
+    """An adaptive solve differentiated by autograd through its steps: the methods with an embedded
+    ``pair`` by our own loop (:mod:`.embedded`: fewer evaluations, none of them wasted on the backward
+    pass; :func:`adaptive_loop` may route them through torchdiffeq's instead), the others by
+    ``torchdiffeq.odeint``."""
+    if config.method_spec.pair is not None and _CONTEXT.loop == "own":
         return integrate_embedded(field, y0, config, t0, t1, norm)
     return _odeint(field, y0, config, t0, t1, norm, adjoint=False)
 
@@ -100,12 +97,12 @@ def integrate_adjoint(field: CountingField, y0: torch.Tensor, config: SolverConf
 def _odeint(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1, norm: Callable | None, *,
             adjoint: bool) -> torch.Tensor:
     """Solve with ``torchdiffeq.odeint`` (or ``odeint_adjoint``) and return the state at ``t1``."""
-    rtol, atol, method = config.rtol, config.atol, config.method
+    rtol, atol = config.rtol, config.atol
     steps = config.grid_steps if config.is_fixed_grid else None
     t = _time_tensor(t0, t1, y0)
     # Fixed-grid solvers take no step callbacks (torchdiffeq warns): hand them the bare call.
     func = field if steps is None else field.__call__
-    name = TORCHDIFFEQ_NAMES.get(method, method)
+    name = config.method_spec.torchdiffeq
     if steps is not None:
         options: dict = {"grid_constructor": _uniform_grid(steps)}
     else:

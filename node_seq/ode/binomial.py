@@ -73,7 +73,7 @@ class _Reversal:
         if time_leaves:  # stage times and step size as functions of t0, t1, so their gradients flow back
             t0, t1 = time_leaves
             with torch.enable_grad():
-                self.grid = Grid.over(ctx.method, ctx.grid.field, t0, t1, ctx.steps, t0)
+                self.grid = Grid.over(ctx.grid.scheme, ctx.grid.field, t0, t1, ctx.steps, t0)
         else:
             self.grid = ctx.grid
 
@@ -120,12 +120,12 @@ class _Reversal:
 
 class _BinomialCheckpointSolve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, field, method, steps, snapshots, leaves, num_params, y0, t0, t1, *grad_tensors):
+    def forward(ctx, field, scheme, steps, snapshots, leaves, num_params, y0, t0, t1, *grad_tensors):
         # grad_tensors: the field's parameters, then the original inputs behind ``leaves``.
-        ctx.method, ctx.steps, ctx.snapshots_budget = method, steps, snapshots
+        ctx.steps, ctx.snapshots_budget = steps, snapshots
         ctx.leaves = leaves
         t0_value, t1_value = float(t0), float(t1)
-        ctx.grid = grid = Grid.over(method, field, t0_value, t1_value, steps, y0)
+        ctx.grid = grid = Grid.over(scheme, field, t0_value, t1_value, steps, y0)
         ctx.autocast = AutocastState.current(y0.device)
         keep = set(first_descent(steps, snapshots))
         ctx.rng, ctx.snapshots = [], {}
@@ -172,5 +172,5 @@ def integrate_binomial(field: CountingField, y0: torch.Tensor, config: SolverCon
     originals, leaves = field.detach_inputs()
     t0, t1 = (t if isinstance(t, torch.Tensor) else torch.tensor(float(t), dtype=y0.dtype, device=y0.device)
               for t in (t0, t1))
-    return _BinomialCheckpointSolve.apply(field, config.method, config.grid_steps, config.checkpoint_snapshots,
+    return _BinomialCheckpointSolve.apply(field, config.method_spec.scheme, config.grid_steps, config.checkpoint_snapshots,
                                           leaves, len(params), y0, t0, t1, *params, *originals)

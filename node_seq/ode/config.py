@@ -11,18 +11,8 @@ import dataclasses
 import math
 from typing import Iterator, Mapping, Sequence
 
-FIXED_GRID_METHODS = ("euler", "midpoint", "heun", "rk4", "rk4_classic", "reversible_heun")
-#: Fixed-grid blocks whose step combines its stages with learned coefficients (the ODE
-#: Transformer's gated RK2, a PCformer-style predictor-corrector): the layer owns the coefficients
-#: and hands them to each solve.
-LEARNED_METHODS = ("rk2_gated", "pc")
-ADAPTIVE_METHODS = ("dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2")
-METHODS = FIXED_GRID_METHODS + LEARNED_METHODS + ADAPTIVE_METHODS
-GRADIENTS = ("backprop", "checkpoint", "adjoint", "reversible")
-#: Methods whose steps the ``reversible`` gradient can run backwards.
-REVERSIBLE_METHODS = ("euler", "heun", "reversible_heun")
-#: Gradient modes of the learned blocks: autograd through their steps, stored or recomputed.
-LEARNED_GRADIENTS = ("backprop", "checkpoint")
+from .methods import ADAPTIVE, GRADIENTS, LEARNED, METHODS, REGISTRY, SNAPSHOTS, MethodSpec, allowing
+
 DEFAULT_MAX_NUM_STEPS = 1000
 
 
@@ -45,7 +35,7 @@ class SolverConfig:
     which costs one more evaluation and is usually far smaller.
     """
 
-    method: str = "rk4"
+    method: str = "dopri5"  # the defaults are every front end's (DEFAULT_SOLVER)
     steps: int | None = None
     step_size: float | None = None
     rtol: float = 1e-3
@@ -61,13 +51,20 @@ class SolverConfig:
     t1: float = 1.0
 
     @property
+    def method_spec(self) -> MethodSpec:
+        """The registry's entry for ``method``: what it is and what runs it."""
+        if self.method not in METHODS:
+            raise OptionError("method: " + _unknown_method(self.method))
+        return REGISTRY[self.method]
+
+    @property
     def is_fixed_grid(self) -> bool:
-        return self.method in FIXED_GRID_METHODS or self.is_learned
+        return self.method_spec.kind != ADAPTIVE
 
     @property
     def is_learned(self) -> bool:
         """Whether the step's combination is learned: ``solve`` then needs the ``coefficients``."""
-        return self.method in LEARNED_METHODS
+        return self.method_spec.kind == LEARNED
 
     @property
     def grid_steps(self) -> int:
@@ -83,7 +80,7 @@ class SolverConfig:
         """
         names = option_names or {}
         if self.method not in METHODS:
-            _fail(names, "method", f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+            _fail(names, "method", _unknown_method(self.method))
         if self.gradient not in GRADIENTS:
             _fail(names, "gradient", f"unknown gradient mode {self.gradient!r}; choose one of {', '.join(GRADIENTS)}")
         if self.steps is not None and self.step_size is not None:
@@ -104,25 +101,10 @@ class SolverConfig:
         if self.first_step is not None and self.is_fixed_grid:
             _fail(names, "first_step", f"applies to adaptive methods only; {self.method!r} steps on a fixed grid "
                   f"(set {names.get('steps', 'steps')} or {names.get('step_size', 'step_size')})")
-        if self.gradient in ("checkpoint", "reversible") and not self.is_fixed_grid:
-            _fail(names, "gradient", f"{self.gradient!r} needs a fixed-grid method "
-                  f"({', '.join(FIXED_GRID_METHODS)}); with {self.method!r} use 'backprop' or 'adjoint'")
-        if self.is_learned and self.gradient not in LEARNED_GRADIENTS:
-            _fail(names, "gradient", f"{self.gradient!r} cannot differentiate the learned block {self.method!r} (its "
-                  f"step is no ODE solver's, and its coefficients are no part of the field); use "
-                  f"{' or '.join(map(repr, LEARNED_GRADIENTS))}")
-        if self.gradient == "reversible" and self.method not in REVERSIBLE_METHODS:
-            _fail(names, "method", f"gradient 'reversible' runs only {', '.join(REVERSIBLE_METHODS)} backwards, "
-                  f"got {self.method!r}")
+        if self.gradient not in self.method_spec.gradients:
+            _fail(names, *self._refusal())
         if self.checkpoint_snapshots is not None:
             self._validate_snapshots(names)
-        if self.gradient == "adjoint" and self.method == "rk4_classic":
-            _fail(names, "method", "gradient 'adjoint' integrates with torchdiffeq, which has no classic RK4 (its "
-                  "'rk4' is Kutta's 3/8 rule, our 'rk4'): use method 'rk4' with 'adjoint', or 'rk4_classic' with "
-                  "'backprop' or 'checkpoint'")
-        if self.gradient == "adjoint" and self.method == "reversible_heun":
-            _fail(names, "method", "'reversible_heun' has its own exact gradient: use gradient 'reversible' "
-                  "(or 'backprop'/'checkpoint'), not 'adjoint'")
         object.__setattr__(self, "_validated", True)  # frozen fields: valid once, valid for good
         return self
 
@@ -133,6 +115,22 @@ class SolverConfig:
             self.validate()
         return self
 
+    def _refusal(self) -> tuple[str, str]:
+        """The option to blame and why, for a gradient mode the method does not allow."""
+        spec, gradient = self.method_spec, self.gradient
+        if gradient in spec.refusals:
+            return "method", spec.refusals[gradient]
+        allowed = " or ".join(map(repr, spec.gradients))
+        if spec.kind == LEARNED:
+            return "gradient", (f"{gradient!r} cannot differentiate the learned block {self.method!r} (its step is no "
+                                f"ODE solver's, and its coefficients are no part of the field); use {allowed}")
+        if spec.kind == ADAPTIVE and gradient in ("checkpoint", "reversible"):
+            return "gradient", (f"{gradient!r} needs a fixed-grid method ({', '.join(allowing(gradient))}); with "
+                                f"{self.method!r} use {allowed}")
+        if gradient == "reversible":
+            return "method", f"gradient 'reversible' runs only {', '.join(allowing(gradient))} backwards, got {self.method!r}"
+        return "gradient", f"method {self.method!r} does not allow {gradient!r}; use {allowed}"
+
     def _validate_snapshots(self, names: Mapping[str, str]) -> None:
         value = self.checkpoint_snapshots
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -141,9 +139,8 @@ class SolverConfig:
         if self.gradient != "checkpoint":
             _fail(names, "checkpoint_snapshots", f"applies only to gradient 'checkpoint', not {self.gradient!r}; "
                   "leave it unset")
-        if self.method == "reversible_heun":
-            _fail(names, "checkpoint_snapshots", "'reversible_heun' needs no snapshots: use gradient 'reversible', "
-                  "whose memory does not grow with the steps")
+        if SNAPSHOTS in self.method_spec.refusals:
+            _fail(names, "checkpoint_snapshots", self.method_spec.refusals[SNAPSHOTS])
 
     def with_uniform_grid(self) -> "SolverConfig":
         """The same config with ``step_size`` turned into ``steps`` (see :func:`steps_for_step_size`)."""
@@ -151,6 +148,18 @@ class SolverConfig:
             return self
         steps = steps_for_step_size(self.t0, self.t1, self.step_size)
         return dataclasses.replace(self, steps=steps, step_size=None)
+
+
+#: The solver of every front end unless the user chooses another: the option schema's defaults
+#: are its fields (its ``initial_step`` sets ``first_step``: the whole interval unless asked for
+#: Hairer's estimate), and a model built without a solver uses it.
+DEFAULT_SOLVER = SolverConfig()
+#: What a failed solve is redone with under the failure policy ``fallback`` unless configured.
+DEFAULT_FALLBACK = SolverConfig(method="rk4", steps=4)
+
+
+def _unknown_method(method: object) -> str:
+    return f"unknown method {method!r}; choose one of {', '.join(METHODS)}"
 
 
 def swap_solver(train: SolverConfig, method: str, factor: float) -> SolverConfig:

@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from .config import SolverConfig
 from .precision import controller_dtype
 from .stats import CountingField
+
+if TYPE_CHECKING:  # the registry holds the pairs and SolverConfig reads the registry
+    from .config import SolverConfig
 
 SAFETY, MAX_GROWTH, MAX_SHRINK = 0.9, 10.0, 0.2
 #: A step below this fraction of the interval cannot move the time: the solve has underflowed.
@@ -50,7 +52,8 @@ class EmbeddedPair:
 
     ``nodes[i]`` and ``coupling[i]`` make stage ``i + 2``; the last row of ``coupling`` is the
     propagated solution's weights. ``error`` weighs all stages into ``y1 - y1_embedded``.
-    ``order`` sets the controller's exponent ``1 / order``.
+    ``order`` sets the controller's exponent ``1 / order``. The pairs are in the registry
+    (:mod:`.methods`).
     """
 
     order: int
@@ -63,44 +66,18 @@ class EmbeddedPair:
         return len(self.nodes) + 1
 
 
-PAIRS = {
-    # Dormand-Prince 5(4) with Shampine's embedded solution (torchdiffeq's dopri5).
-    "dopri5": EmbeddedPair(
-        order=5,
-        nodes=(1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
-        coupling=(
-            (1 / 5,),
-            (3 / 40, 9 / 40),
-            (44 / 45, -56 / 15, 32 / 9),
-            (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-            (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-            (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
-        ),
-        error=(35 / 384 - 1951 / 21600, 0.0, 500 / 1113 - 22642 / 50085, 125 / 192 - 451 / 720,
-               -2187 / 6784 + 12231 / 42400, 11 / 84 - 649 / 6300, -1 / 60),
-    ),
-    # Bogacki-Shampine 3(2).
-    "bosh3": EmbeddedPair(
-        order=3,
-        nodes=(1 / 2, 3 / 4, 1.0),
-        coupling=((1 / 2,), (0.0, 3 / 4), (2 / 9, 1 / 3, 4 / 9)),
-        error=(2 / 9 - 7 / 24, 1 / 3 - 1 / 4, 4 / 9 - 1 / 3, -1 / 8),
-    ),
-}
-
-
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return x.to(controller_dtype(x)).pow(2).mean().sqrt()
 
 
 def integrate_embedded(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1,
                        norm: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """Solve from ``t0`` to ``t1`` with ``config.method`` (a key of :data:`PAIRS`); return ``y(t1)``.
+    """Solve from ``t0`` to ``t1`` with ``config.method`` (a method with a ``pair``); return ``y(t1)``.
 
     The loop runs on the fraction ``s`` of the interval (``t = t0 + s (t1 - t0)``, ``dy/ds = (t1 -
     t0) f``), so tensor end points keep their graph (time gradients) while steps stay numbers.
     """
-    pair = PAIRS[config.method]
+    pair = config.method_spec.pair
     norm = norm or rms_norm
     times = _Times(t0, t1, y0)
     rtol, atol = config.rtol, config.atol

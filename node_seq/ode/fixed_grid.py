@@ -18,7 +18,7 @@ def integrate(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, 
 
     ``norm`` measures adaptive errors; a fixed grid has none to measure.
     """
-    grid = Grid.over(config.method, field, t0, t1, config.grid_steps, y0)
+    grid = Grid.over(config.method_spec.scheme, field, t0, t1, config.grid_steps, y0)
     return grid.march(grid.start(y0), 0, grid.steps)[0]
 
 
@@ -31,7 +31,7 @@ def integrate_checkpointed(field: CountingField, y0: torch.Tensor, config: Solve
     graph as usual. The state's tensors are passed to ``checkpoint`` one by one, so it sees their
     device and replays that device's random numbers.
     """
-    grid = Grid.over(config.method, field, t0, t1, config.grid_steps, y0)
+    grid = Grid.over(config.method_spec.scheme, field, t0, t1, config.grid_steps, y0)
 
     def run(i: int, *state: torch.Tensor) -> State:
         return grid.step(i, state)

@@ -112,7 +112,7 @@ def _reversible(function: type[torch.autograd.Function], field: CountingField, y
                          "'checkpoint' or 'adjoint' for time gradients")
     params = field.trainable_parameters()
     originals, leaves = field.detach_inputs()
-    grid = Grid.over(config.method, field, config.t0, config.t1, config.grid_steps, y0)
+    grid = Grid.over(config.method_spec.scheme, field, config.t0, config.t1, config.grid_steps, y0)
     return function.apply(grid, leaves, len(params), y0, *params, *originals)
 
 

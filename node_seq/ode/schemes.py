@@ -37,27 +37,6 @@ class Tableau(NamedTuple):
         return len(self.c)
 
 
-TABLEAUS = {
-    "euler": Tableau(c=(0.0,), a=((),), b=(1.0,)),
-    "midpoint": Tableau(c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0)),
-    "heun": Tableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5)),
-    # Kutta's 3/8 rule: the fourth-order method torchdiffeq calls "rk4", so the adjoint route
-    # (which integrates with torchdiffeq) and our own loop compute the same solution.
-    "rk4": Tableau(
-        c=(0.0, 1 / 3, 2 / 3, 1.0),
-        a=((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
-        b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
-    ),
-    # The classic fourth-order method, the ODE Transformer's RK4 block. torchdiffeq has no solver
-    # with these coefficients, so the adjoint (which steps with torchdiffeq) refuses it.
-    "rk4_classic": Tableau(
-        c=(0.0, 0.5, 0.5, 1.0),
-        a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
-        b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
-    ),
-}
-
-
 def combine(y: torch.Tensor, h: float | torch.Tensor, weights: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
     """``y + h * sum_i weights[i] * ks[i]``, skipping zero weights, without needless temporaries."""
     out = y
@@ -136,6 +115,7 @@ class RungeKutta:
 
     def __init__(self, tableau: Tableau):
         self.tableau = tableau
+        self.stages = tableau.num_stages
 
     def times_and_step(self, t0, t1, steps: int, like: torch.Tensor):
         times = stage_times(t0, t1, steps, self.tableau.c, like)
@@ -170,7 +150,8 @@ class ReversibleHeun:
     The step is algebraically invertible, so :meth:`step_back` is exact up to rounding.
     """
 
-    kind = "reversible_heun"
+    kind = "invertible"  # exactly undone by step_back
+    stages = 1  # f(z) at the step's end; its start's comes from the step before
 
     def times_and_step(self, t0, t1, steps: int, like: torch.Tensor):
         h = (t1 - t0) / steps
@@ -234,6 +215,10 @@ class _LearnedBlock:
     kind = "learned"
     c: tuple[float, ...]
 
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
     def times_and_step(self, t0, t1, steps: int, like: torch.Tensor):
         return stage_times(t0, t1, steps, self.c, like), (t1 - t0) / steps
 
@@ -245,14 +230,16 @@ class GatedRK2(_LearnedBlock):
     """The ODE Transformer's learned RK2 block (Li et al., ACL 2022), two evaluations per step.
 
     Heun's stages ``k1 = f(t, y)``, ``k2 = f(t + h, y + h k1)``, mixed per token by a learned gate:
-    ``y + h (g k1 + (1 - g) k2)``, ``g = coefficients.gate(k1, k2)``. With ``g = 1/2`` it is ``heun``.
+    ``y + h (g k1 + (1 - g) k2)``, ``g = coefficients.gate(k1, k2)``. With ``g = 1/2`` it is ``heun``,
+    whose tableau (``heun``) gives the stages.
     """
 
-    c = TABLEAUS["heun"].c
+    def __init__(self, heun: Tableau):
+        self.heun, self.c = heun, heun.c
 
     def step(self, grid: "Grid", i: int, state: State) -> State:
         (y,) = state
-        k1, k2 = explicit_stages(grid, i, y, TABLEAUS["heun"].a, 2)
+        k1, k2 = explicit_stages(grid, i, y, self.heun.a, 2)
         g = grid.field.coefficients.gate(k1, k2)
         return (combine(y, grid.h, (1.0,), (g * k1 + (1 - g) * k2,)),)
 
@@ -265,15 +252,16 @@ class PredictorCorrector(_LearnedBlock):
     ``y_p = y + h (alpha (1 - alpha) F1 + alpha F2)``. Corrector, on one layer (PCformer's combines
     states across layers): a trapezoidal (Adams-Moulton 2) step with a learned weight,
     ``y + h ((1 - beta) F1 + beta F3)`` with ``F3 = N_3(f(t + h, y_p))``. Stage inputs use the
-    raw ``k``, combinations the normalised ``F``, as in PCformer's code.
+    raw ``k``, combinations the normalised ``F``, as in PCformer's code. ``heun`` is Heun's tableau.
     """
 
-    c = (0.0, 1.0, 1.0)
+    def __init__(self, heun: Tableau):
+        self.heun, self.c = heun, (*heun.c, 1.0)
 
     def step(self, grid: "Grid", i: int, state: State) -> State:
         (y,) = state
         h, learned = grid.h, grid.field.coefficients
-        k1, k2 = explicit_stages(grid, i, y, TABLEAUS["heun"].a, 3)
+        k1, k2 = explicit_stages(grid, i, y, self.heun.a, 3)
         f1, f2 = learned.normalize(0, k1), learned.normalize(1, k2)
         alpha, beta = learned.alpha, learned.beta
         y_predicted = combine(y, h, (1.0,), (alpha * (1 - alpha) * f1 + alpha * f2,))
@@ -281,12 +269,9 @@ class PredictorCorrector(_LearnedBlock):
         return (combine(y, h, (1.0,), ((1 - beta) * f1 + beta * learned.normalize(2, k3),)),)
 
 
+#: The step of a fixed-grid method (learned blocks included); each method's is in the registry
+#: (:mod:`.methods`).
 Scheme = Union[RungeKutta, ReversibleHeun, GatedRK2, PredictorCorrector]
-
-#: Every fixed-grid method by name (learned blocks included).
-SCHEMES: dict[str, Scheme] = {**{name: RungeKutta(tableau) for name, tableau in TABLEAUS.items()},
-                              "reversible_heun": ReversibleHeun(), "rk2_gated": GatedRK2(),
-                              "pc": PredictorCorrector()}
 
 Step = Callable[[int, State], State]
 
@@ -301,9 +286,8 @@ class Grid(NamedTuple):
     h: float | torch.Tensor
 
     @classmethod
-    def over(cls, method: str, field: CountingField, t0, t1, steps: int, like: torch.Tensor) -> "Grid":
-        """``steps`` uniform steps of ``method`` over ``[t0, t1]`` (numbers, or tensors for time gradients)."""
-        scheme = SCHEMES[method]
+    def over(cls, scheme: Scheme, field: CountingField, t0, t1, steps: int, like: torch.Tensor) -> "Grid":
+        """``steps`` uniform steps of ``scheme`` over ``[t0, t1]`` (numbers, or tensors for time gradients)."""
         times, h = scheme.times_and_step(t0, t1, steps, like)
         return cls(scheme, field, steps, times, h)
 

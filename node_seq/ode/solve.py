@@ -13,8 +13,8 @@ from .binomial import integrate_binomial
 from .config import SolverConfig
 from .errors import MaxStepsExceeded, NonFiniteState, StepSizeUnderflow
 from .fixed_grid import integrate, integrate_checkpointed
+from .methods import SNAPSHOTS
 from .reversible import integrate_exact_reversal, integrate_reversed_steps
-from .schemes import SCHEMES
 from .stats import CountingField, SolveStats
 
 #: ``(field, y0, config, t0, t1, norm) -> y(t1)``; ``norm`` is read by adaptive methods only.
@@ -24,18 +24,18 @@ Integrator = Callable[..., torch.Tensor]
 #: :class:`SolverConfig` can ask for is here; the others are refused by its validation.
 INTEGRATORS: dict[tuple[str, str], Integrator] = {
     ("backprop", "runge_kutta"): integrate,
-    ("backprop", "reversible_heun"): integrate,
+    ("backprop", "invertible"): integrate,
     ("backprop", "adaptive"): integrate_adaptive,
     ("checkpoint", "runge_kutta"): integrate_checkpointed,
-    ("checkpoint", "reversible_heun"): integrate_checkpointed,
-    ("checkpoint_snapshots", "runge_kutta"): integrate_binomial,
+    ("checkpoint", "invertible"): integrate_checkpointed,
+    (SNAPSHOTS, "runge_kutta"): integrate_binomial,
     ("adjoint", "runge_kutta"): integrate_adjoint,
     ("adjoint", "adaptive"): integrate_adjoint,
     ("reversible", "runge_kutta"): integrate_reversed_steps,
-    ("reversible", "reversible_heun"): integrate_exact_reversal,
+    ("reversible", "invertible"): integrate_exact_reversal,
     ("backprop", "learned"): integrate,
     ("checkpoint", "learned"): integrate_checkpointed,
-    ("checkpoint_snapshots", "learned"): integrate_binomial,
+    (SNAPSHOTS, "learned"): integrate_binomial,
 }
 
 
@@ -127,7 +127,7 @@ def solve(
         or bool(field.trainable_parameters())
     )
     mode = _gradient_mode(config, needs_grad)
-    y1 = INTEGRATORS[mode, _method_kind(config.method)](field, y0, config, t0, t1, norm)
+    y1 = INTEGRATORS[mode, _step_kind(config)](field, y0, config, t0, t1, norm)
     if config.is_fixed_grid:
         field.count_grid_steps(config.grid_steps)
         if mode == "checkpoint" and torch.compiler.is_compiling():
@@ -156,12 +156,14 @@ def _gradient_mode(config: SolverConfig, needs_grad: bool) -> str:
     if not needs_grad:
         return "backprop"  # without a graph to build, every gradient mode is the same plain forward solve
     if config.gradient == "checkpoint" and config.checkpoint_snapshots is not None:
-        return "checkpoint_snapshots"
+        return SNAPSHOTS
     return config.gradient
 
 
-def _method_kind(method: str) -> str:
-    return SCHEMES[method].kind if method in SCHEMES else "adaptive"
+def _step_kind(config: SolverConfig) -> str:
+    """What steps the method: its fixed-grid scheme's kind, or an adaptive loop."""
+    scheme = config.method_spec.scheme
+    return scheme.kind if scheme is not None else "adaptive"
 
 
 def _check_interval(config: SolverConfig, t0, t1) -> None:

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from node_seq.nn.options import VISION, NodeOptions
 from node_seq.ode import FIXED_GRID_METHODS, OptionError, SolverConfig, Stage, stage_scope
 from vision.models import (ODEBlock, PiecewiseField, ConvField, create_model, list_models, model_options,
                            piece_index)
@@ -41,10 +42,20 @@ def test_spec_rebuilds_the_same_model(name):
     model, x = tiny(name)
     model.eval()
     clone = create_model(model.spec["name"], **model.spec["kwargs"])
+    for each in (model, clone):
+        each.set_solver(SolverConfig(method="euler", steps=1))
     missing, unexpected = clone.load_state_dict(model.state_dict())
     assert not missing and not unexpected
     clone.eval()
     assert torch.equal(clone(x), model(x))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_model_built_without_a_solver_solves_with_the_default_options(name):
+    """The vision options' default solver, its first step aside (the model's is Hairer's estimate)."""
+    model, _ = tiny(name)
+    solver = NodeOptions().solver(VISION)
+    assert model.solver == dataclasses.replace(solver, first_step=None) and solver.method == "dopri5"
 
 
 def test_unknown_model_and_option_name_the_allowed_values():
