@@ -105,7 +105,7 @@ class NodeTransformerEncoder(TransformerEncoder):
     generation_nfe: Optional[GenerationNFE] = None  # set by NodeTransformerModel.prepare_for_inference_
 
     def __init__(self, args, dictionary, embed_tokens, node_options: NodeOptions):
-        self.node_options = node_options  # before fairseq's __init__, which builds the layers (as it sets self.args)
+        self.node_options = node_options  # before fairseq's __init__, which builds the layers (fairseq sets args so)
         super().__init__(args, dictionary, embed_tokens)
 
     def build_encoder_layer(self, cfg):
@@ -261,8 +261,8 @@ def _validated(args) -> NodeOptions:
 
 @register_model_architecture("node_transformer", "node_transformer")
 def node_base_architecture(args) -> NodeOptions:
-    """Complete ``args`` (fairseq applies this while parsing, build_model again on the final args) and
-    return their NODE options, validated."""
+    """Complete ``args`` and return their NODE options, validated (fairseq applies this while parsing and
+    before it builds a model; :meth:`NodeTransformerModel.build_model` to the args it builds from)."""
     options.fill_defaults(args)
     base_architecture(args)
     node_options = _validated(args)
