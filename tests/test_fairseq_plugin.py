@@ -366,9 +366,9 @@ def test_a_compiled_pass_whose_solve_failed_is_redone_eagerly_under_the_fallback
     solves = []  # per layer solve run in Python: True while dynamo traces it, False when eager
     layers = [*compiled.encoder.layers, *compiled.decoder.layers]
     for layer in layers:
-        def integrate(*args, _integrate=layer.integrate):
+        def integrate(*args, _integrate=layer.integrate, **kwargs):
             solves.append(torch.compiler.is_compiling())
-            return _integrate(*args)
+            return _integrate(*args, **kwargs)
         layer.integrate = integrate
     src, lengths, prev = torch.tensor([[5, 6, 7, 2], [8, 9, 2, 1]]), torch.tensor([4, 3]), torch.tensor([[2, 8, 9]] * 2)
     out = compiled(src, lengths, prev)[0]
