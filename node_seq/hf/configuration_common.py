@@ -81,7 +81,7 @@ class NodeConfigBase(SavesCodeBundle, PreTrainedConfig):
 
     def _node_values(self) -> tuple:
         """The values the NODE options are read from (copies: ``node_ts`` is a list one can edit in place)."""
-        return tuple(copy.deepcopy(getattr(self, option.spelled(self._front_end), option.default))
+        return tuple(copy.deepcopy(getattr(self, option.spelled(self._front_end, attribute=True), option.default))
                      for option in options_of(self._front_end))
 
     def solver_config(self) -> SolverConfig:
