@@ -16,3 +16,19 @@ def one_step_models(tmp_path_factory):
     from fairseq_helpers import train_one_step_models
 
     return train_one_step_models(tmp_path_factory.mktemp("one-step-models"), ("rk2_gated", "euler"))
+
+
+@pytest.fixture
+def validated_options(monkeypatch):
+    """Every :class:`~node_seq.nn.options.NodeOptions` validated from here on, in order (building one
+    from a front end's values validates it: ``check`` runs once per object built)."""
+    from node_seq.nn.options import NodeOptions
+
+    validated, check = [], NodeOptions.check
+
+    def counted(self, *args, **kwargs):
+        validated.append(self)
+        return check(self, *args, **kwargs)
+
+    monkeypatch.setattr(NodeOptions, "check", counted)
+    return validated

@@ -162,6 +162,20 @@ def test_bad_options_are_refused_while_parsing_naming_the_option(argv, message, 
     assert message in str(info.value.code) + capsys.readouterr().err
 
 
+def test_build_model_validates_the_options_once_and_hands_them_to_the_layers(data, validated_options):
+    from fairseq import options, tasks
+
+    from node_seq.fairseq.lm import NodeTransformerLanguageModel
+
+    args = options.parse_args_and_arch(options.get_training_parser(),
+                                       [str(data), "--task", "language_modeling", *TINY_LM, "--node-method", "rk4"])
+    task = tasks.setup_task(args)
+    validated_options.clear()  # the architecture function validated them while parsing (and does before a build)
+    model = NodeTransformerLanguageModel.build_model(args, task)
+    assert len(validated_options) == 1 and model.decoder.node_options is validated_options[0]
+    assert [layer.solver for layer in model.ode_layers()] == [validated_options[0].solver()] * 2
+
+
 def test_elastic_depth_sweep_scores_what_eval_lm_scores(data, rk4_checkpoint, tmp_path):
     """The sweep's evaluation at the trained solver is fairseq-eval-lm's perplexity; other solvers
     change the NFE as their grids say, and the layers keep their trained solver afterwards."""

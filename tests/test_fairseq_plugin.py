@@ -139,14 +139,31 @@ def test_fairseq_train_cli_stops_before_anything_is_written(data, tmp_path):
     assert not save.exists()
 
 
-def _build(data, argv):
+def _parsed(data, argv):
     from fairseq import options, tasks
 
     import node_seq.fairseq  # noqa: F401
 
     args = options.parse_args_and_arch(options.get_training_parser(), [str(data), *TINY, *argv])
-    task = tasks.setup_task(args)
+    return tasks.setup_task(args), args
+
+
+def _build(data, argv):
+    task, args = _parsed(data, argv)
     return task, task.build_model(args)
+
+
+def test_build_model_validates_the_options_once_and_hands_them_to_both_stacks(data, validated_options):
+    from node_seq.fairseq.model import NodeTransformerModel
+
+    task, args = _parsed(data, ["--node-method", "rk4", "--node-steps", "2"])
+    validated_options.clear()  # the architecture function validated them while parsing (and does before a build)
+    model = NodeTransformerModel.build_model(args, task)
+    assert len(validated_options) == 1
+    assert model.encoder.node_options is model.decoder.node_options is validated_options[0]
+    assert [layer.solver for layer in model.ode_layers()] == [validated_options[0].solver()] * 2
+    with pytest.raises(RuntimeError, match="built by NodeTransformerModel.build_model"):
+        type(model).build_encoder(args, task.source_dictionary, model.encoder.embed_tokens)
 
 
 def test_gradient_reaches_the_encoder_when_only_the_decoder_is_an_ode(data):
@@ -349,9 +366,9 @@ def test_a_compiled_pass_whose_solve_failed_is_redone_eagerly_under_the_fallback
     solves = []  # per layer solve run in Python: True while dynamo traces it, False when eager
     layers = [*compiled.encoder.layers, *compiled.decoder.layers]
     for layer in layers:
-        def integrate(*args, _integrate=layer.integrate):
+        def integrate(*args, _integrate=layer.integrate, **kwargs):
             solves.append(torch.compiler.is_compiling())
-            return _integrate(*args)
+            return _integrate(*args, **kwargs)
         layer.integrate = integrate
     src, lengths, prev = torch.tensor([[5, 6, 7, 2], [8, 9, 2, 1]]), torch.tensor([4, 3]), torch.tensor([[2, 8, 9]] * 2)
     out = compiled(src, lengths, prev)[0]

@@ -23,7 +23,7 @@ from fairseq.models.transformer_lm import (
 
 from ..nn.factory import configure_ode_layers, decoder_layer, layer_spec
 from ..nn.layers import is_ode_layer
-from ..nn.options import FAIRSEQ_LM
+from ..nn.options import FAIRSEQ_LM, NodeOptions
 from ..ode import OptionError
 from . import options
 from .model import FairseqNodeDecoderLayer, NodeTransformerDecoder, NodeTransformerModel
@@ -40,7 +40,7 @@ class NodeTransformerLMDecoder(NodeTransformerDecoder):
     """The seq2seq model's NODE decoder, its layers built without cross-attention."""
 
     def build_decoder_layer(self, cfg, no_encoder_attn: bool = True):
-        node_options = options.node_options(self.args, FAIRSEQ_LM)
+        node_options = self.node_options
         layer = decoder_layer(layer_spec(options.layer_sizes(self.args, "decoder"), "decoder"), node_options,
                               encoder_dim=None, layer_class=FairseqNodeDecoderLayer)
         layer.use_cache = node_options.incremental_cache or not node_options.decoder
@@ -58,12 +58,12 @@ class NodeTransformerLMDecoder(NodeTransformerDecoder):
 class NodeTransformerLanguageModel(TransformerLanguageModel):
     """A decoder-only Transformer LM whose layers are ODE blocks (node-seq)."""
 
-    def __init__(self, decoder, args=None):
+    def __init__(self, decoder: NodeTransformerLMDecoder):
         super().__init__(decoder)
         self._backward_nfe = BackwardNFELogger(self)
         self._fallbacks_logged = 0
         self.nfe_logged_by_task = False  # --task node_language_modeling logs NFE summed over workers
-        self.regularizer_weights = configure_ode_layers(self, options.node_options(args, FAIRSEQ_LM)) if args else {}
+        self.regularizer_weights = configure_ode_layers(self, decoder.node_options)
 
     @staticmethod
     def add_args(parser):
@@ -73,12 +73,12 @@ class NodeTransformerLanguageModel(TransformerLanguageModel):
 
     @classmethod
     def build_model(cls, args, task):
-        node_lm_base_architecture(args)
+        node_options = node_lm_base_architecture(args)
         if getattr(args, "max_target_positions", None) is None:
             args.max_target_positions = getattr(args, "tokens_per_sample", DEFAULT_MAX_TARGET_POSITIONS)
         embed_tokens = cls.build_embedding(args, task.source_dictionary, args.decoder_input_dim)
-        decoder = NodeTransformerLMDecoder(args, task.target_dictionary, embed_tokens, no_encoder_attn=True)
-        return cls(decoder, args)
+        return cls(NodeTransformerLMDecoder(args, task.target_dictionary, embed_tokens, node_options,
+                                            no_encoder_attn=True))
 
     def prepare_for_inference_(self, cfg):
         """fairseq-generate, fairseq-interactive and fairseq-eval-lm call this before decoding: from here
@@ -105,24 +105,25 @@ class NodeTransformerLanguageModel(TransformerLanguageModel):
         return [layer for layer in self.decoder.layers if is_ode_layer(layer)]
 
 
-def _validated(args) -> None:
+def _validated(args) -> NodeOptions:
     try:
         for name in _UNSUPPORTED:
             if getattr(args, name, None):
                 raise OptionError(f"--{name.replace('_', '-')}: not supported by node_transformer_lm (its layers "
                                   "and the HF model use plain token embeddings and all decoder layers)")
-        options.validate(args, front_end=FAIRSEQ_LM, sides=("decoder",), node_task=NODE_LM_TASK)
+        return options.validate(args, front_end=FAIRSEQ_LM, sides=("decoder",), node_task=NODE_LM_TASK)
     except OptionError as error:
         raise SystemExit(f"node_transformer_lm: error: {error}") from None
 
 
 @register_model_architecture("node_transformer_lm", "node_transformer_lm")
-def node_lm_base_architecture(args):
-    """fairseq's ``transformer_lm`` defaults (512 wide, 6 layers), pre-norm layers, the NODE defaults."""
+def node_lm_base_architecture(args) -> NodeOptions:
+    """fairseq's ``transformer_lm`` defaults (512 wide, 6 layers), pre-norm layers, the NODE defaults;
+    returns the NODE options, validated (as :func:`~.model.node_base_architecture`)."""
     options.fill_defaults(args, FAIRSEQ_LM)
     base_lm_architecture(args)  # sets pre-norm layers: the branch, not the normalised sum, is the vector field
     args.decoder_normalize_before = True
-    _validated(args)
+    return _validated(args)
 
 
 @register_model_architecture("node_transformer_lm", "node_transformer_lm_tiny")

@@ -9,8 +9,10 @@ layout, and the HF model loads any of them.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
@@ -22,9 +24,32 @@ from fairseq.models.transformer.transformer_legacy import base_architecture, tra
 from ..nn.coefficients import match_coefficients
 from ..nn.factory import configure_ode_layers, decoder_layer, encoder_layer, layer_spec
 from ..nn.layers import NodeDecoderLayer, NodeEncoderLayer, check_finite, is_ode_layer, reorder_cache
+from ..nn.options import NodeOptions
 from ..ode import NonFiniteState, OptionError, compile_settings
 from . import options
 from .nfe_logging import BackwardNFELogger, GenerationNFE, count_generation_nfe, log_forward_nfe
+
+#: The options of the model ``build_model`` is building. fairseq builds the encoder and decoder through
+#: classmethods that it hands only the namespace; the one validated object reaches them through this.
+_BUILDING: contextvars.ContextVar[NodeOptions] = contextvars.ContextVar("node_options")
+
+
+@contextlib.contextmanager
+def _building(node_options: NodeOptions) -> Iterator[None]:
+    token = _BUILDING.set(node_options)
+    try:
+        yield
+    finally:
+        _BUILDING.reset(token)
+
+
+def _options_being_built() -> NodeOptions:
+    try:
+        return _BUILDING.get()
+    except LookupError:
+        raise RuntimeError("the NODE encoder and decoder are built by NodeTransformerModel.build_model, "
+                           "which validates their options once") from None
+
 
 class FairseqNodeEncoderLayer(NodeEncoderLayer):
     """fairseq's encoder-layer call convention: time-first ``(length, batch, embed)``."""
@@ -79,9 +104,13 @@ class FairseqNodeDecoderLayer(NodeDecoderLayer):
 class NodeTransformerEncoder(TransformerEncoder):
     generation_nfe: Optional[GenerationNFE] = None  # set by NodeTransformerModel.prepare_for_inference_
 
+    def __init__(self, args, dictionary, embed_tokens, node_options: NodeOptions):
+        self.node_options = node_options  # before fairseq's __init__, which builds the layers (fairseq sets args so)
+        super().__init__(args, dictionary, embed_tokens)
+
     def build_encoder_layer(self, cfg):
-        return encoder_layer(layer_spec(options.layer_sizes(self.args, "encoder"), "encoder"),
-                             options.node_options(self.args), FairseqNodeEncoderLayer)
+        return encoder_layer(layer_spec(options.layer_sizes(self.args, "encoder"), "encoder"), self.node_options,
+                             FairseqNodeEncoderLayer)
 
     def forward(self, src_tokens, src_lengths=None, return_all_hiddens: bool = False, token_embeddings=None):
         out = super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
@@ -97,8 +126,12 @@ class NodeTransformerDecoder(TransformerDecoder):
     beam_size = 1
     generation_nfe: Optional[GenerationNFE] = None  # set by NodeTransformerModel.prepare_for_inference_
 
+    def __init__(self, args, dictionary, embed_tokens, node_options: NodeOptions, no_encoder_attn: bool = False):
+        self.node_options = node_options  # before fairseq's __init__, which builds the layers
+        super().__init__(args, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn)
+
     def build_decoder_layer(self, cfg, no_encoder_attn: bool = False):
-        node_options = options.node_options(self.args)
+        node_options = self.node_options
         layer = decoder_layer(layer_spec(options.layer_sizes(self.args, "decoder"), "decoder"), node_options,
                               encoder_dim=self.args.encoder_embed_dim, layer_class=FairseqNodeDecoderLayer)
         layer.use_cache = node_options.incremental_cache or not node_options.decoder
@@ -128,8 +161,8 @@ class NodeTransformerModel(TransformerModel):
         self._fallbacks_logged = 0
         self.nfe_logged_by_task = False  # --task node_translation logs NFE summed over workers
         # node_translation adds the regularisers to the loss; the layers integrate them while training
-        self.regularizer_weights = configure_ode_layers(self, options.node_options(args))
-        if options.node_options(args).compile:
+        self.regularizer_weights = configure_ode_layers(self, encoder.node_options)
+        if encoder.node_options.compile:
             compile_layers(self)
 
     @staticmethod
@@ -139,8 +172,8 @@ class NodeTransformerModel(TransformerModel):
 
     @classmethod
     def build_model(cls, args, task):
-        node_base_architecture(args)
-        return super().build_model(args, task)
+        with _building(node_base_architecture(args)):
+            return super().build_model(args, task)
 
     def prepare_for_inference_(self, cfg):
         """fairseq-generate, fairseq-interactive and the hub interface call this before decoding (and
@@ -151,11 +184,12 @@ class NodeTransformerModel(TransformerModel):
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
-        return NodeTransformerEncoder(args, src_dict, embed_tokens)
+        return NodeTransformerEncoder(args, src_dict, embed_tokens, _options_being_built())
 
     @classmethod
     def build_decoder(cls, args, tgt_dict, embed_tokens):
-        return NodeTransformerDecoder(args, tgt_dict, embed_tokens, no_encoder_attn=getattr(args, "no_cross_attention", False))
+        return NodeTransformerDecoder(args, tgt_dict, embed_tokens, _options_being_built(),
+                                      no_encoder_attn=getattr(args, "no_cross_attention", False))
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, return_all_hiddens: bool = True,
                 features_only: bool = False, alignment_layer=None, alignment_heads=None):
@@ -218,7 +252,7 @@ def _policy(model) -> str:
     return layers[0].failure.policy if layers else "raise"
 
 
-def _validated(args):
+def _validated(args) -> NodeOptions:
     try:
         return options.validate(args)
     except OptionError as error:
@@ -226,7 +260,9 @@ def _validated(args):
 
 
 @register_model_architecture("node_transformer", "node_transformer")
-def node_base_architecture(args):
+def node_base_architecture(args) -> NodeOptions:
+    """Complete ``args`` and return their NODE options, validated (fairseq applies this while parsing and
+    before it builds a model; :meth:`NodeTransformerModel.build_model` to the args it builds from)."""
     options.fill_defaults(args)
     base_architecture(args)
     node_options = _validated(args)
@@ -234,6 +270,7 @@ def node_base_architecture(args):
     # plain layers unless --node-plain-norm post; fairseq adds a side's final LayerNorm for pre-norm.
     args.encoder_normalize_before = node_options.final_layer_norm("encoder")
     args.decoder_normalize_before = node_options.final_layer_norm("decoder")
+    return node_options
 
 
 @register_model_architecture("node_transformer", "node_transformer_tiny")

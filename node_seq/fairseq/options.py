@@ -27,11 +27,6 @@ def fill_defaults(args: argparse.Namespace, front_end: str = FAIRSEQ) -> None:
     fill_missing(args, front_end, lambda name, value: setattr(args, name, value))
 
 
-def node_options(args: argparse.Namespace, front_end: str = FAIRSEQ) -> NodeOptions:
-    """The NODE options of a (filled) namespace, checked; errors name the ``--node-*`` flag."""
-    return NodeOptions.from_front_end(args, front_end)
-
-
 def layer_sizes(args: argparse.Namespace, side: str) -> dict:
     """One side's sizes in node_seq.nn's names (see :func:`node_seq.nn.factory.layer_spec`)."""
     return {

@@ -7,6 +7,7 @@ ids; :meth:`NodeConfigBase.check` does the rest, so both refuse a bad value with
 
 from __future__ import annotations
 
+import copy
 import difflib
 
 from transformers import PreTrainedConfig
@@ -29,6 +30,9 @@ class NodeConfigBase(SavesCodeBundle, PreTrainedConfig):
     _size_fields = ()  # integers >= 1
     _sides = ()  # "encoder"/"decoder": each has {side}_embed_dim and {side}_attention_heads
     _token_id_fields = ("bos_token_id", "pad_token_id", "eos_token_id", "unk_token_id")
+    # The validated NodeOptions and the field values they were read from, kept outside ``__dict__``
+    # (which transformers serialises, compares and copies into config.json) in a slot of their own.
+    __slots__ = ("_node_options_read",)
 
     def __post_init__(self, **kwargs):
         self._refuse_unknown_node_keys(kwargs)
@@ -65,8 +69,20 @@ class NodeConfigBase(SavesCodeBundle, PreTrainedConfig):
         return super().save_pretrained(*args, **kwargs)
 
     def node_options(self) -> NodeOptions:
-        """The NODE options of this config, checked (errors name this config's fields)."""
-        return NodeOptions.from_front_end(self, self._front_end)
+        """The NODE options of this config, checked (errors name this config's fields): built once, and
+        again only after a ``node_*`` field has changed (by assignment or in place), so an edit is
+        validated when the options are next read (by :meth:`check` as a model is built)."""
+        values = self._node_values()
+        read = getattr(self, "_node_options_read", None)
+        if read is None or read[0] != values:
+            read = values, NodeOptions.from_front_end(self, self._front_end)
+            self._node_options_read = read
+        return read[1]
+
+    def _node_values(self) -> tuple:
+        """The values the NODE options are read from (copies: ``node_ts`` is a list one can edit in place)."""
+        return tuple(copy.deepcopy(getattr(self, option.spelled(self._front_end, attribute=True), option.default))
+                     for option in options_of(self._front_end))
 
     def solver_config(self) -> SolverConfig:
         """The solver of every ODE block, validated; a fixed grid's size is whole ``node_steps``."""

@@ -1,12 +1,18 @@
 """NodeTransformerConfig: every field checked at construction, errors name the field and the choices; unknown
-``node_*`` keys refused by both configs (seq2seq and LM), in ``__init__``, ``config.json`` and overrides."""
+``node_*`` keys refused by both configs (seq2seq and LM), in ``__init__``, ``config.json`` and overrides; the
+NODE options validated once per config, kept out of what is saved and compared, and read again after an edit."""
 
+import copy
 import json
+import pickle
 
 import pytest
+from hf_helpers import TINY, TINY_LM
 from transformers import AutoConfig
 
-from node_seq.hf import NodeTransformerConfig, NodeTransformerLMConfig
+from node_seq.hf import NodeTransformerConfig, NodeTransformerForCausalLM, NodeTransformerForConditionalGeneration, \
+    NodeTransformerLMConfig
+from node_seq.nn.layers import is_ode_layer
 from node_seq.ode import OptionError
 
 
@@ -146,3 +152,53 @@ def test_a_config_json_written_before_the_newer_node_fields_still_loads(config_c
     path.write_text(json.dumps({**old, "gradient_checkpointing": False}))  # transformers 4's configs carry this key
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert loaded.node_method == "rk4" and loaded.node_initial_step == config_class().node_initial_step
+
+
+#: Each config with its head and its tiny sizes.
+WITH_HEADS = pytest.mark.parametrize("config_class, head, sizes", [
+    (NodeTransformerConfig, NodeTransformerForConditionalGeneration, TINY),
+    (NodeTransformerLMConfig, NodeTransformerForCausalLM, TINY_LM)], ids=["seq2seq", "lm"])
+
+
+def _solvers(model) -> list:
+    return [layer.solver for layer in model.modules() if is_ode_layer(layer)]
+
+
+@WITH_HEADS
+def test_a_model_is_built_from_the_options_its_config_validated_once(config_class, head, sizes, validated_options):
+    config = config_class(**sizes, node_method="rk4", node_steps=2, node_kinetic_weight=0.1)
+    model = head(config)
+    assert len(validated_options) == 1  # in __post_init__; not again per check, stack or head
+    assert config.node_options() is validated_options[0]
+    assert _solvers(model) == [validated_options[0].solver()] * (sizes.get("encoder_layers", 0) + sizes["decoder_layers"])
+    assert model.regularizer_weights and len(validated_options) == 1
+
+
+@WITH_HEADS
+def test_a_node_field_edited_after_construction_is_validated_and_used(config_class, head, sizes, validated_options,
+                                                                       tmp_path):
+    config = config_class(**sizes, node_method="rk4")
+    config.node_method = "euler"
+    config.node_ts[1] = 2.0  # in place
+    solvers = _solvers(head(config))
+    assert {(s.method, s.t1) for s in solvers} == {("euler", 2.0)} and len(validated_options) == 2
+    config.node_method = "rk45"
+    with pytest.raises(OptionError, match="^node_method: unknown method 'rk45'"):
+        head(config)
+    with pytest.raises(OptionError, match="^node_method: unknown method 'rk45'"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+@BOTH_CONFIGS
+def test_the_kept_options_are_not_part_of_what_is_saved_or_compared(config_class, tmp_path):
+    config = config_class(node_method="rk4")
+    edited = config_class(node_method="euler")
+    edited.node_method = "rk4"  # its options, read as euler, are not read again until asked for
+    assert edited == config and edited.to_json_string() == config.to_json_string()
+    for twin in (copy.deepcopy(config), pickle.loads(pickle.dumps(config))):
+        assert twin == config and twin.node_options() == config.node_options()
+        twin.node_method = "midpoint"
+        assert twin.node_options().method == "midpoint" and config.node_options().method == "rk4"
+    config.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).to_json_string() == config.to_json_string()

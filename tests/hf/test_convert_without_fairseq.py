@@ -61,7 +61,7 @@ def test_node_options_an_older_checkpoint_lacks_take_fairseqs_defaults(variant_r
         delattr(args, name)
     config = config_from_fairseq(args, 40)
     options.fill_defaults(args)  # what fairseq does with such a checkpoint
-    assert options.node_options(args) == NodeOptions()
+    assert options.validate(args) == NodeOptions()
     assert config.solver_config() == NodeOptions().solver()
     assert config.node_options() == NodeOptions()
     assert config.use_cache is (NodeOptions().incremental_cache and NodeOptions().solver().is_fixed_grid)
