@@ -32,7 +32,7 @@ def test_pages_show_each_file_with_command_machine_date_and_plot(tmp_path):
     memory = (tmp_path / "memory.md").read_text(encoding="utf-8")
     record = json.loads((pages.RESULTS / "memory.json").read_text(encoding="utf-8"))
     assert f"Command: `{record['command']}`" in memory and f"Date: {record['meta']['machine']['date']}" in memory
-    assert "![memory](memory.png)" in memory and (tmp_path / "memory.png").is_file()
+    assert "![memory.png](memory.png)" in memory and (tmp_path / "memory.png").is_file()
     assert all(f"({t.slug}.md)" in (tmp_path / "index.md").read_text(encoding="utf-8") for t in pages.TOPICS)
 
 
@@ -51,7 +51,8 @@ def test_quality_findings_are_computed_over_every_seed(tmp_path):
     pages.write_results_pages(tmp_path / "out", results)
     page = (tmp_path / "out" / "multi30k-quality.md").read_text(encoding="utf-8")
 
-    records = json.loads((results / "multi30k_quality.json").read_text(encoding="utf-8")) + external["rows"]
+    records = json.loads((results / "multi30k_quality.json").read_text(encoding="utf-8"))
+    records += [r for r in external["rows"] if "bleu" in r]  # the other test sets hold differences only
     base = [r["bleu"] for r in records if r.get("variant") == "baseline"]
     gated = [r["bleu"] for r in records if r.get("variant") == "node-encoder-rk2-gated"]
     assert len(base) == len(gated) == 4
