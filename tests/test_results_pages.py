@@ -80,3 +80,9 @@ def test_cli_writes_the_pages(tmp_path):
     subprocess.run([sys.executable, "-m", "benchmarks.pages", "--out", str(tmp_path)], cwd=REPO, check=True,
                    capture_output=True)
     assert (tmp_path / "multi30k-quality.md").read_text(encoding="utf-8").startswith("# Quality on Multi30k")
+
+
+def test_table_has_every_flat_column_in_first_seen_order():
+    rows = [{"variant": "a", "bleu": 35.5, "seeds": [1, 2], "nested": {"x": 1}}, {"variant": "b|c", "p": None}]
+    assert pages.table(rows).splitlines() == ["| variant | bleu | seeds | p |", "|---|---|---|---|",
+                                               "| a | 35.5 | 1, 2 | - |", "| b/c | - | - | - |"]
