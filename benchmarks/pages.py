@@ -125,11 +125,12 @@ def _memory(d: dict) -> str:
     summary = {s["gradient"]: s["growth"] for s in meta["summary"]}
     steps = sorted({r["steps"] for r in d["memory"]["rows"]})
     others = ", ".join(f"`{g}` {v:.2f}x" for g, v in summary.items() if g != "backprop")
+    flat = ", ".join(f"`{s['gradient']}`" for s in meta["summary"] if s["meets_bar"] == "yes")
     return (f"Peak memory of one forward + backward solve of a Transformer-layer field ({meta['measure']}; state "
             f"{meta['state_mib']:.2f} MiB). From {steps[0]} to {steps[-1]} {meta['method']} steps `backprop` grows "
-            f"{summary['backprop']:.1f}x; {others}. What it means: `adjoint`, `reversible` and checkpointing with "
-            f"a fixed number of snapshots (`checkpoint:S`) keep memory flat in the number of steps; plain "
-            f"`checkpoint` keeps one state per step, so it grows too, more slowly than `backprop`.")
+            f"{summary['backprop']:.1f}x; {others}. What it means: {flat} keep memory flat in the number of steps "
+            f"(within 1.25x of their own {steps[0]}-step peak); plain `checkpoint` keeps one state per step, and "
+            f"`checkpoint:S` (a fixed number of snapshots, binomial schedule) is the one to use when memory is short.")
 
 
 def _compile(d: dict) -> str:
