@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
@@ -369,6 +368,12 @@ def render(topic: Topic, results: Path) -> tuple[str, list[tuple[Path, str]]]:
     return "\n".join(parts), plots
 
 
+def _write(path: Path, data: bytes) -> None:
+    """Write only what changed: ``mkdocs serve`` rebuilds on every write into the docs folder."""
+    if not path.is_file() or path.read_bytes() != data:
+        path.write_bytes(data)
+
+
 def write_results_pages(out_dir: str | Path, results: str | Path = RESULTS) -> list[Path]:
     """Write ``index.md``, one page per topic, their plots and the archive into ``out_dir``; return the pages."""
     out, results = Path(out_dir), Path(results)
@@ -376,16 +381,15 @@ def write_results_pages(out_dir: str | Path, results: str | Path = RESULTS) -> l
     written = []
     for topic in TOPICS:
         page, plots = render(topic, results)
-        (out / f"{topic.slug}.md").write_text(page, encoding="utf-8")
+        _write(out / f"{topic.slug}.md", page.encode("utf-8"))
         written.append(out / f"{topic.slug}.md")
         for png, shown in plots:
-            shutil.copyfile(png, out / shown)
+            _write(out / shown, png.read_bytes())
     index = ["# Results", "", "Every page below is generated from `benchmarks/results/*.json` by "
              "`python -m benchmarks.pages`; the dated history is in the [archive](archive.md).", ""]
     index += [f"- [{t.title}]({t.slug}.md)" for t in TOPICS]
-    (out / "index.md").write_text("\n".join(index) + "\n", encoding="utf-8")
-    if ARCHIVE.resolve() != (out / "archive.md").resolve():
-        shutil.copyfile(ARCHIVE, out / "archive.md")
+    _write(out / "index.md", ("\n".join(index) + "\n").encode("utf-8"))
+    _write(out / "archive.md", ARCHIVE.read_bytes())
     return [out / "index.md", *written, out / "archive.md"]
 
 

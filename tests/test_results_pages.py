@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -86,3 +87,13 @@ def test_table_has_every_flat_column_in_first_seen_order():
     rows = [{"variant": "a", "bleu": 35.5, "seeds": [1, 2], "nested": {"x": 1}}, {"variant": "b|c", "p": None}]
     assert pages.table(rows).splitlines() == ["| variant | bleu | seeds | p |", "|---|---|---|---|",
                                                "| a | 35.5 | 1, 2 | - |", "| b/c | - | - | - |"]
+
+
+def test_rewriting_leaves_unchanged_pages_untouched(tmp_path):
+    """``mkdocs serve`` rebuilds on every write into the docs folder: a second run writes only what changed."""
+    pages.write_results_pages(tmp_path)
+    (tmp_path / "memory.md").write_text("stale", encoding="utf-8")
+    os.utime(tmp_path / "index.md", ns=(0, 0))
+    pages.write_results_pages(tmp_path)
+    assert (tmp_path / "index.md").stat().st_mtime_ns == 0
+    assert (tmp_path / "memory.md").read_text(encoding="utf-8").startswith("# Peak memory")
