@@ -1,6 +1,6 @@
 """Eager against ``torch.compile`` for a training step and a cached decoding step, plain and NODE.
 
-Four models per cell, the HF classes at the sizes of BENCHMARKS.md §3/§4 (width 64, ffn 128,
+Four models per cell, the HF classes at the sizes of ``benchmarks.fairseq_train`` and ``benchmarks.decoding`` (width 64, ffn 128,
 4 heads): a plain pre-norm Transformer with ``L`` + ``L`` layers, and a NODE-Transformer with one
 tied ODE layer per side integrated by ``rk4`` in ``L / 4`` steps, so both make the same ``L``
 evaluations per side. Each is run eager and compiled (``fullgraph=True``); the four variants of a

@@ -2,9 +2,10 @@
 
 What ``Trainer(bf16=True)`` (``node-seq-train-hf --bf16``) does: the forward pass and the loss under
 ``torch.autocast(device, dtype=torch.bfloat16)``, the backward pass and Adam on the float32
-parameters. The model is the seq2seq model at the sizes of BENCHMARKS.md §3/§4 (width 64, ffn 128,
-4 heads) with one ODE layer per side; the task is copying random token sequences (padded like a real
-batch), so the loss has somewhere to go in a few hundred updates. Per method and precision:
+parameters. The model is the seq2seq model at the sizes of ``benchmarks.fairseq_train`` and
+``benchmarks.decoding`` (width 64, ffn 128, 4 heads) with one ODE layer per side; the task is copying
+random token sequences (padded like a real batch), so the loss has somewhere to go in a few hundred
+updates. Per method and precision:
 
 * cost: milliseconds per training step (forward, backward, Adam), both precisions timed in the same
   interleaved rounds (:func:`~benchmarks.common.interleaved_ratios`); peak bytes of the tensors one

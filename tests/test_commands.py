@@ -68,9 +68,12 @@ def test_every_command_module_has_a_console_script():
     assert _main_modules() - set(NOT_CONSOLE_SCRIPTS) == targets
 
 
+DOCUMENTS = ("README.md", "BENCHMARKS.md", "docs/results/archive.md", "RELIABILITY.md", "vision/README.md")
+
+
 def _documented_commands() -> dict[str, str]:
     """``module -> file`` for every ``python -m MODULE`` in the documents and shell recipes."""
-    files = [REPO / name for name in ("README.md", "BENCHMARKS.md", "RELIABILITY.md", "vision/README.md")]
+    files = [REPO / name for name in DOCUMENTS]
     files += sorted((REPO / "scripts").glob("*.sh")) + sorted((REPO / "benchmarks").glob("*.sh"))
     commands = {}
     for path in files:
@@ -102,7 +105,7 @@ def test_scripts_holds_shell_recipes_only():
 def test_documented_tests_exist():
     """``test_x.py::test_name`` in the documents names a test function of that file."""
     cited = set()
-    for name in ("README.md", "BENCHMARKS.md", "RELIABILITY.md", "vision/README.md"):
+    for name in DOCUMENTS:
         cited |= set(re.findall(r"(test_\w+\.py)::(test_\w+)", (REPO / name).read_text(encoding="utf-8")))
     assert len(cited) > 20
     defined = {(path.name, test) for path in (REPO / "tests").rglob("test_*.py")

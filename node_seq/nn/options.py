@@ -197,7 +197,7 @@ class NodeOptions:
         spelled = {name: OPTIONS[name].spelled(front_end) for name in _SOLVER_FIELDS}
         t0, t1 = self.ts
         # A layer's field starts near zero and a Transformer needs few steps through it: trying the
-        # whole interval first is usually one accepted step, where the estimate took 3-5 (BENCHMARKS.md).
+        # whole interval first is usually one accepted step, where the estimate took 3-5 (benchmarks.adaptive_path).
         first_step = t1 - t0 if self.initial_step == "interval" and self.method in ADAPTIVE_METHODS else None
         config = SolverConfig(**{name: getattr(self, name) for name in _SOLVER_FIELDS}, t0=t0, t1=t1,
                               first_step=first_step)
