@@ -1,5 +1,5 @@
-"""The site's generated pages: the home page (README.md), the option, method and command references
-and the changelog.
+"""The site's generated pages: the home page (README.md), the option, method, command and API
+references, and the changelog.
 
 They are written into each build from the code (never committed), so they cannot drift from it:
 options from :class:`node_seq.nn.NodeOptions`, methods from :data:`node_seq.ode.REGISTRY`,
@@ -34,7 +34,7 @@ from node_seq.ode import REGISTRY, OptionError  # noqa: E402
 #: The front ends that spell the options their own way, with the names users know them by
 #: (the language models' front ends spell them as these do).
 SPELLINGS = {schema.FAIRSEQ: "fairseq-train", schema.HF: "HF config", schema.TRAIN_HF: "node-seq-train-hf",
-             schema.VISION: "vision config"}
+             schema.VISION: "vision config key, flag"}
 LANGUAGE_MODELS = tuple(schema.SPELLED_LIKE)
 
 
@@ -52,12 +52,21 @@ def _default(option: schema.Option) -> str:
     return _code(option.default)
 
 
+def _spelled(option: schema.Option, front_end: str) -> str:
+    """How ``front_end`` spells ``option``; the vision config's key and its command-line override both."""
+    if front_end not in option.front_ends:
+        return "-"
+    if front_end == schema.VISION:
+        return f"{_code(option.spelled(front_end, attribute=True))}, {_code(option.spelled(front_end))}"
+    return _code(option.spelled(front_end))
+
+
 def option_page() -> str:
     """Every NODE option: its spelling per front end, type, default, allowed values and help."""
     header = ["option", *SPELLINGS.values(), "language models", "type", "default"]
     rows = []
     for option in schema.OPTIONS.values():
-        spelled = [_code(option.spelled(front_end)) if front_end in option.front_ends else "-" for front_end in SPELLINGS]
+        spelled = [_spelled(option, front_end) for front_end in SPELLINGS]
         models = ", ".join(front_end for front_end in LANGUAGE_MODELS if front_end in option.front_ends) or "-"
         rows.append([f"[{_code(option.name)}](#{option.name})", *spelled, models, _code(_type_name(option.type)),
                      _default(option)])

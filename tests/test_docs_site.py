@@ -53,7 +53,7 @@ def test_option_page_has_every_option_as_each_front_end_spells_it():
     for option in OPTIONS.values():
         assert f"\n## {option.name}\n\n{option.help}." in page
         assert all(f"`{option.spelled(front_end)}`" in page for front_end in option.front_ends)
-    assert "| [`steps`](#steps) | `--node-steps` | `node_steps` | `--node-steps` | `--steps` |" in page
+    assert "| [`steps`](#steps) | `--node-steps` | `node_steps` | `--node-steps` | `steps`, `--steps` |" in page
     assert "| [`compile`](#compile) | `--node-compile` | - | - | - | - | `bool` | `False` |" in page
 
 
