@@ -22,6 +22,8 @@ VISION = ["torchvision>=0.29,<1", "scikit-learn>=1.9,<2", "matplotlib>=3.11,<4",
 # The conversion tests build their own sentencepiece model and subword-nmt codes with the real tools.
 # tests/test_wheel.py builds the release with `python -m build`.
 DEV = ["pytest>=9,<10", "hypothesis>=6.170,<7", "sentencepiece>=0.2.3,<0.3", "subword-nmt>=0.3.8,<0.4", "build>=1.6,<2"]
+# The documentation site (mkdocs.yml): tests/test_docs_site.py builds it with `mkdocs build --strict`.
+DOCS = ["mkdocs>=1.6.1,<2", "mkdocs-material>=9.8,<10", "mkdocstrings>=1.0.8,<2", "mkdocstrings-python>=2.0.11,<3"]
 # The repository's vision/ folder installs as node_seq_vision: a top-level `vision` in site-packages would
 # shadow (or be shadowed by) any other distribution's `vision`. From a checkout, `python -m vision.train` works.
 VISION_PACKAGE = "node_seq_vision"
@@ -61,7 +63,8 @@ setup(
         "hf": HF,
         "vision": VISION,
         "dev": DEV,
-        "all": sorted(set(FAIRSEQ + HF + VISION + DEV)),
+        "docs": DOCS,
+        "all": sorted(set(FAIRSEQ + HF + VISION + DEV + DOCS)),
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

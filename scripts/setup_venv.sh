@@ -52,6 +52,6 @@ pip install "${pin[@]}" "numpy<2.5" cython "hydra-core==1.3.2" "omegaconf==2.3.0
 if ! "$venv/bin/python" -c "import fairseq" 2>/dev/null; then
   pip install "${pin[@]}" --no-build-isolation --no-deps "fairseq-fixed==0.12.3.1"
 fi
-pip install "${pin[@]}" --no-build-isolation -e "$root[hf,vision,dev]"
+pip install "${pin[@]}" --no-build-isolation -e "$root[hf,vision,dev,docs]"
 echo "$want" > "$stamp"
 echo "[setup] done" >&2

@@ -36,6 +36,9 @@ def console_scripts() -> dict[str, tuple[str, str]]:
 
 
 SCRIPTS = console_scripts()
+#: The documents people read: the guides moved from README.md into the site's pages under docs/.
+DOCUMENTS = [REPO / name for name in ("README.md", "BENCHMARKS.md", "RELIABILITY.md", "vision/README.md")] \
+    + sorted((REPO / "docs").rglob("*.md"))
 
 
 def test_console_scripts_are_named_after_the_project():
@@ -68,13 +71,9 @@ def test_every_command_module_has_a_console_script():
     assert _main_modules() - set(NOT_CONSOLE_SCRIPTS) == targets
 
 
-DOCUMENTS = ("README.md", "BENCHMARKS.md", "docs/results/archive.md", "RELIABILITY.md", "vision/README.md")
-
-
 def _documented_commands() -> dict[str, str]:
     """``module -> file`` for every ``python -m MODULE`` in the documents and shell recipes."""
-    files = [REPO / name for name in DOCUMENTS]
-    files += sorted((REPO / "scripts").glob("*.sh")) + sorted((REPO / "benchmarks").glob("*.sh"))
+    files = DOCUMENTS + sorted((REPO / "scripts").glob("*.sh")) + sorted((REPO / "benchmarks").glob("*.sh"))
     commands = {}
     for path in files:
         for module in re.findall(r"python -m ([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)", path.read_text(encoding="utf-8")):
@@ -105,8 +104,8 @@ def test_scripts_holds_shell_recipes_only():
 def test_documented_tests_exist():
     """``test_x.py::test_name`` in the documents names a test function of that file."""
     cited = set()
-    for name in DOCUMENTS:
-        cited |= set(re.findall(r"(test_\w+\.py)::(test_\w+)", (REPO / name).read_text(encoding="utf-8")))
+    for path in DOCUMENTS:
+        cited |= set(re.findall(r"(test_\w+\.py)::(test_\w+)", path.read_text(encoding="utf-8")))
     assert len(cited) > 20
     defined = {(path.name, test) for path in (REPO / "tests").rglob("test_*.py")
                for test in re.findall(r"^def (test_\w+)", path.read_text(encoding="utf-8"), re.MULTILINE)}

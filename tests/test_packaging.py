@@ -15,7 +15,7 @@ from setup_py import REPO, setup_arguments
 ARGUMENTS = setup_arguments()
 # extra -> the code it must be enough for (with install_requires); "all" covers tests and benchmarks.
 EXTRA_PACKAGES = {"fairseq": ["node_seq/fairseq", "node_seq/text", "user_dir"], "hf": ["node_seq/hf"],
-                  "vision": ["vision", "node_seq/plotting.py"]}
+                  "vision": ["vision", "node_seq/plotting.py"], "docs": ["docs"]}
 FEATURES = {
     None: sorted(str(path.relative_to(REPO)) for path in (REPO / "node_seq").iterdir()  # the core: all the rest
                  if path.name != "__pycache__" and (path.suffix == ".py" or path.is_dir())

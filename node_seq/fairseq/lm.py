@@ -128,7 +128,7 @@ def node_lm_base_architecture(args) -> NodeOptions:
 
 @register_model_architecture("node_transformer_lm", "node_transformer_lm_tiny")
 def node_transformer_lm_tiny(args):
-    """A CPU-sized LM: 2 layers, width 64 (tests, the README's example, the Multi30k comparison)."""
+    """A CPU-sized LM: 2 layers, width 64 (tests, the language-model guide's example, the Multi30k comparison)."""
     options.default_sizes(args, ("decoder",), dim=64, ffn=128, heads=4, layers=2)
     node_lm_base_architecture(args)
 
