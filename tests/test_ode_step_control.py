@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from node_seq.nn import LayerSpec, NodeDecoderLayer, NodeEncoderLayer
-from node_seq.ode import MaxStepsExceeded, OptionError, SolverConfig, StepSizeUnderflow, solve
+from node_seq.ode import MaxStepsExceeded, OptionError, SolverConfig, StepSizeUnderflow, solve, swap_solver
 from node_seq.ode.methods import REGISTRY
 
 from layer_inputs import padded_batch
@@ -198,3 +198,10 @@ def test_recomputed_per_row_solves_give_the_same_gradients():
         grads.append([inputs.grad, *(p.grad for p in layer.parameters())])
     for stored, recomputed in zip(*grads):
         torch.testing.assert_close(recomputed, stored, rtol=1e-10, atol=1e-12)
+
+
+def test_an_elastic_swap_keeps_per_row_control_where_the_new_method_allows_it():
+    train = config("dopri5")
+    assert swap_solver(train, "bosh3", 2.0).step_control == "sequence"
+    assert swap_solver(train, "adaptive_heun", 2.0).validate().step_control == "batch"
+    assert swap_solver(train, "rk4", 2.0).validate().steps == 2

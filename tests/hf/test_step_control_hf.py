@@ -68,16 +68,6 @@ def test_seq2seq_encoder_output_is_the_sentences_own():
     assert differences["batch"] > 1e-3
 
 
-@pytest.mark.parametrize("beams", [1, 4])
-def test_seq2seq_generates_the_same_for_a_sentence_alone_and_in_a_batch(beams):
-    model, mask = seq2seq("sequence"), SOURCES.ne(1).long()
-    with torch.no_grad():
-        tokens, scores = generated(model, SOURCES, mask, beams)
-        alone_tokens, alone_scores = generated(model, SOURCES[2:3, :7], mask[2:3, :7], beams)
-    assert tokens[2].tolist() == alone_tokens[0].tolist()
-    assert relative(scores[2], alone_scores[0]) <= RELATIVE
-
-
 def test_lm_logits_are_the_sequences_own():
     mask = PROMPTS.ne(1).long()
     differences = {}
@@ -91,14 +81,21 @@ def test_lm_logits_are_the_sequences_own():
     assert differences["batch"] > 1e-3
 
 
+#: Per model kind: the model, the batch, the sentence's row, its real columns, and where its generated row
+#: starts in the batch's output (an LM's output repeats its left-padded prompt).
+KINDS = {"seq2seq": (seq2seq, SOURCES, 2, slice(0, 7), 0), "lm": (lm, PROMPTS, 1, slice(4, None), 4)}
+
+
 @pytest.mark.parametrize("beams", [1, 4])
-def test_lm_generates_the_same_for_a_prompt_alone_and_in_a_batch(beams):
-    model, mask = lm("sequence"), PROMPTS.ne(1).long()
+@pytest.mark.parametrize("kind", KINDS)
+def test_generates_the_same_for_a_sentence_alone_and_in_a_batch(kind, beams):
+    build, ids, row, columns, start = KINDS[kind]
+    model, mask = build("sequence"), ids.ne(1).long()
     with torch.no_grad():
-        tokens, scores = generated(model, PROMPTS, mask, beams)
-        alone_tokens, alone_scores = generated(model, PROMPTS[1:, 4:], mask[1:, 4:], beams)
-    assert tokens[1, 4:].tolist() == alone_tokens[0].tolist()
-    assert relative(scores[1], alone_scores[0]) <= RELATIVE
+        tokens, scores = generated(model, ids, mask, beams)
+        alone_tokens, alone_scores = generated(model, ids[row:row + 1, columns], mask[row:row + 1, columns], beams)
+    assert tokens[row, start:].tolist() == alone_tokens[0].tolist()
+    assert relative(scores[row], alone_scores[0]) <= RELATIVE
 
 
 def test_the_config_field_defaults_per_method_and_refuses_by_its_name():
