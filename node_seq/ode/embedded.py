@@ -135,7 +135,8 @@ def integrate_rows(field: CountingField, y0: torch.Tensor, config: SolverConfig,
 
     ``norm`` maps an error of ``y0``'s shape to one value per row (default :func:`row_rms_norm`).
     Every row's fraction ``s``, step ``h``, accept/reject and step count are its own; the loop
-    ends when every row reached ``t1``. One host read per step (all done? any underflow?).
+    ends when every row reached ``t1``. One host read per step (all done? any underflow? the
+    slowest row's time, the most steps of a row).
     ``field.stats`` receives the per-row accepted/rejected steps and the evaluations each row
     needed (``row_*``); its totals are the loop's, which every row pays for.
     """
