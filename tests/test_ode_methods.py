@@ -149,7 +149,9 @@ def test_our_pairs_are_torchdiffeqs_tableaux(name):
 
 def test_every_front_end_default_is_the_one_default_solver():
     """The schema's solver options default to DEFAULT_SOLVER's fields (its first step aside: the schema's
-    ``initial_step`` tries the whole interval), and the fallback's to DEFAULT_FALLBACK."""
+    ``initial_step`` tries the whole interval; and a sequence model's steps are controlled per sentence, where
+    the core's generic state has no rows), and the fallback's to DEFAULT_FALLBACK."""
     solver = NodeOptions.from_front_end({}, FAIRSEQ).solver(FAIRSEQ)
-    assert solver == dataclasses.replace(DEFAULT_SOLVER, first_step=DEFAULT_SOLVER.t1 - DEFAULT_SOLVER.t0)
+    assert solver == dataclasses.replace(DEFAULT_SOLVER, first_step=DEFAULT_SOLVER.t1 - DEFAULT_SOLVER.t0,
+                                         step_control="sequence")
     assert NodeOptions().failure().fallback == DEFAULT_FALLBACK == FailurePolicy().fallback

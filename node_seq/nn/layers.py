@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from ..ode import DEFAULT_FALLBACK, ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_scope
+from ..ode.embedded import row_rms_norm
 from ..ode.precision import controller_dtype
 from ..ode.solve import non_finite_error
 from ..ode.regularization import solve_with_regularizers
@@ -64,21 +65,24 @@ class LayerSpec:
     activation: str = "relu"
 
 
-def padding_rms_norm(keep: torch.Tensor | None):
+def padding_rms_norm(keep: torch.Tensor | None, *, rows: bool = False):
     """Adaptive error norm over real positions only: padding must not steer the step size.
 
-    Summed in at least float32 (:func:`~node_seq.ode.precision.controller_dtype`): a bfloat16 sum
-    over a batch of squares would round away the small errors that decide the step."""
+    ``rows``: one RMS per row of the batch, over that row's real positions (per-row step control),
+    instead of one over the batch. Summed in at least float32
+    (:func:`~node_seq.ode.precision.controller_dtype`): a bfloat16 sum over a batch of squares would
+    round away the small errors that decide the step."""
     if keep is None:
-        return None
+        return row_rms_norm if rows else None
     weight = keep.to(torch.float32)[..., None]
+    dims = (1, 2) if rows else (0, 1, 2)
 
     def norm(error: torch.Tensor) -> torch.Tensor:
         error = error.to(controller_dtype(error))
         if error.dim() != 3 or error.shape[:2] != weight.shape[:2]:
-            return error.pow(2).mean().sqrt()
-        total = (weight.to(error.dtype) * error.pow(2)).sum()
-        return (total / (weight.sum() * error.shape[-1]).clamp_min(1)).sqrt()
+            return row_rms_norm(error) if rows else error.pow(2).mean().sqrt()
+        total = (weight.to(error.dtype) * error.pow(2)).sum(dims)
+        return (total / (weight.sum(dims) * error.shape[-1]).clamp_min(1)).sqrt()
 
     return norm
 
@@ -188,7 +192,7 @@ class _NodeLayer(nn.Module):
             t = x.new_zeros(())
             with stage_scope(Stage(0, 0, 1, t)):
                 return field.post_norm_layer(x, *inputs) if self.post_norm else x + field(t, x, *inputs)
-        norm = padding_rms_norm(keep)
+        norm = padding_rms_norm(keep, rows=self.solver.per_row)
         self.last_regularizers = {}
         try:
             if self.regularizers and self.training:

@@ -19,8 +19,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..ode import (
     ADAPTIVE_METHODS, DEFAULT_FALLBACK, DEFAULT_SOLVER, FALLBACK_METHODS, FIXED_GRID_METHODS, GRADIENTS, LEARNED_METHODS,
-    METHODS, OptionError, SolverConfig, parse_time_points,
+    METHODS, REGISTRY, OptionError, SolverConfig, parse_time_points,
 )
+from ..ode.config import STEP_CONTROLS
 from .layers import FAILURE_POLICIES, FailurePolicy
 
 FAIRSEQ, HF, TRAIN_HF, VISION = "fairseq", "hf", "train_hf", "vision"
@@ -45,6 +46,22 @@ def _method_help() -> str:
     """The method option's help, listing the registry's methods as it is read (never stale)."""
     return (f"ODE solver: a fixed grid ({', '.join(FIXED_GRID_METHODS)}), a learned block "
             f"({', '.join(LEARNED_METHODS)}; sequence models only) or adaptive ({', '.join(ADAPTIVE_METHODS)})")
+
+
+def _own_loop_methods() -> str:
+    return ", ".join(name for name, method in REGISTRY.items() if method.pair is not None)
+
+
+def _step_control_help() -> str:
+    return ("how adaptive methods control their steps: sequence (each sentence its own steps, so its result does not "
+            "depend on its batch) or batch (one controller for the whole batch); default sequence where our own loop "
+            f"runs the solve ({_own_loop_methods()}, not with the adjoint), batch for the others")
+
+
+def default_step_control(method: str, gradient: str) -> str:
+    """The step control of a front end that was not told one: per row wherever our own loop can."""
+    own_loop = getattr(REGISTRY.get(method), "pair", None) is not None
+    return "sequence" if own_loop and gradient != "adjoint" else "batch"
 
 
 def _option(default: Any, help: str | Callable[[], str], *, choices: Sequence[str] | None = None,
@@ -94,7 +111,9 @@ class NodeOptions:
         "schedule, memory independent of the steps, steps recomputed a few times); default one state per step",
         metavar="S")
     max_num_steps: int = _option(DEFAULT_SOLVER.max_num_steps, "adaptive steps (accepted and rejected) allowed per "
-                                 "solve before it fails")
+                                 "solve (per sentence under step control 'sequence') before it fails")
+    # Sequence models only: a vision field may hold batch norm, which mixes the rows of a batch.
+    step_control: str | None = _option(None, _step_control_help, choices=STEP_CONTROLS, front_ends=SEQUENCE_MODELS)
     # what an ODE layer is
     augment_dims: int = _option(0, "augmented NODE: N extra zero channels inside each ODE block", metavar="N",
                                 front_ends=SEQUENCE_MODELS)
@@ -147,7 +166,7 @@ class NodeOptions:
         self.solver(front_end)
         for option in options_of(front_end):
             value = getattr(self, option.name)
-            if option.choices is not None and value not in option.choices:
+            if option.choices is not None and value not in option.choices and not (option.optional and value is None):
                 raise OptionError(f"{spell(option.name)}: unknown value {value!r}; choose one of "
                                   f"{', '.join(option.choices)}")
         _whole(self.augment_dims, 0, spell("augment_dims"))
@@ -199,9 +218,12 @@ class NodeOptions:
         # A layer's field starts near zero and a Transformer needs few steps through it: trying the
         # whole interval first is usually one accepted step, where the estimate took 3-5 (benchmarks.adaptive_path).
         first_step = t1 - t0 if self.initial_step == "interval" and self.method in ADAPTIVE_METHODS else None
+        step_control = self.step_control or (default_step_control(self.method, self.gradient)
+                                             if front_end in OPTIONS["step_control"].front_ends else "batch")
         config = SolverConfig(**{name: getattr(self, name) for name in _SOLVER_FIELDS}, t0=t0, t1=t1,
-                              first_step=first_step)
-        config = config.validate({**spelled, "t0": OPTIONS["ts"].spelled(front_end),
+                              first_step=first_step, step_control=step_control)
+        config = config.validate({**spelled, "step_control": OPTIONS["step_control"].spelled(front_end),
+                                  "t0": OPTIONS["ts"].spelled(front_end),
                                   "t1": OPTIONS["ts"].spelled(front_end)}).with_uniform_grid()
         if config.is_fixed_grid:  # one step unless told otherwise
             return dataclasses.replace(config, steps=config.steps or 1)

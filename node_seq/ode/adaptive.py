@@ -18,7 +18,7 @@ import torch
 import torchdiffeq
 
 from .config import OptionError, SolverConfig
-from .embedded import integrate_embedded
+from .embedded import integrate_embedded, integrate_rows
 from .precision import AutocastState
 from .stats import _CONTEXT, CountingField
 
@@ -81,9 +81,10 @@ def integrate_adaptive(field: CountingField, y0: torch.Tensor, config: SolverCon
     """An adaptive solve differentiated by autograd through its steps: the methods with an embedded
     ``pair`` by our own loop (:mod:`.embedded`: fewer evaluations, none of them wasted on the backward
     pass; :func:`adaptive_loop` may route them through torchdiffeq's instead), the others by
-    ``torchdiffeq.odeint``."""
+    ``torchdiffeq.odeint``. Per-row control (``step_control="sequence"``) is our loop's only: under
+    ``adaptive_loop("torchdiffeq")`` such a solve runs batch-wide."""
     if config.method_spec.pair is not None and _CONTEXT.loop == "own":
-        return integrate_embedded(field, y0, config, t0, t1, norm)
+        return (integrate_rows if config.per_row else integrate_embedded)(field, y0, config, t0, t1, norm)
     return _odeint(field, y0, config, t0, t1, norm, adjoint=False)
 
 

@@ -14,6 +14,10 @@ from typing import Iterator, Mapping, Sequence
 from .methods import ADAPTIVE, GRADIENTS, LEARNED, METHODS, REGISTRY, SNAPSHOTS, MethodSpec, allowing
 
 DEFAULT_MAX_NUM_STEPS = 1000
+#: How an adaptive solve controls its steps: one controller for the whole state (``batch``), or
+#: one per row of the batch, dimension 0 (``sequence``: a sentence's steps do not depend on its
+#: neighbours; our own loop only, see :func:`~node_seq.ode.embedded.integrate_rows`).
+STEP_CONTROLS = ("batch", "sequence")
 
 
 class OptionError(ValueError):
@@ -30,7 +34,9 @@ class SolverConfig:
 
     Fixed-grid methods (learned blocks included) use ``steps`` (or ``step_size``, rounded so the
     grid is uniform) over ``[t0, t1]``; adaptive methods use ``rtol``/``atol`` and stop with an
-    error after ``max_num_steps`` steps. Their first step is ``first_step`` (at most the interval;
+    error after ``max_num_steps`` steps (per row under ``step_control="sequence"``: see
+    :data:`STEP_CONTROLS`; the core's default is ``batch``, since a generic state need not have
+    rows, while the model front ends default to ``sequence``). Their first step is ``first_step`` (at most the interval;
     the controller shrinks it if it fails the error test), or, when ``None``, Hairer's estimate,
     which costs one more evaluation and is usually far smaller.
     """
@@ -47,6 +53,7 @@ class SolverConfig:
     seminorm: bool = False
     checkpoint_snapshots: int | None = None
     max_num_steps: int = DEFAULT_MAX_NUM_STEPS
+    step_control: str = "batch"
     t0: float = 0.0
     t1: float = 1.0
 
@@ -105,6 +112,7 @@ class SolverConfig:
             _fail(names, *self._refusal())
         if self.checkpoint_snapshots is not None:
             self._validate_snapshots(names)
+        self._validate_step_control(names)
         object.__setattr__(self, "_validated", True)  # frozen fields: valid once, valid for good
         return self
 
@@ -142,6 +150,25 @@ class SolverConfig:
         if SNAPSHOTS in self.method_spec.refusals:
             _fail(names, "checkpoint_snapshots", self.method_spec.refusals[SNAPSHOTS])
 
+    @property
+    def per_row(self) -> bool:
+        """Whether the solve controls each row's steps itself: ``sequence`` on an adaptive method (a
+        fixed grid takes the same steps in every row anyway)."""
+        return self.step_control == "sequence" and not self.is_fixed_grid
+
+    def _validate_step_control(self, names: Mapping[str, str]) -> None:
+        if self.step_control not in STEP_CONTROLS:
+            _fail(names, "step_control", f"unknown value {self.step_control!r}; choose one of {', '.join(STEP_CONTROLS)}")
+        if not self.per_row:
+            return
+        own = ", ".join(name for name, spec in REGISTRY.items() if spec.pair is not None)
+        if self.method_spec.pair is None:
+            _fail(names, "step_control", f"'sequence' needs our own adaptive loop ({own}); method {self.method!r} runs "
+                  "through torchdiffeq, whose controller is batch-wide: use 'batch' or one of those methods")
+        if self.gradient == "adjoint":
+            _fail(names, "step_control", f"'sequence' is not supported with gradient 'adjoint' (torchdiffeq's adjoint "
+                  f"solves the batch with one controller); use 'batch', or gradient 'backprop' with {own}")
+
     def with_uniform_grid(self) -> "SolverConfig":
         """The same config with ``step_size`` turned into ``steps`` (see :func:`steps_for_step_size`)."""
         if self.step_size is None:
@@ -169,7 +196,8 @@ def swap_solver(train: SolverConfig, method: str, factor: float) -> SolverConfig
     ``factor`` steps over the interval (at least one). Used by ``vision.evaluate`` (images) and
     ``node_seq.fairseq.elastic_lm`` (language models).
     """
-    base = dataclasses.replace(train, method=method, gradient="backprop", checkpoint_snapshots=None, step_size=None)
+    base = dataclasses.replace(train, method=method, gradient="backprop", checkpoint_snapshots=None, step_size=None,
+                               step_control=train.step_control if getattr(REGISTRY.get(method), "pair", None) else "batch")
     if SolverConfig(method=method).is_fixed_grid:
         train_steps = train.steps if train.is_fixed_grid else 1
         return dataclasses.replace(base, steps=max(1, round((train_steps or 1) * factor)), first_step=None)

@@ -23,6 +23,13 @@ estimate is a sum of stage values whose weights add up to zero, so it is all can
 bfloat16 it is mostly rounding, and so is the starting step's difference of two slopes. The
 controller therefore works in :func:`controller_dtype` (at least float32); a float32 or float64
 solve is untouched.
+
+**Per-row control** (``step_control="sequence"``, :func:`integrate_rows`): each row of the batch
+(dimension 0: a sentence) has its own time, step size, accept/reject and step count, with the
+error norm taken per row. A row's result is then what it would be alone, whatever shares its
+batch. The field is evaluated on every row at each step (at each row's own time, ``t`` of shape
+``(batch, 1, ...)``), and a step is committed only for the rows that are still stepping and
+passed their error test; a finished row's state is held exactly.
 """
 
 from __future__ import annotations
@@ -117,13 +124,143 @@ def integrate_embedded(field: CountingField, y0: torch.Tensor, config: SolverCon
     return y
 
 
-def _combine(y: torch.Tensor | None, ks: list[torch.Tensor], weights: tuple[float, ...], h: float,
+def row_rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """The RMS of each row (dimension 0) of ``x``: per-row control's default error norm."""
+    return x.to(controller_dtype(x)).flatten(1).pow(2).mean(1).sqrt()
+
+
+def integrate_rows(field: CountingField, y0: torch.Tensor, config: SolverConfig, t0, t1,
+                   norm: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """:func:`integrate_embedded` with a controller per row of ``y0`` (dimension 0); return ``y(t1)``.
+
+    ``norm`` maps an error of ``y0``'s shape to one value per row (default :func:`row_rms_norm`).
+    Every row's fraction ``s``, step ``h``, accept/reject and step count are its own; the loop
+    ends when every row reached ``t1``. One host read per step (all done? any underflow? the
+    slowest row's time, the most steps of a row).
+    ``field.stats`` receives the per-row accepted/rejected steps and the evaluations each row
+    needed (``row_*``); its totals are the loop's, which every row pays for.
+    """
+    if y0.dim() == 0:
+        raise ValueError("step control 'sequence' needs a state with rows (dimension 0 is the batch), got a 0-d state")
+    pair = config.method_spec.pair
+    norm = norm or row_rms_norm
+    times = _Times(t0, t1, y0)
+    rtol, atol = config.rtol, config.atol
+    dtype = controller_dtype(y0)
+    rows, device = y0.shape[0], y0.device
+    shape = (rows,) + (1,) * (y0.dim() - 1)  # a per-row value broadcast over the row's state
+
+    def row_norm(x: torch.Tensor) -> torch.Tensor:
+        value = norm(x)
+        if value.shape != (rows,):
+            raise ValueError(f"step control 'sequence': the error norm must give one value per row, shape ({rows},), "
+                             f"got {tuple(value.shape)}")
+        return value.to(torch.float64)
+
+    def slope(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return times.scale(field(times.at_rows(s).reshape(shape), y))
+
+    def error_ratio(y, y1, ks, h: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            err = _combine(None, ks, pair.error, h.to(dtype).reshape(shape), dtype=dtype)
+            scale = torch.maximum(y.abs(), y1.abs()).to(dtype).mul_(rtol).add_(atol)
+            return row_norm(err.div_(scale))
+
+    s = torch.zeros(rows, dtype=torch.float64, device=device)
+    y, f0 = y0, slope(s, y0)
+    if config.first_step is None:
+        h = _first_row_steps(slope, y0, f0, pair.order, rtol, atol, row_norm, s)
+    else:
+        h = torch.full((rows,), config.first_step / times.length, dtype=torch.float64, device=device)
+    accepted_steps = torch.zeros(rows, dtype=torch.long, device=device)
+    rejected_steps = torch.zeros_like(accepted_steps)
+    moved = torch.zeros((), dtype=torch.long, device=device)  # loop steps in which some row moved on
+    probes = 2 if config.first_step is None else 1  # f0, and Hairer's probe
+    loop_steps = 0
+    while True:
+        active = s < 1.0
+        underflow = active & ~((h >= MIN_STEP_FRACTION) & (s + h > s))  # also a nan step
+        # The step's one host read: all done? underflow? the last row's time, the most steps of a row.
+        done, underflowed, slowest, most_steps = torch.stack([
+            ~active.any(), underflow.any(), torch.where(active, s, 1.0).min(),
+            (accepted_steps + rejected_steps).max()]).tolist()
+        field.stats.t_reached = times.at_float(slowest)
+        if loop_steps:
+            _count_loop_steps(field, loop_steps, int(moved), int(most_steps))
+        if done:
+            break
+        if underflowed:
+            raise field.on_limit("underflow")
+        lands = s + h >= 1.0 - LANDING_SLACK
+        h = torch.where(lands, 1.0 - s, h)
+        step = torch.where(active, h, torch.zeros_like(h))  # a finished row steps by nothing
+        step_y = step.to(y.dtype).reshape(shape)
+        ks = [f0]
+        for node, coupling in zip(pair.nodes, pair.coupling):
+            y_stage = _combine(y, ks, coupling, step_y)
+            at = torch.where(lands, 1.0, s + node * step) if node == 1.0 else s + node * step
+            ks.append(slope(torch.where(active, at, s), y_stage))
+        y1 = y_stage
+        ratio = error_ratio(y, y1, ks, step)
+        accepted = ratio <= 1.0  # False for nan
+        commit = accepted & active
+        accepted_steps += commit
+        rejected_steps += active & ~accepted
+        moved += commit.any()
+        loop_steps += 1
+        keep = commit.reshape(shape)
+        y, f0 = torch.where(keep, y1, y), torch.where(keep, ks[-1], f0)
+        s = torch.where(commit, torch.where(lands, 1.0, s + h), s)
+        h = torch.where(active, h * _row_step_factors(ratio, accepted, pair.order), h)
+    stats = field.stats
+    stats.row_accepted, stats.row_rejected = accepted_steps, rejected_steps
+    stats.row_nfe = (accepted_steps + rejected_steps) * (pair.stages - 1) + probes
+    return y
+
+
+def _count_loop_steps(field: CountingField, steps: int, moved: int, most_steps: int) -> None:
+    """The loop's steps so far in the totals (accepted: some row moved on), and the limit per row."""
+    field.stats.num_accepted, field.stats.num_rejected, field.stats.num_steps = moved, steps - moved, steps
+    if most_steps >= field.max_num_steps:
+        raise field.on_limit("forward")
+
+
+def _row_step_factors(ratio: torch.Tensor, accepted: torch.Tensor, order: int) -> torch.Tensor:
+    """:func:`_step_factor` for every row at once."""
+    floor = torch.where(accepted, 1.0, MAX_SHRINK).to(ratio.dtype)
+    factor = (SAFETY * ratio.pow(-1.0 / order)).clamp(max=MAX_GROWTH)  # ratio 0: growth at most
+    factor = torch.maximum(factor, floor).clamp(max=MAX_GROWTH)
+    return torch.where(torch.isfinite(ratio), factor, torch.full_like(ratio, MAX_SHRINK))
+
+
+def _first_row_steps(slope, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol: float, atol: float, norm,
+                     s: torch.Tensor) -> torch.Tensor:
+    """:func:`_first_step` for every row at once (one probe evaluation for the batch)."""
+    with torch.no_grad():
+        scale = y0.abs().to(controller_dtype(y0)).mul_(rtol).add_(atol)
+        d0, d1 = norm(y0 / scale), norm(f0 / scale)
+        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+        shape = (-1,) + (1,) * (y0.dim() - 1)
+        f1 = slope(s + h0, y0 + h0.to(y0.dtype).reshape(shape) * f0)
+        d2 = norm((f1.to(scale.dtype) - f0) / scale) / h0
+        biggest = torch.maximum(d1, d2)
+        h1 = torch.where(biggest <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
+                         (0.01 / biggest.clamp_min(1e-300)) ** (1.0 / order))
+    return torch.minimum(100 * h0, h1)
+
+
+def _combine(y: torch.Tensor | None, ks: list[torch.Tensor], weights: tuple[float, ...], h: float | torch.Tensor,
              dtype: torch.dtype | None = None) -> torch.Tensor:
     """``y + h * sum(w_j k_j)`` (or the sum alone without ``y``, accumulated in ``dtype``), skipping
-    zero weights."""
+    zero weights. ``h`` is a number, or a step per row broadcastable to ``y``."""
     out = y
     for w, k in zip(weights, ks):
-        if w != 0.0:
+        if w == 0.0:
+            continue
+        if isinstance(h, torch.Tensor):
+            term = (k if dtype is None else k.to(dtype)) * (h * w)
+            out = term if out is None else out + term
+        else:
             out = k.to(dtype) * (h * w) if out is None else out.add(k, alpha=h * w)
     return out
 
@@ -171,6 +308,14 @@ class _Times:
             return self.t0 if s == 0.0 else self.t1 if s == 1.0 else self.t0 + self.span * s
         t = self.t1 if s == 1.0 else self.t0 + self.length * s
         return torch.tensor(t, dtype=self.dtype, device=self.device)
+
+    def at_rows(self, s: torch.Tensor) -> torch.Tensor:
+        """The time of each row at its fraction ``s`` (shape ``(rows,)``), in the state's dtype;
+        exactly ``t1`` where ``s`` is one."""
+        s = s.to(self.dtype)
+        if self.tensors:
+            return torch.where(s == 1.0, self.t1, self.t0 + self.span * s)
+        return torch.where(s == 1.0, self.t1, self.t0 + self.length * s)
 
     def at_float(self, s: float) -> float:
         return self.start + self.length * s

@@ -40,6 +40,13 @@ class SolveStats:
     #: ``True`` if the final state is finite. Reading it is the host synchronisation that the
     #: compiled solve leaves out; :func:`node_seq.nn.layers.check_finite` reads every layer's at once.
     finite: torch.Tensor | None = None
+    #: Per-row control only (``step_control="sequence"``), one value per row of the batch: the
+    #: steps each row accepted and rejected, and the evaluations it needed (its own steps times the
+    #: new stages of a step, plus the first evaluation and Hairer's probe when estimated). The
+    #: totals above are the loop's: every row is evaluated at every step, so the cost is the maximum.
+    row_accepted: torch.Tensor | None = None
+    row_rejected: torch.Tensor | None = None
+    row_nfe: torch.Tensor | None = None
 
     def __add__(self, other: "SolveStats") -> "SolveStats":
         methods = {m for m in (self.method, other.method) if m}
@@ -50,7 +57,14 @@ class SolveStats:
             num_steps=self.num_steps + other.num_steps,
             num_accepted=self.num_accepted + other.num_accepted,
             num_rejected=self.num_rejected + other.num_rejected,
+            **{name: _sum_rows(getattr(self, name), getattr(other, name))
+               for name in ("row_accepted", "row_rejected", "row_nfe")},
         )
+
+
+def _sum_rows(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-row counts of two solves of the same rows add up; with one side unknown, so is the sum."""
+    return a + b if a is not None and b is not None and a.shape == b.shape else None
 
 
 class Stage(NamedTuple):

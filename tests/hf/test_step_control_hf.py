@@ -1,0 +1,110 @@
+"""Batch invariance of the HF models under per-sentence step control (issue #29, item 1).
+
+A sentence alone and in a batch with longer and harder sentences gives the same encoder output,
+logits and generated tokens (greedy and beam 4) to float rounding; under the batch-wide controller
+it does not, which is what makes these tests able to fail.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from node_seq.hf import NodeTransformerConfig
+from node_seq.ode import OptionError
+
+from hf_helpers import tiny_lm, tiny_model
+
+RELATIVE = 1e-5
+# Row 2 is the sentence (6 tokens and </s>); row 0 is longer and needs more steps, row 1 is shorter.
+SOURCES = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 2], [20, 21, 22, 2, 1, 1, 1, 1, 1, 1, 1],
+                        [30, 31, 32, 33, 34, 35, 2, 1, 1, 1, 1]])
+# Row 1, left-padded, is the prompt; row 0 a longer one.
+PROMPTS = torch.tensor([[2, 5, 6, 7, 8, 9, 10, 11], [1, 1, 1, 1, 2, 9, 10, 12]])
+
+
+def scaled_up(model):
+    """Fields twice as large, so that a solve takes several steps and the rows need different numbers."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".field." in name and parameter.dim() == 2:
+                parameter.mul_(2.0)
+    return model
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def generated(model, ids, mask, beams: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens, and what they were chosen by (greedy: every step's logits; beam: the sequence scores)."""
+    out = model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, max_new_tokens=6, do_sample=False,
+                         output_logits=True, output_scores=True, return_dict_in_generate=True)
+    scores = torch.stack(out.logits, dim=1) if beams == 1 else out.sequences_scores
+    return out.sequences, scores
+
+
+def seq2seq(control: str):
+    return scaled_up(tiny_model(node_method="dopri5", node_rtol=1e-2, node_step_control=control))
+
+
+def lm(control: str):
+    return scaled_up(tiny_lm(node_method="dopri5", node_rtol=1e-2, node_step_control=control))
+
+
+def test_seq2seq_encoder_output_is_the_sentences_own():
+    mask = SOURCES.ne(1).long()
+    differences = {}
+    for control in ("sequence", "batch"):
+        encoder = seq2seq(control).get_encoder()
+        with torch.no_grad():
+            batched = encoder(input_ids=SOURCES, attention_mask=mask).last_hidden_state
+            nfe = encoder.layers[0].last_stats.row_nfe
+            alone = encoder(input_ids=SOURCES[2:3, :7], attention_mask=mask[2:3, :7]).last_hidden_state
+        differences[control] = relative(batched[2, :7], alone[0])
+        if control == "sequence":
+            assert nfe[2] < nfe[0], f"the longer neighbour should need more steps: {nfe.tolist()}"
+    assert differences["sequence"] <= RELATIVE
+    assert differences["batch"] > 1e-3
+
+
+def test_lm_logits_are_the_sequences_own():
+    mask = PROMPTS.ne(1).long()
+    differences = {}
+    for control in ("sequence", "batch"):
+        model = lm(control)
+        with torch.no_grad():
+            batched = model(input_ids=PROMPTS, attention_mask=mask).logits
+            alone = model(input_ids=PROMPTS[1:, 4:], attention_mask=mask[1:, 4:]).logits
+        differences[control] = relative(batched[1, 4:], alone[0])
+    assert differences["sequence"] <= RELATIVE
+    assert differences["batch"] > 1e-3
+
+
+#: Per model kind: the model, the batch, the sentence's row, its real columns, and where its generated row
+#: starts in the batch's output (an LM's output repeats its left-padded prompt).
+KINDS = {"seq2seq": (seq2seq, SOURCES, 2, slice(0, 7), 0), "lm": (lm, PROMPTS, 1, slice(4, None), 4)}
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+@pytest.mark.parametrize("kind", KINDS)
+def test_generates_the_same_for_a_sentence_alone_and_in_a_batch(kind, beams):
+    build, ids, row, columns, start = KINDS[kind]
+    model, mask = build("sequence"), ids.ne(1).long()
+    with torch.no_grad():
+        tokens, scores = generated(model, ids, mask, beams)
+        alone_tokens, alone_scores = generated(model, ids[row:row + 1, columns], mask[row:row + 1, columns], beams)
+    assert tokens[row, start:].tolist() == alone_tokens[0].tolist()
+    assert relative(scores[row], alone_scores[0]) <= RELATIVE
+
+
+def test_the_config_field_defaults_per_method_and_refuses_by_its_name():
+    assert NodeTransformerConfig(node_method="dopri5").solver_config().step_control == "sequence"
+    assert NodeTransformerConfig(node_method="adaptive_heun").solver_config().step_control == "batch"
+    assert NodeTransformerConfig(node_method="dopri5", node_gradient="adjoint").solver_config().step_control == "batch"
+    assert NodeTransformerConfig(node_method="dopri5", node_step_control="batch").solver_config().step_control == "batch"
+    with pytest.raises(OptionError, match=r"node_step_control: 'sequence' needs our own adaptive loop \(dopri5, "
+                                          r"bosh3\); method 'adaptive_heun'"):
+        NodeTransformerConfig(node_method="adaptive_heun", node_step_control="sequence")
+    with pytest.raises(OptionError, match=r"node_step_control: unknown value 'rows'; choose one of batch, sequence"):
+        NodeTransformerConfig(node_step_control="rows")
