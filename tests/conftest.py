@@ -1,5 +1,10 @@
 import pytest
 import torch
+from tiers import FastTierGuard
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(FastTierGuard(), "fast-tier-guard")
 
 
 @pytest.fixture(autouse=True)

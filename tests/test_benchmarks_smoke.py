@@ -14,6 +14,8 @@ pytest.importorskip("fairseq")
 
 from fairseq_helpers import REPO, make_task  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test runs a benchmark end to end (its quick settings)
+
 
 def _load(prefix, package="benchmarks"):
     with open(f"{prefix}.json", encoding="utf-8") as f:

@@ -12,6 +12,8 @@ from layer_inputs import SPEC, padded_batch
 from node_seq.nn.layers import NodeDecoderLayer, NodeEncoderLayer, check_finite
 from node_seq.ode import NonFiniteState, SolverConfig, compile_settings
 
+pytestmark = pytest.mark.slow  # torch.compile: each test traces and compiles
+
 
 def compiled(module):
     return torch.compile(module, fullgraph=True, backend="aot_eager")

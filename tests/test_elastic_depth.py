@@ -14,6 +14,8 @@ import pytest
 
 pytest.importorskip("fairseq")
 
+pytestmark = pytest.mark.slow  # every test decodes one_step_models (fairseq-train, tests/conftest.py)
+
 
 def test_a_learned_block_decodes_with_other_methods(one_step_models, tmp_path):
     from benchmarks import elastic_depth

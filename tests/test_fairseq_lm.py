@@ -29,6 +29,7 @@ def _records(log, prefix):
     return [r for r in records if f"{prefix}_loss" in r]
 
 
+@pytest.mark.slow
 def test_training_and_validation_log_nfe(rk4_checkpoint):
     log = rk4_checkpoint.parent.parent / "train.log"
     train, valid = _records(log, "train"), _records(log, "valid")
@@ -38,6 +39,7 @@ def test_training_and_validation_log_nfe(rk4_checkpoint):
     assert float(valid[-1]["valid_nfe_f"]) == 8.0
 
 
+@pytest.mark.slow
 def test_plain_and_kinetic_runs_log_what_they_are(data, tmp_path):
     log = tmp_path / "plain.log"
     train_lm(data, tmp_path / "plain", ["--no-node-decoder"], log_file=log, updates=2)
@@ -49,6 +51,7 @@ def test_plain_and_kinetic_runs_log_what_they_are(data, tmp_path):
     assert "train_node_kinetic" not in (tmp_path / "plain.log").read_text()  # each --log-file holds its own run
 
 
+@pytest.mark.slow
 def test_eval_lm_reports_the_perplexity_of_the_test_set(data, rk4_checkpoint):
     from node_seq.fairseq import inprocess
 
@@ -68,6 +71,7 @@ def _load(data, checkpoint, **overrides):
     return models[0].eval(), task
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{}, {"node_method": "midpoint", "node_steps": 2}, {"node_method": "dopri5"},
                                        {"node_incremental_cache": False}],
                          ids=["rk4", "midpoint-2-steps", "dopri5", "no-cache"])
@@ -93,6 +97,7 @@ def test_beam_search_scores_equal_a_full_forward_pass(data, rk4_checkpoint, over
             assert tokens[:2].tolist() in prefix.tolist()
 
 
+@pytest.mark.slow
 def test_generate_reports_nfe_per_sentence_and_the_cache_changes_no_output(data, rk4_checkpoint):
     from node_seq.fairseq import inprocess
     from node_seq.text.generate_log import read_nfe
@@ -110,6 +115,7 @@ def test_generate_reports_nfe_per_sentence_and_the_cache_changes_no_output(data,
     assert read_nfe(cached) > 0 and read_nfe(cached) == read_nfe(uncached)
 
 
+@pytest.mark.slow
 def test_interactive_continues_prompts_as_generate_continues_the_same_prefixes(data, rk4_checkpoint):
     """fairseq-interactive, the command, reading prompts from stdin: given each test sentence's first two
     pieces it writes the hypotheses and scores fairseq-generate writes with ``--prefix-size 2``."""
@@ -176,6 +182,7 @@ def test_build_model_validates_the_options_once_and_hands_them_to_the_layers(dat
     assert [layer.solver for layer in model.ode_layers()] == [validated_options[0].solver()] * 2
 
 
+@pytest.mark.slow
 def test_elastic_depth_sweep_scores_what_eval_lm_scores(data, rk4_checkpoint, tmp_path):
     """The sweep's evaluation at the trained solver is fairseq-eval-lm's perplexity; other solvers
     change the NFE as their grids say, and the layers keep their trained solver afterwards."""
@@ -199,6 +206,7 @@ def test_elastic_depth_sweep_scores_what_eval_lm_scores(data, rk4_checkpoint, tm
     assert sum(loss for loss, _ in scored["samples"]) / scored["tokens"] == pytest.approx(trained["loss"], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_a_learned_block_is_swept_with_other_methods_as_if_loaded_with_them(data, tmp_path):
     """Swept with euler, an rk2_gated model drops its gate: its perplexity is the same checkpoint's
     loaded with node_method=euler (the loader drops the gate too). A model trained without a learned

@@ -49,6 +49,7 @@ BACKWARD_EVALUATES = {"decoder-only-adjoint", "dopri5-adjoint-seminorm", "checkp
                       "reversible-heun", "reversed-euler"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_trains_logs_nfe_and_generates(name, data, tmp_path):
     log = tmp_path / "train.log"
@@ -68,6 +69,7 @@ def test_trains_logs_nfe_and_generates(name, data, tmp_path):
 
 
 
+@pytest.mark.slow
 def test_validation_reports_its_own_nfe(data, tmp_path):
     log = tmp_path / "train.log"
     fairseq_train(data, tmp_path / "ck", ["--max-epoch", "1", "--node-method", "rk4", "--node-steps", "2"], log_file=log)
@@ -76,6 +78,7 @@ def test_validation_reports_its_own_nfe(data, tmp_path):
     assert float(train["train_nfe_f"]) == 16 and float(train["train_nfe_b"]) == 0
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint(data, tmp_path):
     save = tmp_path / "ck"
     fairseq_train(data, save, ["--max-update", "2", "--disable-validation", "--node-method", "rk4"])
@@ -128,6 +131,7 @@ def test_fairseq_bf16_without_torch_xla_is_refused_while_parsing(flag, data, cap
     assert "node_transformer: error: --bf16: fairseq's --bf16 trains on a TPU" in str(info.value.code)
 
 
+@pytest.mark.slow
 def test_fairseq_train_cli_stops_before_anything_is_written(data, tmp_path):
     save = tmp_path / "never"
     result = subprocess.run(
@@ -258,6 +262,7 @@ def test_incremental_decoder_logits_equal_full_decoding(data, argv):
     torch.testing.assert_close(incremental, full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_failure_policy_fallback_keeps_training_and_counts_it(data, tmp_path):
     log = tmp_path / "train.log"
     fairseq_train(data, tmp_path / "ck", ["--max-update", "2", "--disable-validation", "--node-method", "dopri5",
@@ -270,6 +275,7 @@ def test_failure_policy_fallback_keeps_training_and_counts_it(data, tmp_path):
     assert all(float(u["nfe_f"]) == 16 for u in updates)  # rk4 x 2 steps x 2 layers
 
 
+@pytest.mark.slow
 def test_failure_policy_raise_names_the_layer(data, tmp_path):
     from node_seq.ode import MaxStepsExceeded
 
@@ -278,6 +284,7 @@ def test_failure_policy_raise_names_the_layer(data, tmp_path):
                                               "--node-rtol", "1e-9", "--node-atol", "1e-9", "--node-max-num-steps", "2"])
 
 
+@pytest.mark.slow
 def test_checkpoints_with_other_pickled_objects_are_refused(data, tmp_path):
     import os
     import pickle
@@ -298,6 +305,7 @@ def test_checkpoints_with_other_pickled_objects_are_refused(data, tmp_path):
         checkpoint_utils.load_checkpoint_to_cpu(str(crafted))
 
 
+@pytest.mark.slow
 def test_options_are_listed_with_their_defaults():
     result = subprocess.run([sys.executable, "-m", "node_seq.fairseq.options"], cwd=REPO, capture_output=True,
                             text=True, timeout=300, check=True)
@@ -311,6 +319,7 @@ def test_options_are_listed_with_their_defaults():
     assert "integration interval of every ODE block (default: 0,1)" in text
 
 
+@pytest.mark.slow
 def test_node_compile_trains_and_generates_as_eager_does(data, tmp_path, monkeypatch):
     """``--node-compile``: the layers compiled (aot_eager here, inductor by default), the same losses, NFE
     and translations as the uncompiled model; a checkpoint written compiled decodes uncompiled too."""
@@ -335,6 +344,7 @@ def test_node_compile_trains_and_generates_as_eager_does(data, tmp_path, monkeyp
     assert read_nfe(compiled_out) == read_nfe(eager_out) > 0
 
 
+@pytest.mark.slow
 def test_a_compiled_pass_whose_solve_failed_is_redone_eagerly_under_the_fallback_policy(data, monkeypatch):
     """``--node-compile --node-failure-policy fallback``: a compiled solve cannot fall back inside its
     graph, so when the pass's finiteness check reports a failure the model redoes the whole pass

@@ -13,6 +13,8 @@ import node_seq.fairseq  # noqa: E402,F401  (lets torch.load(weights_only=True) 
 
 from fairseq_helpers import REPO, TINY, make_task  # noqa: E402
 
+pytestmark = pytest.mark.slow  # fairseq-train in processes of its own, one of them killed
+
 UPDATES, EVERY = 40, 8
 
 

@@ -32,6 +32,7 @@ def _updates(log):
     return [r for r in _records(log) if "loss" in r and "num_updates" in r]
 
 
+@pytest.mark.slow
 def test_task_logs_forward_backward_and_validation_nfe(data, tmp_path):
     log = tmp_path / "train.log"
     fairseq_train(data, tmp_path / "ck", [*TASK, "--max-epoch", "1", "--node-method", "rk4", "--node-steps", "2",
@@ -62,6 +63,7 @@ def test_reduce_metrics_averages_nfe_over_every_worker(data):
     assert values["node_fallbacks"] == 1 and values["node_skipped"] == 1
 
 
+@pytest.mark.slow
 def test_skip_policy_skips_every_failing_batch_and_counts_it(data, tmp_path):
     log = tmp_path / "train.log"
     fairseq_train(data, tmp_path / "ck", [*TASK, *FAILING, "--node-failure-policy", "skip", "--max-update", "2",
@@ -115,6 +117,7 @@ def test_skip_policy_steps_only_for_updates_with_a_batch_that_solved(data):
     assert update(False, True)  # one batch of two solved: the step is taken
 
 
+@pytest.mark.slow
 def test_skip_policy_refuses_a_failure_in_the_backward_pass(data, tmp_path):
     with pytest.raises(RuntimeError, match="failed in the backward pass, which cannot be skipped"):
         fairseq_train(data, tmp_path / "ck", [*TASK, "--node-method", "dopri5", "--node-rtol", "1e-2",
@@ -147,6 +150,7 @@ def _free_port() -> str:
         return str(probe.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_at_the_same_effective_batch(tmp_path):
     """fairseq's distributed training (gloo, launched by torchrun) against one process with --update-freq 2."""
     data = make_task(tmp_path, train_size=200)
@@ -174,6 +178,7 @@ def test_two_processes_match_one_at_the_same_effective_batch(tmp_path):
         torch.testing.assert_close(parallel[name], single[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_regularizer_weights_change_the_gradient_not_the_logged_loss(data, tmp_path):
     def first_update(weight):
         log = tmp_path / f"kinetic-{weight}.log"

@@ -94,6 +94,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_importing_the_lower_layers_loads_no_front_end():
     import json
 

@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("fairseq")
 
 
+@pytest.mark.slow
 def test_each_model_is_tuned_on_valid_and_tested_against_the_baseline(one_step_models, tmp_path):
     from benchmarks import length_penalty
     from benchmarks.quality_records import in_order, paired_bootstrap
@@ -69,6 +70,7 @@ def test_the_nearest_penalty_to_the_recipes_wins_a_tie():
     assert choose([{"lenpen": 1.0, "bleu": 30.0}, {"lenpen": 2.0, "bleu": 30.5}]) == 2.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options, message", [
     (["--lenpens", "0.8,1.2"], r"--lenpens: '0.8,1.2' must be comma-separated numbers > 0, 1 among them"),
     (["--lenpens", "0,1"], r"--lenpens: '0,1' must be"),
@@ -84,6 +86,7 @@ def test_bad_options_are_refused_before_any_work(one_step_models, tmp_path, opti
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_missing_validation_references_are_refused_before_any_work(one_step_models, tmp_path):
     import shutil
 

@@ -11,6 +11,8 @@ from node_seq.hf import NodeTransformerConfig, NodeTransformerForConditionalGene
 from node_seq.nn.layers import check_finite
 from node_seq.ode import compile_settings
 
+pytestmark = pytest.mark.slow  # torch.compile and torch.export: each test traces and compiles
+
 TINY = dict(vocab_size=40, encoder_embed_dim=16, decoder_embed_dim=16, encoder_ffn_dim=32, decoder_ffn_dim=32,
             encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, dropout=0.0,
             node_method="midpoint", node_steps=1, max_position_embeddings=64)

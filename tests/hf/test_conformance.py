@@ -370,6 +370,7 @@ def test_get_encoder_answers_like_transformers_models():
 # 8. no branch on tensor values: the encoder and decoder export with dynamic shapes
 
 
+@pytest.mark.slow  # torch.export traces the model
 def test_plain_layers_export_with_dynamic_batch_and_length():
     model = tiny_model(node_encoder=False, node_decoder=False, node_method="euler")
     batch, length = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("length", min=2, max=512)

@@ -11,7 +11,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from hf_helpers import REPO
+
+pytestmark = pytest.mark.slow  # every test converts variant_run (fairseq-train, tests/hf/conftest.py)
 
 CONVERT = """
 import argparse, sys, torch

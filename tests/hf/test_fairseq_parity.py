@@ -22,6 +22,8 @@ from node_seq.text.tokenizer import encode_lines, load_tokenizer
 
 from hf_helpers import both_outputs, fairseq_side, load_with_report
 
+pytestmark = pytest.mark.slow  # every test reads models fairseq-train trained (tests/hf/conftest.py)
+
 RUNS = ["trained_run", "variant_run", "post_norm_run"]
 
 

@@ -22,6 +22,8 @@ from node_seq.hf.convert import ConversionError, convert, main
 
 from hf_helpers import fairseq_side
 
+pytestmark = pytest.mark.slow  # every test reads models fairseq-train trained (tests/hf/conftest.py)
+
 RUNS = ["plain_run", "spm_run", "bpe_run"]
 # Lines the training data never had: unknown words and characters, odd spacing, nothing at all.
 ODD = {"src": ["4 zebra 1", "  7  0   3 ", "", "12 3 Ω"],

@@ -203,6 +203,7 @@ def _losses(run_dir):
     return [(entry["loss"], entry["nfe_f"]) for entry in history if "loss" in entry]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(TRAINERS))
 def test_fsdp_on_two_cpu_processes_trains_as_one_process(kind, tmp_path):
     """``torchrun --nproc_per_node 2 ... --fsdp full_shard --cpu`` with half the batch per process:
@@ -233,6 +234,7 @@ def test_fsdp_on_two_cpu_processes_trains_as_one_process(kind, tmp_path):
         assert torch.allclose(saved(**inputs).logits, reference(**inputs).logits, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_accelerate_fsdp_is_not_applied_on_cpu(tmp_path):
     """The known limitation that ``--fsdp`` works around: ``TrainingArguments(fsdp=True)`` on CPU
     processes trains with DDP (accelerate 1.15 keeps its FSDP plugin for accelerators), and FSDP1's

@@ -128,6 +128,7 @@ def peak_bytes(model, batch) -> int:
     return tracker.peak
 
 
+@pytest.mark.slow  # a training step's peak memory, measured per configuration
 @pytest.mark.parametrize("kind", MODELS)
 def test_checkpointing_lowers_the_peak_memory_of_a_training_step(kind):
     build, batch = MODELS[kind]
@@ -179,6 +180,7 @@ def test_generation_and_evaluation_are_untouched_by_the_switch():
                                expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gradient_checkpointing", "activation_checkpointing"])
 def test_the_trainers_switch_trains_as_without_it(tmp_path, name):
     """``TrainingArguments(gradient_checkpointing=True)`` (transformers 5's alias) and its new name: the same

@@ -39,6 +39,7 @@ def _fairseq_model(lm_data, checkpoint):
     return models[0].eval(), task
 
 
+@pytest.mark.slow
 def test_converted_lm_gives_fairseqs_logits_and_greedy_tokens(lm_data, converted):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -70,6 +71,7 @@ def test_converted_lm_gives_fairseqs_logits_and_greedy_tokens(lm_data, converted
     assert torch.equal(generated, greedy)
 
 
+@pytest.mark.slow
 def test_train_lm_command_trains_evaluates_and_saves(lm_data, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

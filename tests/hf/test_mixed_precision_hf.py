@@ -14,6 +14,8 @@ from node_seq.hf.cli import train as train_hf
 from node_seq.hf.cli import train_lm
 from node_seq.text.numbers import write_task
 
+pytestmark = pytest.mark.slow  # the HF Trainer trains each model twice
+
 TINY_RUN = ["--vocab-size", "64", "--embed-dim", "16", "--ffn-dim", "32", "--layers", "1", "--heads", "2",
             "--dropout", "0", "--max-steps", "6", "--batch-size", "32", "--logging-steps", "2", "--eval-steps", "100",
             "--warmup-steps", "2", "--cpu"]

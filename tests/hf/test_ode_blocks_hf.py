@@ -97,6 +97,7 @@ def test_the_config_refuses_the_adjoint_for_rk4_classic_and_the_regularisers_for
 # a fairseq checkpoint, converted
 
 
+@pytest.mark.slow
 def test_a_converted_learned_block_gives_fairseqs_logits_and_tokens(learned_run):
     from fairseq.sequence_generator import SequenceGenerator
 

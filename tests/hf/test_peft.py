@@ -108,6 +108,7 @@ def train_dataset(kind: str) -> Dataset:
     return Dataset.from_dict({key: value.long().tolist() for key, value in batch.items()})
 
 
+@pytest.mark.slow
 def test_the_trainer_trains_only_the_adapter_and_logs_the_nfe(kind, tmp_path):
     model = lora(build(kind, node_method="rk4"), kind)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}

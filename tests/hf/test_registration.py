@@ -60,10 +60,12 @@ def run(code: str, *args: str) -> str:
     return result.stdout.strip()
 
 
+@pytest.mark.slow
 def test_import_node_seq_works_without_transformers_and_fairseq():
     assert run(WITHOUT) == "ok"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first", [NODE_SEQ_FIRST, TRANSFORMERS_FIRST], ids=["node_seq_first", "transformers_first"])
 def test_after_import_node_seq_the_auto_classes_know_node_transformer(first, tmp_path):
     tiny_model().save_pretrained(tmp_path)  # config.json says model_type node_transformer

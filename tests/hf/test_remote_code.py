@@ -79,11 +79,13 @@ def without_node_seq(shared, tmp_path_factory):
     return dict(zip(shared, results.pop("results")), **results, root=root)
 
 
+@pytest.mark.slow
 def test_the_loading_process_could_not_import_node_seq(without_node_seq):
     assert without_node_seq["node_seq_importable"] is False
     assert without_node_seq["node_seq_modules"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_bundle_generates_the_installed_models_tokens_without_node_seq(kind, shared, without_node_seq):
     loaded = without_node_seq[kind]
@@ -94,6 +96,7 @@ def test_the_bundle_generates_the_installed_models_tokens_without_node_seq(kind,
     torch.testing.assert_close(torch.tensor(loaded["scores"]), shared[kind]["scores"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_model_loaded_from_the_bundle_saves_and_loads_again(kind, shared, without_node_seq):
     loaded = without_node_seq[kind]
@@ -142,6 +145,7 @@ class _WithoutNodeSeqImports(ast.NodeTransformer):
         return None if node.level or (node.module or "").split(".")[0] == "node_seq" else node
 
 
+@pytest.mark.slow
 def test_the_bundle_is_the_packages_modules_with_only_their_imports_rewritten():
     """Outside its imports each file is its module, and each rewritten import binds the very object
     the module's own import binds."""
@@ -216,6 +220,7 @@ def lm_run(tmp_path_factory):
     return train_lm(data, root / "checkpoints", updates=2), data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_converters_remote_code_option_writes_the_bundle_of_the_standard_route(kind, shared, request, tmp_path):
     if kind == "seq2seq":

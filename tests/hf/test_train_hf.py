@@ -2,12 +2,14 @@
 
 import json
 
+import pytest
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from node_seq.hf.cli import train as train_hf
 from node_seq.text.numbers import write_task
 
 
+@pytest.mark.slow
 def test_train_hf_smoke_run(tmp_path):
     write_task(tmp_path / "data", sizes={"train": 160, "valid": 8, "test": 8})
     results = train_hf.main([
@@ -55,6 +57,7 @@ def in_a_fresh_thread(function, *args):
     return outcome["result"]
 
 
+@pytest.mark.slow
 def test_train_hf_with_torch_compile_trains_as_eager(tmp_path):
     """``--torch-compile`` end to end (the Trainer's ``torch_compile``): the same losses and NFE as
     eager from the same seed, and a saved model."""
@@ -79,6 +82,7 @@ def test_train_hf_with_torch_compile_trains_as_eager(tmp_path):
     assert (tmp_path / "compiled" / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_train_hf_under_torchrun_with_two_cpu_processes(tmp_path):
     """HF's Trainer does the distributed part (gloo on CPU); two processes split each epoch between them."""
     import os

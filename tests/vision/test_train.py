@@ -71,6 +71,7 @@ def test_unknown_config_key_and_bad_file(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_run_writes_config_metrics_checkpoints_and_sweep(tmp_path):
     assert train(tmp_path, SPHERES, "--eval-solvers", "true", "--test-solver-list", "euler,rk4",
                  "--test-factor-list", "1,4", "--seed", "3") == 0
@@ -92,6 +93,7 @@ def test_run_writes_config_metrics_checkpoints_and_sweep(tmp_path):
     assert not [f for f in os.listdir(run) if f.startswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(tmp_path, capsys):
     train(tmp_path, SPHERES)
     before = (tmp_path / "run" / "checkpoint_last.pt").read_bytes()
@@ -101,6 +103,7 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     assert (tmp_path / "run" / "checkpoint_last.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_resume_is_exact_across_a_refinement(tmp_path):
     config = {**DIGITS, "refine_epochs": [2]}
     train(tmp_path, config, out="straight")
@@ -121,6 +124,7 @@ def test_resume_is_exact_across_a_refinement(tmp_path):
     assert os.path.exists(tmp_path / "straight" / "checkpoint_best.pt")
 
 
+@pytest.mark.slow
 def test_step_adaptation_changes_are_logged_and_used(tmp_path):
     assert train(tmp_path, {**SPHERES, "steps": 6, "epochs": 3, "adapt_steps": True, "adapt_interval": 2,
                             "adapt_samples": 24}) == 0
@@ -135,6 +139,7 @@ def test_step_adaptation_changes_are_logged_and_used(tmp_path):
     assert load_checkpoint(str(tmp_path / "run" / "checkpoint_last.pt"))["solver"]["steps"] == final_steps
 
 
+@pytest.mark.slow
 def test_init_from_unties_a_tied_model(tmp_path, capsys):
     train(tmp_path, {**DIGITS, "epochs": 1}, out="tied")
     tied_path = str(tmp_path / "tied" / "checkpoint_last.pt")
@@ -156,6 +161,7 @@ def test_init_from_unties_a_tied_model(tmp_path, capsys):
     assert "--init-from" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["plain", "bar"])
 def test_progress_shows_loss_accuracy_and_nfe(tmp_path, capsys, mode):
     train(tmp_path, {**SPHERES, "epochs": 1}, "--progress", mode, "--log-interval", "1")
