@@ -36,6 +36,7 @@ TOY_BLOCK = MethodSpec("toy_gated_euler", LEARNED, None, 2, ("backprop",), "a to
                        scheme=GatedRK2(HEUN))
 
 
+@pytest.mark.slow
 def test_site_builds_strictly(tmp_path):
     built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})

@@ -21,6 +21,7 @@ def test_every_result_file_is_on_exactly_one_page():
     assert sorted(on_pages) == sorted(p.stem for p in pages.RESULTS.glob("*.json"))
 
 
+@pytest.mark.slow
 def test_no_results_markdown_is_committed():
     tracked = subprocess.run(["git", "ls-files", "benchmarks/results", "docs/results"], cwd=REPO,
                              capture_output=True, text=True, check=True).stdout.split()
@@ -77,6 +78,7 @@ def test_cli_refuses_a_results_folder_that_is_not_there(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_the_pages(tmp_path):
     subprocess.run([sys.executable, "-m", "benchmarks.pages", "--out", str(tmp_path)], cwd=REPO, check=True,
                    capture_output=True)

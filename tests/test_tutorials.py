@@ -103,6 +103,7 @@ def write_page(tmp_path: Path, text: str) -> Path:
     return page
 
 
+@pytest.mark.slow
 def test_blocks_share_the_directory_and_a_failure_names_its_block(tmp_path):
     page = write_page(tmp_path, "intro\n\n```bash\necho 3 > n.txt\n```\n\n```text\nnot run\n```\n\n"
                                 "```python\nfrom pathlib import Path\nassert Path('n.txt').read_text() == '3\\n'\n"
@@ -112,6 +113,7 @@ def test_blocks_share_the_directory_and_a_failure_names_its_block(tmp_path):
     assert "print('before')" in str(failure.value) and "--- output ---\nbefore" in str(failure.value)
 
 
+@pytest.mark.slow
 def test_bash_blocks_stop_at_the_first_failing_command(tmp_path):
     page = write_page(tmp_path, "```bash\nfalse\necho reached > reached.txt\n```\n")
     with pytest.raises(BlockFailed, match="block 1 "):
@@ -119,6 +121,7 @@ def test_bash_blocks_stop_at_the_first_failing_command(tmp_path):
     assert not (tmp_path / "work" / "reached.txt").exists()
 
 
+@pytest.mark.slow
 def test_skip_marker_is_honoured_and_needs_a_reason(tmp_path):
     page = write_page(tmp_path, "```bash skip-test: needs a GPU\nexit 1\n```\n\n```bash\necho ok\n```\n")
     assert [block.index for block in run_page(page, tmp_path / "work")] == [2]
@@ -128,6 +131,7 @@ def test_skip_marker_is_honoured_and_needs_a_reason(tmp_path):
         blocks("```python --fast\npass\n```\n")
 
 
+@pytest.mark.slow
 def test_blocks_see_the_reader_environment(tmp_path):
     check = "import node_seq, os; assert node_seq.__file__.startswith(os.environ['NODE_SEQ'])"
     page = write_page(tmp_path, f"```bash\ntest -f \"$NODE_SEQ/user_dir/__init__.py\"\ncommand -v node-seq-prepare\n"
