@@ -30,7 +30,9 @@ from node_seq.ode import adaptive_loop
 
 from .common import add_common_args, command_line, machine, markdown_table, write_outputs
 
-RTOL = ["--node-rtol", "0.01"]
+# Every NODE variant controls its steps batch-wide: the loops compared (ours and torchdiffeq's, issue
+# #16) are batch-wide controllers, and torchdiffeq has no other.
+RTOL = ["--node-rtol", "0.01", "--node-step-control", "batch"]
 #: name -> (fairseq flags, step loop); the plain model is the baseline.
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "plain layers (baseline)": (["--no-node-encoder", "--no-node-decoder"], "own"),

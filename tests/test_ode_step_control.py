@@ -107,6 +107,18 @@ def test_refused_where_the_solve_is_not_our_loop():
     SolverConfig(method="rk4", steps=2, step_control="sequence").validate()  # a fixed grid: the same in every row
 
 
+def test_torchdiffeqs_loop_refuses_per_row_control_and_runs_batch_wide():
+    """A benchmark's ``adaptive_loop("torchdiffeq")`` is a batch-wide controller: a per-row solve is
+    refused by name, a batch-wide one runs."""
+    from node_seq.ode import adaptive_loop
+
+    field, y0 = Stiffening(), rows_of_growing_difficulty()
+    with torch.no_grad(), adaptive_loop("torchdiffeq"):
+        with pytest.raises(OptionError, match=r"step_control='batch' \(--node-step-control batch\)"):
+            solve(field, y0, config("dopri5"))
+        solve(field, y0, config("dopri5", "batch"))
+
+
 def test_one_row_that_cannot_finish_stops_the_solve():
     field, y0 = Stiffening(), rows_of_growing_difficulty()
     with pytest.raises(MaxStepsExceeded, match="max_num_steps=3"):

@@ -81,10 +81,13 @@ def integrate_adaptive(field: CountingField, y0: torch.Tensor, config: SolverCon
     """An adaptive solve differentiated by autograd through its steps: the methods with an embedded
     ``pair`` by our own loop (:mod:`.embedded`: fewer evaluations, none of them wasted on the backward
     pass; :func:`adaptive_loop` may route them through torchdiffeq's instead), the others by
-    ``torchdiffeq.odeint``. Per-row control (``step_control="sequence"``) is our loop's only: under
-    ``adaptive_loop("torchdiffeq")`` such a solve runs batch-wide."""
+    ``torchdiffeq.odeint``. Per-row control (``step_control="sequence"``) is our loop's only, so
+    ``adaptive_loop("torchdiffeq")`` refuses it (its norm is one value per row, torchdiffeq's one)."""
     if config.method_spec.pair is not None and _CONTEXT.loop == "own":
         return (integrate_rows if config.per_row else integrate_embedded)(field, y0, config, t0, t1, norm)
+    if config.per_row:
+        raise OptionError(f"adaptive_loop('torchdiffeq'): torchdiffeq's loop controls the whole batch at once; "
+                          f"solve {config.method!r} with step_control='batch' (--node-step-control batch) there")
     return _odeint(field, y0, config, t0, t1, norm, adjoint=False)
 
 
