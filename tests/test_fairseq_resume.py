@@ -4,6 +4,8 @@ import os
 import signal
 import subprocess
 import time
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +32,10 @@ def final_state(save):
     return torch.load(save / "checkpoint_last.pt", weights_only=True)
 
 
+def _whole(checkpoint: Path) -> bool:
+    return checkpoint.exists() and zipfile.is_zipfile(checkpoint)
+
+
 def test_killed_run_resumes_exactly(tmp_path):
     data = make_task(tmp_path, train_size=300)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -40,7 +46,9 @@ def test_killed_run_resumes_exactly(tmp_path):
     process = subprocess.Popen(command(data, killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while not (killed / "checkpoint_last.pt").exists() and process.poll() is None and time.time() < deadline:
+    # fairseq copies checkpoint_last.pt into place (not atomically): kill once the copy is whole, when
+    # the zip's central directory, written last, is there
+    while not _whole(killed / "checkpoint_last.pt") and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
