@@ -16,6 +16,9 @@
   norm of the ODE blocks is added to the loss that is differentiated (logged apart as
   ``node_kinetic``/``node_jacobian``, so ``loss`` stays comparable).
 
+* fairseq-generate: one ``N-<id>\t<nfe>`` line per sentence, its NFE (encoder plus every decoding step it
+  took part in, mean over its beams), beside fairseq's ``H-``/``D-`` lines; only a task sees sample ids.
+
 Everything else, data included, is ``--task translation``'s.
 """
 
@@ -23,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
+import sys
 
 import torch
 from fairseq.logging import metrics
@@ -32,6 +37,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from ..nn.layers import collect_stats, node_layers, total_regularizer
 from ..ode import ODESolveError
+from ..text.generate_log import sentence_nfe_line
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +102,19 @@ class NodeTaskMixin:
         logging_output.update(_counts(model, fallbacks_before, backward=False))
         return loss, sample_size, logging_output
 
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """fairseq-generate's (and fairseq-interactive's) decoding of one batch, then one ``N-<id>`` line
+        per sentence with its NFE, where fairseq-generate writes its ``H-`` lines (even under ``--quiet``)."""
+        hypotheses = super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
+                                            constraints=constraints)
+        counters = [counter for counter in map(_generation_nfe, models) if counter is not None]
+        batches = [batch for batch in (counter.end_batch() for counter in counters) if batch is not None]
+        if batches and "id" in sample:
+            stream = generate_output_stream()
+            for sample_id, nfe in zip(sample["id"].tolist(), sum(batches[1:], batches[0]).tolist()):
+                print(sentence_nfe_line(sample_id, nfe), file=stream)
+        return hypotheses
+
     def optimizer_step(self, optimizer, model, update_num):
         all_skipped = self._batches_in_update > 0 and self._skipped_in_update == self._batches_in_update
         self._batches_in_update = self._skipped_in_update = 0
@@ -135,6 +154,23 @@ def _counts(model, fallbacks_before: int, *, backward: bool = True) -> dict:
     if backward:
         counts["nfe_b"] = stats.nfe_backward
     return counts
+
+
+def _generation_nfe(model):
+    """The model's per-sentence counter, if it counts (a NODE model prepared for inference)."""
+    return getattr(getattr(model, "decoder", None), "generation_nfe", None)
+
+
+def generate_output_stream():
+    """Where fairseq-generate prints its hypotheses. It hands that stream (stdout, or the file under
+    ``--results-path``) to ``logging.basicConfig``, so a real file there is it; otherwise stdout,
+    looked up now (a run in this process may have redirected it), as ``print`` does."""
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        if (type(handler) is logging.StreamHandler and isinstance(stream, io.TextIOWrapper)
+                and not stream.closed and stream not in (sys.__stdout__, sys.__stderr__)):
+            return stream
+    return sys.stdout
 
 
 def _fallbacks(model) -> int:
