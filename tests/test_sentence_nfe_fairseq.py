@@ -124,3 +124,39 @@ def test_the_language_model_counts_each_prompt_over_its_beams(tmp_path):
             hook.remove()
     # rk4, fixed grid: every row of every step costs the same; both prompts decode every step
     assert model.decoder.generation_nfe.end_batch().tolist() == [sum(calls)] * 2
+
+
+@pytest.mark.parametrize("control", ["sequence", "batch"])
+def test_the_logs_add_the_spread_across_sentences_under_per_sentence_control(data, control):
+    """``nfe_f`` stays the loop's count; ``nfe_row_*`` say how the sentences' own counts spread, only where
+    they exist (through ``--task node_translation``'s logging outputs here, as training logs them)."""
+    from fairseq.logging import metrics
+
+    model, task = model_of(data, control, ["--task", "node_translation", "--criterion", "cross_entropy"])
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    sample = dataset.collater([dataset[i] for i in range(4)])
+    _, _, logging_output = task.valid_step(sample, model, task.build_criterion(model.args))
+    with metrics.aggregate() as logged:
+        task.reduce_metrics([logging_output], task.build_criterion(model.args))
+    values = logged.get_smoothed_values()
+    if control == "batch":
+        assert "nfe_row_mean" not in values and values["nfe_f"] > 0
+        return
+    per_sentence = sum(layer.last_stats.row_nfe for layer in model.ode_layers()).double()
+    assert values["nfe_row_mean"] == round(float(per_sentence.mean()), 1)
+    assert values["nfe_row_sd"] == round(float(per_sentence.std(unbiased=False)), 1) > 0
+    assert (values["nfe_row_min"], values["nfe_row_max"]) == (per_sentence.min(), per_sentence.max())
+    assert values["nfe_row_max"] <= values["nfe_f"]  # the loop evaluates every row until the hardest is done
+
+
+def test_a_model_logging_its_own_counts_adds_the_spread_too(data):
+    """Without ``--task node_translation`` the model logs its own worker's counts, the spread with them."""
+    from fairseq.logging import metrics
+
+    model, task = model_of(data, "sequence")
+    tokens, lengths, _ = batch(task)
+    with metrics.aggregate() as logged, torch.no_grad():
+        model(tokens, lengths, tokens[:, :3])
+    per_sentence = sum(layer.last_stats.row_nfe for layer in model.ode_layers()).double()
+    assert logged.get_smoothed_values()["nfe_row_max"] == per_sentence.max() != per_sentence.min()

@@ -3,6 +3,9 @@
 * ``nfe_f``: function evaluations of every ODE block in one forward pass, logged by the model's
   ``forward``; it lands in whichever aggregator is active, so training (``train_inner``/``train``)
   and validation (``valid``) report their own.
+* ``nfe_row_mean``/``_sd``/``_min``/``_max``: under per-sentence step control, how ``nfe_f`` spread
+  across the batch's sentences (each one's own steps; ``nfe_f`` is the loop's, which evaluates
+  every row until the hardest is done), each a mean over the logged batches.
 * ``nfe_b``: evaluations made by the backward pass (checkpoint recomputation, reversible
   reconstruction, adjoint solves). It is only known once autograd has gone through every ODE
   block, so each block's input carries a gradient hook and the last one to fire logs the total.
@@ -22,7 +25,7 @@ import torch
 from fairseq.logging import metrics
 from torch import nn
 
-from ..nn.layers import collect_stats
+from ..nn.layers import collect_stats, row_nfe_spread
 from ..text.generate_log import nfe_line
 
 
@@ -30,6 +33,8 @@ def log_forward_nfe(model: nn.Module) -> None:
     stats = collect_stats(model)
     if stats.nfe_forward:
         metrics.log_scalar("nfe_f", stats.nfe_forward, priority=700, round=1)
+    for priority, (key, value) in enumerate(row_nfe_spread(model).items(), start=705):
+        metrics.log_scalar(key, value, priority=priority, round=1)
 
 
 class BackwardNFELogger:

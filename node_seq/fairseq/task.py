@@ -3,6 +3,8 @@
 * NFE goes into the logging outputs, which fairseq sums over micro-batches *and workers* before
   ``reduce_metrics``: ``nfe_f``/``nfe_b`` are means per forward pass over every worker, not the
   master's own count (the model alone can only log its own worker's).
+* Under per-sentence step control, ``nfe_row_mean``/``_sd``/``_min``/``_max``: the spread of the forward
+  NFE across each batch's sentences, means over the batches of every worker.
 * ``--node-failure-policy skip``: a batch whose forward solve fails is skipped and counted as
   ``node_skipped``, as fairseq skips a batch that runs out of memory. The batch is re-run on the
   fallback grid with its loss multiplied by zero, the way fairseq runs dummy batches, so that every
@@ -35,14 +37,15 @@ from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from ..nn.layers import collect_stats, node_layers, total_regularizer
+from ..nn.layers import ROW_NFE_KEYS, collect_stats, node_layers, row_nfe_spread, total_regularizer
 from ..ode import ODESolveError
 from ..text.generate_log import sentence_nfe_line
 
 logger = logging.getLogger(__name__)
 
 #: Logging-output keys this task adds; all are sums, so fairseq may add them up across workers.
-NODE_KEYS = ("node_batches", "nfe_f", "nfe_b", "node_fallbacks", "node_skipped", "node_kinetic", "node_jacobian")
+NODE_KEYS = ("node_batches", "nfe_f", "nfe_b", "node_fallbacks", "node_skipped", "node_kinetic", "node_jacobian",
+             "node_row_batches", *ROW_NFE_KEYS)
 
 
 class NodeTaskMixin:
@@ -141,6 +144,10 @@ class NodeTaskMixin:
         for key in ("node_fallbacks", "node_skipped"):
             if total[key]:
                 metrics.log_scalar_sum(key, total[key], priority=702)
+        if total["node_row_batches"]:  # batches whose solves were controlled per sentence
+            for priority, key in enumerate(ROW_NFE_KEYS, start=705):
+                metrics.log_scalar(key, total[key] / total["node_row_batches"], total["node_row_batches"],
+                                   priority=priority, round=1)
 
 
 @register_task("node_translation", dataclass=TranslationConfig)
@@ -151,6 +158,9 @@ class NodeTranslationTask(NodeTaskMixin, TranslationTask):
 def _counts(model, fallbacks_before: int, *, backward: bool = True) -> dict:
     stats = collect_stats(model)
     counts = {"node_batches": 1, "nfe_f": stats.nfe_forward, "node_fallbacks": _fallbacks(model) - fallbacks_before}
+    spread = row_nfe_spread(model)
+    if spread:
+        counts.update(spread, node_row_batches=1)
     if backward:
         counts["nfe_b"] = stats.nfe_backward
     return counts

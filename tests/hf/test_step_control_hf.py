@@ -140,3 +140,30 @@ def test_generation_nfe_per_sequence_without_per_sequence_control_is_the_batchs(
         model.generate(input_ids=ids, attention_mask=ids.ne(1).long(), num_beams=2, max_new_tokens=3,
                        do_sample=False)
     assert model.generation_nfe.per_sequence.tolist() == [model.generation_nfe.nfe_forward] * len(ids)
+
+
+@pytest.mark.parametrize("control", ["sequence", "batch"])
+def test_the_trainers_log_the_spread_across_rows_under_per_sequence_control(control, tmp_path):
+    """``nfe_f`` stays the loop's count; ``nfe_row_*`` say how the rows' own counts spread, only where they exist."""
+    from transformers import Seq2SeqTrainingArguments
+
+    from node_seq.hf.training import NodeSeq2SeqTrainer
+    from node_seq.nn.layers import node_layers
+
+    model, mask = seq2seq(control), SOURCES.ne(1).long()
+    trainer = NodeSeq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True))
+    trainer.current_gradient_accumulation_steps = 1  # what train() sets before its first step (not run here)
+    trainer.training_step(model, {"input_ids": SOURCES, "attention_mask": mask,
+                                  "labels": SOURCES.masked_fill(mask == 0, -100)})
+    per_row = sum(layer.last_stats.row_nfe for layer in node_layers(model)) if control == "sequence" else None
+    trainer.log({"loss": 1.0})
+    logged = trainer.state.log_history[-1]
+    assert logged["nfe_f"] > 0
+    if per_row is None:
+        assert "nfe_row_mean" not in logged
+        return
+    per_row = per_row.double()
+    assert [logged[key] for key in ("nfe_row_mean", "nfe_row_sd", "nfe_row_min", "nfe_row_max")] == [
+        round(float(value), 1) for value in (per_row.mean(), per_row.std(unbiased=False), per_row.min(), per_row.max())]
+    assert logged["nfe_row_min"] < logged["nfe_row_max"] <= logged["nfe_f"]
