@@ -160,3 +160,37 @@ def test_a_model_logging_its_own_counts_adds_the_spread_too(data):
         model(tokens, lengths, tokens[:, :3])
     per_sentence = sum(layer.last_stats.row_nfe for layer in model.ode_layers()).double()
     assert logged.get_smoothed_values()["nfe_row_max"] == per_sentence.max() != per_sentence.min()
+
+
+@pytest.mark.slow
+def test_fairseq_generate_prints_n_lines_only_with_the_task_and_the_spread_either_way(data, tmp_path):
+    """The commands themselves: in this process (what the tests and benchmarks run) and a real
+    ``fairseq-generate`` process writing to ``--results-path``, whose file gets the ``N-`` lines beside
+    the ``H-`` lines."""
+    import subprocess
+
+    from fairseq_helpers import REPO, fairseq_generate, fairseq_train
+
+    fairseq_train(data, tmp_path / "ck", ["--max-update", "2", "--disable-validation", "--node-method", "dopri5",
+                                          "--node-rtol", "1e-2", "--node-step-control", "sequence"])
+    checkpoint = tmp_path / "ck" / "checkpoint_last.pt"
+    with_task = fairseq_generate(data, checkpoint, ["--task", "node_translation"])
+    sentences = read_sentence_nfe(with_task)
+    hypotheses = [int(line.split("\t")[0][2:]) for line in with_task.splitlines() if line.startswith("H-")]
+    assert sorted(sentences) == sorted(hypotheses) and len(hypotheses) == 12
+    assert read_nfe(with_task) == round(statistics.fmean(sentences.values()), 1)
+    plain = fairseq_generate(data, checkpoint)
+    assert read_sentence_nfe(plain) == {} and read_nfe(plain) == read_nfe(with_task)
+    assert "over 12 sentences: sd" in plain
+
+    results = tmp_path / "results"
+    run = subprocess.run([str(REPO / ".venv" / "bin" / "fairseq-generate"), str(data), "--user-dir", "user_dir",
+                          "--path", str(checkpoint), "--gen-subset", "test", "--beam", "3", "--max-tokens", "2000",
+                          "--num-workers", "0", "--required-batch-size-multiple", "1", "--task", "node_translation",
+                          "--results-path", str(results)], cwd=REPO, check=True, capture_output=True, text=True,
+                         timeout=300)
+    written = (results / "generate-test.txt").read_text()
+    assert sum(line.startswith("H-") for line in written.splitlines()) == 12
+    assert read_sentence_nfe(written) == sentences
+    # fairseq's log lines, the summary among them, go to stderr: its speech tasks configure logging on import
+    assert read_nfe(run.stderr) == read_nfe(with_task)

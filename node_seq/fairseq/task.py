@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import logging
 import sys
 
@@ -172,14 +171,16 @@ def _generation_nfe(model):
 
 
 def generate_output_stream():
-    """Where fairseq-generate prints its hypotheses. It hands that stream (stdout, or the file under
-    ``--results-path``) to ``logging.basicConfig``, so a real file there is it; otherwise stdout,
-    looked up now (a run in this process may have redirected it), as ``print`` does."""
-    for handler in logging.getLogger().handlers:
-        stream = getattr(handler, "stream", None)
-        if (type(handler) is logging.StreamHandler and isinstance(stream, io.TextIOWrapper)
-                and not stream.closed and stream not in (sys.__stdout__, sys.__stderr__)):
-            return stream
+    """Where fairseq-generate prints its hypotheses: the ``output_file`` of ``fairseq_cli.generate``'s
+    ``_main`` (stdout, or the file under ``--results-path``), which calls ``inference_step`` and
+    hands that stream to nothing a plugin can reach (its ``logging.basicConfig(stream=output_file)``
+    does nothing once fairseq's speech tasks have configured logging on import, as they do). Outside
+    fairseq-generate (fairseq-interactive prints to stdout): stdout, looked up now, as ``print`` does."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "fairseq_cli.generate" and "output_file" in frame.f_locals:
+            return frame.f_locals["output_file"]
+        frame = frame.f_back
     return sys.stdout
 
 
