@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from node_seq.text.generate_log import nfe_line, read_nfe
+from node_seq.text.generate_log import nfe_line, read_nfe, read_sentence_nfe, sentence_nfe_line
 from node_seq.text.numbers import number_to_words, write_task
 from node_seq.text.score import main as score_main
 from node_seq.text.score import score
@@ -137,11 +137,20 @@ def test_score_counts_exact_matches_and_refuses_partial_logs(tmp_path):
 
 
 def test_nfe_line_is_written_and_read_in_one_format():
-    line = nfe_line(135.24)
-    assert line == "NODE NFE: 135.2 function evaluations per sentence (encoder + all decoding steps, forward only)"
+    line = nfe_line([130.0, 135.72, 140.0])
+    assert line == ("NODE NFE: 135.2 function evaluations per sentence (encoder + all decoding steps, forward only; "
+                    "over 3 sentences: sd 4.1, min 130.0, median 135.7, max 140.0)")
     log = f"INFO | fairseq_cli.generate | Translated 3 sentences\nINFO | fairseq_cli.generate | {line}\n"
     assert read_nfe(log) == 135.2
     assert read_nfe("Translated 3 sentences (40 tokens)") is None
+
+
+def test_sentence_nfe_lines_are_written_and_read_in_one_format():
+    log = "\n".join(["S-7\tein Satz", sentence_nfe_line(7, 41.25), "H-7\t-0.3\ta sentence",
+                     sentence_nfe_line(12, 38.0), "N-x\t3", "INFO:x:NODE NFE: 39.6 ..."])
+    assert sentence_nfe_line(7, 41.25) == "N-7\t41.25"
+    assert read_sentence_nfe(log) == {7: 41.25, 12: 38.0}
+    assert read_sentence_nfe("H-0\t-0.1\tno NFE here") == {}
 
 
 def test_truncated_fairseq_checkpoint_fails_clearly(tmp_path):

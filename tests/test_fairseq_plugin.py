@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("fairseq")
 
-from fairseq_helpers import REPO, TINY, fairseq_generate, fairseq_train, make_task  # noqa: E402
+from fairseq_helpers import REPO, TINY, fairseq_generate, fairseq_train, make_task, summary_lines  # noqa: E402
 from node_seq.text.generate_log import read_nfe  # noqa: E402
 
 
@@ -192,8 +192,6 @@ def test_only_a_model_prepared_for_inference_counts_generation_nfe(data):
     alone (validation, a parity test) counts nothing towards the NODE NFE line."""
     import argparse
 
-    from node_seq.fairseq.nfe_logging import GENERATION
-
     _, model = _build(data, ["--node-method", "rk4", "--node-steps", "1"])
     src, lengths = torch.tensor([[5, 6, 7, 2], [8, 9, 10, 2]]), torch.tensor([4, 4])
     prev = torch.tensor([[2, 8, 9], [2, 11, 12]])
@@ -206,38 +204,23 @@ def test_only_a_model_prepared_for_inference_counts_generation_nfe(data):
                 model.decoder(prev[:, :i + 1], encoder_out=encoder_out, incremental_state=state)
 
     model.eval()
-    GENERATION.reset()
     decode()
-    assert (GENERATION.sentences, GENERATION.weighted_nfe) == (0, 0.0)
+    assert model.decoder.generation_nfe is None
     model.prepare_for_inference_(argparse.Namespace(generation=argparse.Namespace(beam=1)))
     decode()
     # rk4 with one step: 4 evaluations per ODE layer and solve; one encoder solve and 3 decoding steps
-    assert GENERATION.sentences == 2 and GENERATION.per_sentence == 4 + 3 * 4
+    assert model.decoder.generation_nfe.per_sentence().tolist() == [4 + 3 * 4] * 2
 
 
 def test_the_nfe_line_is_reported_once_per_generate_run():
     """A second run in the same process (e.g. of fairseq's own transformer) does not repeat the last count."""
-    import io
-    import logging
-
     from node_seq.fairseq.nfe_logging import count_generation_nfe
     from node_seq.text.generate_log import nfe_line
 
     counter = count_generation_nfe()
-    counter.sentences = 2
-    counter.add(5, 2)
-    logger = logging.getLogger("fairseq_cli.generate")
-    stream, level = io.StringIO(), logger.level
-    handler = logging.StreamHandler(stream)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        logger.info("Translated 2 sentences")
-        logger.info("Translated 3 sentences")
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    assert stream.getvalue().splitlines() == [nfe_line(5.0), "Translated 2 sentences", "Translated 3 sentences"]
+    counter.start_batch(torch.tensor([3.0, 7.0]))
+    assert summary_lines("Translated 2 sentences", "Translated 3 sentences") == [
+        nfe_line([3.0, 7.0]), "Translated 2 sentences", "Translated 3 sentences"]
 
 
 @pytest.mark.parametrize("argv", [["--node-method", "rk4", "--node-steps", "2"],

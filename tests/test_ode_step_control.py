@@ -66,6 +66,22 @@ def test_the_batch_wide_controller_lets_a_hard_row_change_an_easy_one(method):
     assert not torch.allclose(batched[:1], alone, rtol=1e-9, atol=0)
 
 
+def test_per_row_counts_add_up_with_a_solve_that_has_none():
+    """A layer without per-row counts (a fixed grid, batch-wide control, a fallback) evaluated every
+    row at every step: summed with per-row counts, its total goes to every row."""
+    from node_seq.ode import SolveStats
+
+    rows = SolveStats(nfe_forward=9, num_accepted=2, row_nfe=torch.tensor([7, 9]), row_accepted=torch.tensor([1, 2]),
+                      row_rejected=torch.tensor([0, 0]))
+    grid = SolveStats(nfe_forward=4, num_accepted=1)
+    for total in (rows + grid, grid + rows):
+        assert total.row_nfe.tolist() == [11, 13] and total.row_accepted.tolist() == [2, 3]
+        assert total.row_rejected.tolist() == [0, 0]
+    assert (grid + grid).row_nfe is None
+    assert (rows + SolveStats(row_nfe=torch.tensor([1, 2, 3]))).row_nfe is None  # rows of another batch
+    assert grid.nfe_per_row(2).tolist() == [4, 4] and rows.nfe_per_row(2).tolist() == [7, 9]
+
+
 @pytest.mark.parametrize("method", OWN_LOOP)
 def test_per_row_solutions_meet_their_tolerance(method):
     field, y0 = Stiffening(), rows_of_growing_difficulty()

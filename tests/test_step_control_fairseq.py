@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("fairseq")
 
-from fairseq_helpers import TINY, make_task  # noqa: E402
+from fairseq_helpers import batch, make_task, model_of, relative  # noqa: E402
 
 RELATIVE = 1e-5
 
@@ -17,41 +17,6 @@ RELATIVE = 1e-5
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_task(tmp_path_factory.mktemp("numbers"))
-
-
-def model_of(data, control: str):
-    """An untrained tiny model, its fields made larger so that solves take several steps."""
-    from fairseq import options, tasks
-
-    import node_seq.fairseq  # noqa: F401
-
-    torch.manual_seed(0)
-    args = options.parse_args_and_arch(options.get_training_parser(), [
-        str(data), *TINY, "--node-method", "dopri5", "--node-rtol", "1e-2", "--node-step-control", control])
-    task = tasks.setup_task(args)
-    model = task.build_model(args).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if ".field." in name and parameter.dim() == 2:
-                parameter.mul_(4.0)
-            elif name.endswith("embed_tokens.weight"):
-                parameter.normal_(0, 1)
-    return model, task
-
-
-def batch(task):
-    """Row 1, the sentence, left-padded as fairseq pads sources; row 0 longer."""
-    dictionary = task.source_dictionary
-    words = [dictionary[i] for i in range(dictionary.nspecial, len(dictionary))]
-    pad, eos = dictionary.pad(), dictionary.eos()
-    long = [dictionary.index(w) for w in words[:9]] + [eos]
-    short = [dictionary.index(w) for w in words[12:16]] + [eos]
-    tokens = torch.tensor([long, [pad] * (len(long) - len(short)) + short])
-    return tokens, torch.tensor([len(long), len(short)]), len(short)
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 def test_the_encoder_output_is_the_sentences_own(data):

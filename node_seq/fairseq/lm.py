@@ -39,6 +39,8 @@ _UNSUPPORTED = ("character_embeddings", "adaptive_input", "decoder_layers_to_kee
 class NodeTransformerLMDecoder(NodeTransformerDecoder):
     """The seq2seq model's NODE decoder, its layers built without cross-attention."""
 
+    beam = 1  # rows per sentence when generating: --beam, set by prepare_for_inference_
+
     def build_decoder_layer(self, cfg, no_encoder_attn: bool = True):
         node_options = self.node_options
         layer = decoder_layer(layer_spec(options.layer_sizes(self.args, "decoder"), "decoder"), node_options,
@@ -48,8 +50,9 @@ class NodeTransformerLMDecoder(NodeTransformerDecoder):
 
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
         if self.generation_nfe is not None and incremental_state is not None and not incremental_state:
-            # the first step of a batch (the seq2seq model counts sentences in its encoder)
-            self.generation_nfe.sentences += round(prev_output_tokens.shape[0] / max(self.beam_size, 1))
+            # the first step of a batch opens it (the seq2seq model's encoder does)
+            sentences = prev_output_tokens.shape[0] // self.beam
+            self.generation_nfe.start_batch(torch.zeros(sentences, device=prev_output_tokens.device))
         return super().forward(prev_output_tokens, encoder_out=encoder_out, incremental_state=incremental_state,
                                **kwargs)
 
@@ -85,6 +88,7 @@ class NodeTransformerLanguageModel(TransformerLanguageModel):
         on the decoder counts NFE per sentence for generate's ``NODE NFE`` line."""
         super().prepare_for_inference_(cfg)
         self.decoder.generation_nfe = count_generation_nfe()
+        self.decoder.beam = getattr(cfg.generation, "beam", 1)  # fairseq tells a decoder no beam size
 
     def forward(self, src_tokens, **kwargs):
         inputs: list[torch.Tensor] = []

@@ -23,7 +23,9 @@ from fairseq.models.transformer.transformer_legacy import base_architecture, tra
 
 from ..nn.coefficients import match_coefficients
 from ..nn.factory import configure_ode_layers, decoder_layer, encoder_layer, layer_spec
-from ..nn.layers import NodeDecoderLayer, NodeEncoderLayer, check_finite, is_ode_layer, reorder_cache
+from ..nn.layers import (
+    NodeDecoderLayer, NodeEncoderLayer, check_finite, collect_stats, is_ode_layer, reorder_cache,
+)
 from ..nn.options import NodeOptions
 from ..ode import NonFiniteState, OptionError, compile_settings
 from . import options
@@ -116,14 +118,11 @@ class NodeTransformerEncoder(TransformerEncoder):
         out = super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
         check_finite(self)  # compiled layers (--node-compile) leave it to here: one look per pass, not per solve
         if self.generation_nfe is not None:
-            self.generation_nfe.sentences += src_tokens.shape[0]
-            self.generation_nfe.add(sum(layer.last_stats.nfe_forward for layer in self.layers if is_ode_layer(layer)),
-                                    src_tokens.shape[0])
+            self.generation_nfe.start_batch(collect_stats(self).nfe_per_row(src_tokens.shape[0], src_tokens.device))
         return out
 
 
 class NodeTransformerDecoder(TransformerDecoder):
-    beam_size = 1
     generation_nfe: Optional[GenerationNFE] = None  # set by NodeTransformerModel.prepare_for_inference_
 
     def __init__(self, args, dictionary, embed_tokens, node_options: NodeOptions, no_encoder_attn: bool = False):
@@ -137,18 +136,25 @@ class NodeTransformerDecoder(TransformerDecoder):
         layer.use_cache = node_options.incremental_cache or not node_options.decoder
         return layer
 
-    def set_beam_size(self, beam_size: int):
-        self.beam_size = beam_size
-        super().set_beam_size(beam_size)
-
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
         out = super().forward(prev_output_tokens, encoder_out=encoder_out, incremental_state=incremental_state,
                               **kwargs)
         check_finite(self)
         if self.generation_nfe is not None and incremental_state is not None:  # one decoding step
-            nfe = sum(layer.last_stats.nfe_forward for layer in self.layers if is_ode_layer(layer))
-            self.generation_nfe.add(nfe, prev_output_tokens.shape[0] / max(self.beam_size, 1))
+            # each row's sentence, kept in the incremental state so that fairseq's beam reordering and
+            # dropping of finished sentences reorder it too (reorder_incremental_state)
+            state = self.get_incremental_state(incremental_state, "node_sentence")
+            nfe = collect_stats(self).nfe_per_row(prev_output_tokens.shape[0], prev_output_tokens.device)
+            sentence = self.generation_nfe.add_step(nfe, None if state is None else state["sentence"])
+            self.set_incremental_state(incremental_state, "node_sentence", {"sentence": sentence})
         return out
+
+    def reorder_incremental_state(self, incremental_state, new_order: torch.Tensor) -> None:
+        """fairseq calls this on every module of the decoder; the layers reorder their own caches."""
+        state = self.get_incremental_state(incremental_state, "node_sentence")
+        if state is not None:
+            self.set_incremental_state(incremental_state, "node_sentence",
+                                       {"sentence": state["sentence"].index_select(0, new_order)})
 
 
 @register_model("node_transformer")

@@ -3,6 +3,8 @@
 * NFE goes into the logging outputs, which fairseq sums over micro-batches *and workers* before
   ``reduce_metrics``: ``nfe_f``/``nfe_b`` are means per forward pass over every worker, not the
   master's own count (the model alone can only log its own worker's).
+* Under per-sentence step control, ``nfe_row_mean``/``_sd``/``_min``/``_max``: the spread of the forward
+  NFE across each batch's sentences, means over the batches of every worker.
 * ``--node-failure-policy skip``: a batch whose forward solve fails is skipped and counted as
   ``node_skipped``, as fairseq skips a batch that runs out of memory. The batch is re-run on the
   fallback grid with its loss multiplied by zero, the way fairseq runs dummy batches, so that every
@@ -16,6 +18,9 @@
   norm of the ODE blocks is added to the loss that is differentiated (logged apart as
   ``node_kinetic``/``node_jacobian``, so ``loss`` stays comparable).
 
+* fairseq-generate: one ``N-<id>\t<nfe>`` line per sentence, its NFE (encoder plus every decoding step it
+  took part in, mean over its beams), beside fairseq's ``H-``/``D-`` lines; only a task sees sample ids.
+
 Everything else, data included, is ``--task translation``'s.
 """
 
@@ -24,19 +29,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sys
 
 import torch
 from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from ..nn.layers import collect_stats, node_layers, total_regularizer
+from ..nn.layers import ROW_NFE_KEYS, collect_stats, node_layers, row_nfe_spread, total_regularizer
 from ..ode import ODESolveError
+from ..text.generate_log import sentence_nfe_line
 
 logger = logging.getLogger(__name__)
 
 #: Logging-output keys this task adds; all are sums, so fairseq may add them up across workers.
-NODE_KEYS = ("node_batches", "nfe_f", "nfe_b", "node_fallbacks", "node_skipped", "node_kinetic", "node_jacobian")
+NODE_KEYS = ("node_batches", "nfe_f", "nfe_b", "node_fallbacks", "node_skipped", "node_kinetic", "node_jacobian",
+             "node_row_batches", *ROW_NFE_KEYS)
 
 
 class NodeTaskMixin:
@@ -96,6 +104,19 @@ class NodeTaskMixin:
         logging_output.update(_counts(model, fallbacks_before, backward=False))
         return loss, sample_size, logging_output
 
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """fairseq-generate's (and fairseq-interactive's) decoding of one batch, then one ``N-<id>`` line
+        per sentence with its NFE, where fairseq-generate writes its ``H-`` lines (even under ``--quiet``)."""
+        hypotheses = super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
+                                            constraints=constraints)
+        counters = [counter for counter in map(_generation_nfe, models) if counter is not None]
+        batches = [batch for batch in (counter.end_batch() for counter in counters) if batch is not None]
+        if batches and "id" in sample:
+            stream = generate_output_stream()
+            for sample_id, nfe in zip(sample["id"].tolist(), sum(batches[1:], batches[0]).tolist()):
+                print(sentence_nfe_line(sample_id, nfe), file=stream)
+        return hypotheses
+
     def optimizer_step(self, optimizer, model, update_num):
         all_skipped = self._batches_in_update > 0 and self._skipped_in_update == self._batches_in_update
         self._batches_in_update = self._skipped_in_update = 0
@@ -122,6 +143,10 @@ class NodeTaskMixin:
         for key in ("node_fallbacks", "node_skipped"):
             if total[key]:
                 metrics.log_scalar_sum(key, total[key], priority=702)
+        if total["node_row_batches"]:  # batches whose solves were controlled per sentence
+            for priority, key in enumerate(ROW_NFE_KEYS, start=705):
+                metrics.log_scalar(key, total[key] / total["node_row_batches"], total["node_row_batches"],
+                                   priority=priority, round=1)
 
 
 @register_task("node_translation", dataclass=TranslationConfig)
@@ -132,9 +157,31 @@ class NodeTranslationTask(NodeTaskMixin, TranslationTask):
 def _counts(model, fallbacks_before: int, *, backward: bool = True) -> dict:
     stats = collect_stats(model)
     counts = {"node_batches": 1, "nfe_f": stats.nfe_forward, "node_fallbacks": _fallbacks(model) - fallbacks_before}
+    spread = row_nfe_spread(model)
+    if spread:
+        counts.update(spread, node_row_batches=1)
     if backward:
         counts["nfe_b"] = stats.nfe_backward
     return counts
+
+
+def _generation_nfe(model):
+    """The model's per-sentence counter, if it counts (a NODE model prepared for inference)."""
+    return getattr(getattr(model, "decoder", None), "generation_nfe", None)
+
+
+def generate_output_stream():
+    """Where fairseq-generate prints its hypotheses: the ``output_file`` of ``fairseq_cli.generate``'s
+    ``_main`` (stdout, or the file under ``--results-path``), which calls ``inference_step`` and
+    hands that stream to nothing a plugin can reach (its ``logging.basicConfig(stream=output_file)``
+    does nothing once fairseq's speech tasks have configured logging on import, as they do). Outside
+    fairseq-generate (fairseq-interactive prints to stdout): stdout, looked up now, as ``print`` does."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "fairseq_cli.generate" and "output_file" in frame.f_locals:
+            return frame.f_locals["output_file"]
+        frame = frame.f_back
+    return sys.stdout
 
 
 def _fallbacks(model) -> int:

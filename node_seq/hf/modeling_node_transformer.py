@@ -119,21 +119,39 @@ class NodeNFE:
 
     After a forward pass (``model.last_nfe``) it is that pass's solves; after ``generate``
     (``model.generation_nfe``) it is the encoder's solve plus every decoding step's, which is the
-    NFE each sentence of the batch went through (fairseq-generate's "NFE per sentence"); an
-    assistant's drafting passes are the assistant's own ``generate`` calls, not counted here.
+    NFE the batch went through (the loop's, under per-sequence control the work of its hardest row);
+    an assistant's drafting passes are the assistant's own ``generate`` calls, not counted here.
+    :attr:`per_sequence` is the same per input sequence.
     """
 
     encoder: SolveStats = dataclasses.field(default_factory=SolveStats)
     decoder: SolveStats = dataclasses.field(default_factory=SolveStats)
     decoder_passes: int = 0
+    #: The input sequences and the decoder rows each has: ``generate``'s inputs and their beams (or
+    #: samples, with ``num_return_sequences``); after a forward pass, the batch's rows, one each.
+    sequences: int = 0
+    rows_per_sequence: int = 1
 
     @property
     def nfe_forward(self) -> int:
         return self.encoder.nfe_forward + self.decoder.nfe_forward
 
+    @property
+    def per_sequence(self) -> torch.Tensor:
+        """NFE of each input sequence, (sequences,) on the CPU: the encoder's for its row plus, per
+        decoding pass, the mean over its rows. ``generate`` keeps input i's beams or samples in rows
+        ``[i*k, (i+1)*k)`` and reorders beams only within them, so a row's NFE summed over the passes
+        stays its input's. Every entry is :attr:`nfe_forward` without per-sequence control (batch-wide
+        control, fixed grids); with it, a sequence's figure does not depend on its batch, except that
+        ``generate`` keeps a finished sequence's rows in every pass until the whole batch is done."""
+        encoder = self.encoder.nfe_per_row(self.sequences).cpu().double()
+        decoder = self.decoder.nfe_per_row(self.sequences * self.rows_per_sequence).cpu().double()
+        return encoder + decoder.view(self.sequences, self.rows_per_sequence).mean(1)
+
     def __add__(self, other: "NodeNFE") -> "NodeNFE":
         return NodeNFE(self.encoder + other.encoder, self.decoder + other.decoder,
-                       self.decoder_passes + other.decoder_passes)
+                       self.decoder_passes + other.decoder_passes, max(self.sequences, other.sequences),
+                       max(self.rows_per_sequence, other.rows_per_sequence))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -575,7 +593,8 @@ class NodeTransformerModel(NodeTransformerPreTrainedModel):
                                               encoder_padding_mask, decoder_attention_mask, node_cache,
                                               inputs_embeds=decoder_inputs_embeds,
                                               output_hidden_states=output_hidden_states)
-        self.last_nfe = NodeNFE(encoder=encoder_stats, decoder=self.decoder.last_stats, decoder_passes=1)
+        self.last_nfe = NodeNFE(encoder=encoder_stats, decoder=self.decoder.last_stats, decoder_passes=1,
+                                sequences=hidden.shape[0])
         out = Seq2SeqModelOutput(
             last_hidden_state=hidden, cache=node_cache, decoder_hidden_states=decoder_states,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
@@ -726,6 +745,14 @@ class NodeHeadMixin:
         if encodes and self._tally is not None:
             self._tally.encoder = self.get_encoder().last_stats
         return model_kwargs
+
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False,
+                                      input_ids: torch.Tensor | None = None, **model_kwargs):
+        """Notes how many sequences ``generate`` was given and how many rows each gets (its beams or
+        samples), which ``generation_nfe.per_sequence`` groups the decoder's rows by."""
+        if self._tally is not None and input_ids is not None:
+            self._tally.sequences, self._tally.rows_per_sequence = input_ids.shape[0], expand_size
+        return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs: dict, *args, **kwargs) -> dict:
         """Counts each decoding pass's NFE: generate calls this after every forward pass, outside it,

@@ -75,7 +75,7 @@ class NodeTransformerLMModel(NodeTransformerLMPreTrainedModel):
         node_cache = node_cache_for(cache, config.decoder_layers) if use_cache else None
         hidden, states = self.decoder(input_ids, None, None, attention_mask, node_cache, inputs_embeds=inputs_embeds,
                                       output_hidden_states=output_hidden_states)
-        self.last_nfe = NodeNFE(decoder=self.decoder.last_stats, decoder_passes=1)
+        self.last_nfe = NodeNFE(decoder=self.decoder.last_stats, decoder_passes=1, sequences=hidden.shape[0])
         out = BaseModelOutputWithPast(last_hidden_state=hidden, cache=node_cache, hidden_states=states)
         return out if return_dict else out.to_tuple()
 

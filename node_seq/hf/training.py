@@ -9,7 +9,8 @@ command lines; the pieces live here so tests can call them. Language models: :fu
   column per language (the ``text`` loader of ``datasets``, local files only);
 * :func:`tokenize`: ``Dataset.map`` with the project's tokenizer (``</s>`` appended, like fairseq);
 * :class:`NodeSeq2SeqTrainer`: logs ``nfe_f``/``nfe_b`` (per training step, averaged between log
-  lines) next to the loss, and ``eval_nfe`` (per sentence, encoder plus every decoding step);
+  lines; under per-sequence control their spread across rows, ``nfe_row_*``) next to the loss, and
+  ``eval_nfe`` (per sentence, encoder plus every decoding step);
 * :func:`bleu_metrics`: sacrebleu BLEU and exact match of generated translations.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase, Seq2SeqTrainer, Trainer
 
-from ..nn.layers import check_finite, collect_stats
+from ..nn.layers import ROW_NFE_KEYS, check_finite, collect_stats, row_nfe_spread
 from ..ode import compile_settings
 
 
@@ -79,7 +80,10 @@ class NodeNFELogging:
     """Mixed into a ``Trainer``: reports the ODE blocks' work.
 
     ``nfe_f``/``nfe_b``: function evaluations of one training step's forward and backward pass
-    (all ODE layers), averaged over the steps since the last log line. ``eval_nfe``: NFE per
+    (all ODE layers), averaged over the steps since the last log line. Under per-sequence step
+    control also ``nfe_row_mean``/``_sd``/``_min``/``_max``: how the forward NFE spread across the
+    batch's rows (each row's own steps; ``nfe_f`` is the loop's, which evaluates every row until the
+    hardest is done), averaged the same way. ``eval_nfe``: NFE per
     sentence of evaluation (with ``predict_with_generate``: the encoder plus every decoding step).
     Under torchrun both are averaged over every process's solves, not rank 0's alone.
 
@@ -90,6 +94,7 @@ class NodeNFELogging:
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._train_nfe = [0, 0, 0]  # forward, backward, steps
+        self._row_nfe = [0.0] * len(ROW_NFE_KEYS) + [0]  # per-row spread summed over steps, steps with one
         self._eval_nfe = [0, 0]  # NFE x sentences, sentences
         self._eval_prefix = "eval"
 
@@ -104,6 +109,11 @@ class NodeNFELogging:
         self._train_nfe[0] += stats.nfe_forward
         self._train_nfe[1] += stats.nfe_backward
         self._train_nfe[2] += 1
+        spread = row_nfe_spread(self._node_model(model))
+        if spread:
+            for index, key in enumerate(ROW_NFE_KEYS):
+                self._row_nfe[index] += spread[key]
+            self._row_nfe[-1] += 1
         return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **kwargs):
@@ -131,11 +141,13 @@ class NodeNFELogging:
         # Each process solves its own part of the batch (an adaptive solver takes its own steps):
         # the logged NFE are over all processes' solves.
         if "loss" in logs:
-            forward, backward, steps = self._over_processes(self._train_nfe)
+            forward, backward, steps, *spread, row_steps = self._over_processes(self._train_nfe + self._row_nfe)
             if steps:
                 logs["nfe_f"] = round(forward / steps, 1)
                 logs["nfe_b"] = round(backward / steps, 1)
-            self._train_nfe = [0, 0, 0]
+            if row_steps:
+                logs.update({key: round(value / row_steps, 1) for key, value in zip(ROW_NFE_KEYS, spread)})
+            self._train_nfe, self._row_nfe = [0, 0, 0], [0.0] * len(ROW_NFE_KEYS) + [0]
         if f"{self._eval_prefix}_runtime" in logs:
             nfe, sentences = self._over_processes(self._eval_nfe)
             if sentences:

@@ -375,6 +375,23 @@ def collect_stats(module: nn.Module) -> SolveStats:
     return total
 
 
+#: The spread across rows of one forward pass's NFE (:func:`row_nfe_spread`), as the training logs name it.
+ROW_NFE_KEYS = ("nfe_row_mean", "nfe_row_sd", "nfe_row_min", "nfe_row_max")
+
+
+def row_nfe_spread(module: nn.Module) -> dict[str, float]:
+    """How the forward NFE of the last pass spread across the rows of its batch (every ODE layer inside
+    ``module``; a row's is what its own steps needed): mean, standard deviation, min and max, under
+    :data:`ROW_NFE_KEYS`. Empty unless a layer controlled its steps per row: without that every row
+    took the pass's ``nfe_forward``."""
+    rows = collect_stats(module).row_nfe
+    if rows is None:
+        return {}
+    rows = rows.double()
+    values = torch.stack([rows.mean(), rows.std(unbiased=False), rows.min(), rows.max()]).tolist()
+    return dict(zip(ROW_NFE_KEYS, values))
+
+
 def check_finite(module: nn.Module) -> None:
     """Raise :class:`~node_seq.ode.NonFiniteState`, naming the layer, if a compiled solve of the last
     forward pass ended in inf/nan.

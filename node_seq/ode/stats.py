@@ -57,14 +57,30 @@ class SolveStats:
             num_steps=self.num_steps + other.num_steps,
             num_accepted=self.num_accepted + other.num_accepted,
             num_rejected=self.num_rejected + other.num_rejected,
-            **{name: _sum_rows(getattr(self, name), getattr(other, name))
-               for name in ("row_accepted", "row_rejected", "row_nfe")},
+            **{f"row_{name}": _sum_rows(getattr(self, f"row_{name}"), getattr(other, f"row_{name}"),
+                                        getattr(self, total), getattr(other, total))
+               for name, total in (("accepted", "num_accepted"), ("rejected", "num_rejected"),
+                                   ("nfe", "nfe_forward"))},
         )
 
+    def nfe_per_row(self, rows: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Forward evaluations of each of the ``rows`` rows: ``row_nfe``, or where the solve had no
+        per-row control (batch-wide control, a fixed grid), ``nfe_forward`` for every row, since
+        every row was evaluated at every step."""
+        if self.row_nfe is not None:
+            return self.row_nfe
+        return torch.full((rows,), self.nfe_forward, device=device)
 
-def _sum_rows(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-    """Per-row counts of two solves of the same rows add up; with one side unknown, so is the sum."""
-    return a + b if a is not None and b is not None and a.shape == b.shape else None
+
+def _sum_rows(a: torch.Tensor | None, b: torch.Tensor | None, a_total: int, b_total: int) -> torch.Tensor | None:
+    """Per-row counts of two solves of the same rows add up. A solve without them took its total in
+    every row (batch-wide control, a fixed grid, a fallback), so one side's rows are enough; with
+    neither, or rows of two batches, the sum has none."""
+    if a is None and b is None:
+        return None
+    if a is None or b is None:
+        return a + b_total if b is None else b + a_total
+    return a + b if a.shape == b.shape else None
 
 
 class Stage(NamedTuple):

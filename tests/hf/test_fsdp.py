@@ -136,10 +136,14 @@ def test_nfe_are_logged_over_every_process():
 
     trainer = Trainer()
     trainer.args = type("Args", (), {"world_size": 2, "device": "cpu"})()
-    trainer.accelerator = _OtherProcess([30, 50, 2])
+    # forward, backward, steps; then the per-row spread (mean, sd, min, max) summed over the steps that had one
+    trainer.accelerator = _OtherProcess([30, 50, 2, 12.0, 2.0, 8.0, 16.0, 1])
     trainer._train_nfe = [10, 14, 2]  # this process: two steps of 5 forward, 7 backward NFE
+    trainer._row_nfe = [20.0, 4.0, 14.0, 26.0, 2]
     trainer.log({"loss": 1.0})
     assert trainer.lines[-1]["nfe_f"] == 10.0 and trainer.lines[-1]["nfe_b"] == 16.0  # (10 + 30) / 4, (14 + 50) / 4
+    assert [trainer.lines[-1][key] for key in ("nfe_row_mean", "nfe_row_sd", "nfe_row_min", "nfe_row_max")] == [
+        10.7, 2.0, 7.3, 14.0]  # (20 + 12) / 3, ...
     trainer.accelerator = _OtherProcess([60, 3])
     trainer._eval_nfe = [20, 1]  # one sentence at 20 NFE here, three at 20 on average there
     trainer.log({"eval_runtime": 0.1})

@@ -108,3 +108,62 @@ def test_the_config_field_defaults_per_method_and_refuses_by_its_name():
         NodeTransformerConfig(node_method="adaptive_heun", node_step_control="sequence")
     with pytest.raises(OptionError, match=r"node_step_control: unknown value 'rows'; choose one of batch, sequence"):
         NodeTransformerConfig(node_step_control="rows")
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+@pytest.mark.parametrize("kind", KINDS)
+def test_generation_nfe_per_sequence_is_the_sequences_own(kind, beams):
+    """``generation_nfe.per_sequence``: the encoder's NFE for the row plus, per pass, the mean over the
+    input's beams; alone and in a batch the same under per-sequence control (every sentence here runs
+    to the length limit, so the batch takes no pass the sentence alone does not)."""
+    build, ids, row, columns, _ = KINDS[kind]
+    model, mask = build("sequence"), ids.ne(1).long()
+    with torch.no_grad():
+        tokens, _ = generated(model, ids, mask, beams)
+        batched, loop = model.generation_nfe.per_sequence, model.generation_nfe.nfe_forward
+        generated(model, ids[row:row + 1, columns], mask[row:row + 1, columns], beams)
+        alone = model.generation_nfe.per_sequence
+    assert tokens[:, -6:].ne(model.config.pad_token_id).all(), "every sequence should run to the length limit"
+    assert batched.shape == (len(ids),) and batched[row] == alone[0]
+    assert len(set(batched.tolist())) > 1, "the sequences should need different work"
+    assert batched.max() <= loop  # the loop evaluates every row until the hardest is done
+
+
+@pytest.mark.parametrize("solver", [dict(node_step_control="batch"), dict(node_method="rk4")],
+                         ids=["batch-control", "fixed-grid"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_generation_nfe_per_sequence_without_per_sequence_control_is_the_batchs(kind, solver):
+    build = tiny_model if kind == "seq2seq" else tiny_lm
+    model = scaled_up(build(**{"node_method": "dopri5", "node_rtol": 1e-2, **solver}))
+    ids = KINDS[kind][1]
+    with torch.no_grad():
+        model.generate(input_ids=ids, attention_mask=ids.ne(1).long(), num_beams=2, max_new_tokens=3,
+                       do_sample=False)
+    assert model.generation_nfe.per_sequence.tolist() == [model.generation_nfe.nfe_forward] * len(ids)
+
+
+@pytest.mark.parametrize("control", ["sequence", "batch"])
+def test_the_trainers_log_the_spread_across_rows_under_per_sequence_control(control, tmp_path):
+    """``nfe_f`` stays the loop's count; ``nfe_row_*`` say how the rows' own counts spread, only where they exist."""
+    from transformers import Seq2SeqTrainingArguments
+
+    from node_seq.hf.training import NodeSeq2SeqTrainer
+    from node_seq.nn.layers import node_layers
+
+    model, mask = seq2seq(control), SOURCES.ne(1).long()
+    trainer = NodeSeq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True))
+    trainer.current_gradient_accumulation_steps = 1  # what train() sets before its first step (not run here)
+    trainer.training_step(model, {"input_ids": SOURCES, "attention_mask": mask,
+                                  "labels": SOURCES.masked_fill(mask == 0, -100)})
+    per_row = sum(layer.last_stats.row_nfe for layer in node_layers(model)) if control == "sequence" else None
+    trainer.log({"loss": 1.0})
+    logged = trainer.state.log_history[-1]
+    assert logged["nfe_f"] > 0
+    if per_row is None:
+        assert "nfe_row_mean" not in logged
+        return
+    per_row = per_row.double()
+    assert [logged[key] for key in ("nfe_row_mean", "nfe_row_sd", "nfe_row_min", "nfe_row_max")] == [
+        round(float(value), 1) for value in (per_row.mean(), per_row.std(unbiased=False), per_row.min(), per_row.max())]
+    assert logged["nfe_row_min"] < logged["nfe_row_max"] <= logged["nfe_f"]
