@@ -50,14 +50,12 @@ class Sentences:
     nfe_batch: list[int]
 
 
-def encoder_nfe(layers, rows: int) -> torch.Tensor:
-    """Forward NFE of each row over ``layers``' last solves: a row's own count under per-row control,
-    the solve's (which every row paid) otherwise."""
-    total = torch.zeros(rows, dtype=torch.long)
-    for layer in layers:
-        stats = layer.last_stats
-        total += stats.row_nfe.cpu() if stats.row_nfe is not None else stats.nfe_forward
-    return total
+def encoder_nfe(encoder, rows: int) -> torch.Tensor:
+    """Forward NFE of each row in the encoder's last solves (a row's own count under per-row control,
+    the solve's, which every row paid, otherwise)."""
+    from node_seq.nn.layers import collect_stats
+
+    return collect_stats(encoder).nfe_per_row(rows).cpu()
 
 
 def measure(model, task, split: str, layers, solver, max_tokens: int) -> Sentences:
@@ -83,7 +81,7 @@ def measure(model, task, split: str, layers, solver, max_tokens: int) -> Sentenc
             for sample in batches():
                 ids = sample["id"].tolist()
                 output = model(**sample["net_input"])
-                nfe = encoder_nfe(layers, len(ids)).tolist()
+                nfe = encoder_nfe(model.encoder, len(ids)).tolist()
                 lprobs = model.get_normalized_probs(output, log_probs=True)
                 target = sample["target"]
                 nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -96,13 +94,14 @@ def measure(model, task, split: str, layers, solver, max_tokens: int) -> Sentenc
             for index in range(size):
                 source = dataset[index]["source"]
                 model.encoder(source.unsqueeze(0), src_lengths=torch.tensor([source.numel()]))
-                values["nfe_alone"][index] = int(encoder_nfe(layers, 1))
+                values["nfe_alone"][index] = int(encoder_nfe(model.encoder, 1))
         with solver_swapped(layers, dataclasses.replace(solver, step_control="batch")):
             for sample in batches():
                 net_input = sample["net_input"]
                 model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
-                for row, index in enumerate(sample["id"].tolist()):
-                    values["nfe_batch"][index] = int(encoder_nfe(layers, len(sample["id"]))[row])
+                ids = sample["id"].tolist()
+                for index, nfe in zip(ids, encoder_nfe(model.encoder, len(ids)).tolist()):
+                    values["nfe_batch"][index] = nfe
     return Sentences(loss=loss, **values)
 
 
