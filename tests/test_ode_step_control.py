@@ -37,7 +37,7 @@ def test_each_row_in_a_batch_is_solved_as_it_is_alone(method, first_step):
             assert stats.row_nfe[row] == alone_stats.nfe_forward == alone_stats.row_nfe[0]
             assert stats.row_accepted[row] == alone_stats.num_accepted
     assert len(set(stats.row_nfe.tolist())) > 1, "the rows should need different work"
-    assert stats.nfe_forward == int(stats.row_nfe.max())  # every row is evaluated until the last is done
+    assert stats.nfe_forward == int(stats.row_nfe.max())  # the loop runs until the last row is done
 
 
 @pytest.mark.parametrize("method", OWN_LOOP)

@@ -43,7 +43,7 @@ class SolveStats:
     #: Per-row control only (``step_control="sequence"``), one value per row of the batch: the
     #: steps each row accepted and rejected, and the evaluations it needed (its own steps times the
     #: new stages of a step, plus the first evaluation and Hairer's probe when estimated). The
-    #: totals above are the loop's: every row is evaluated at every step, so the cost is the maximum.
+    #: totals above are the loop's (the slowest row's); what the rows cost is ``row_evaluations``.
     row_accepted: torch.Tensor | None = None
     row_rejected: torch.Tensor | None = None
     row_nfe: torch.Tensor | None = None
