@@ -58,10 +58,10 @@ class SolveStats:
             method="+".join(sorted(methods)),
             nfe_forward=self.nfe_forward + other.nfe_forward,
             nfe_backward=self.nfe_backward + other.nfe_backward,
+            row_evaluations=self.row_evaluations + other.row_evaluations,
             num_steps=self.num_steps + other.num_steps,
             num_accepted=self.num_accepted + other.num_accepted,
             num_rejected=self.num_rejected + other.num_rejected,
-            row_evaluations=self.row_evaluations + other.row_evaluations,
             **{name: _sum_rows(getattr(self, name), getattr(other, name))
                for name in ("row_accepted", "row_rejected", "row_nfe")},
         )
