@@ -17,8 +17,8 @@ at each ``--batch-size``, with the checkpoint's solver overridden four ways:
 Every round decodes every (batch size, solver) once, the order of the solvers rotating from round
 to round; a solver's speed is its median words/s (detokenized hypothesis words over fairseq's own
 generation time) and its ratio to ``sequence`` is the median of the per-round ratios, so load that
-drifts across rounds cancels. Each row also holds BLEU/chrF2, NFE per sentence (the solves' own
-counts: every row pays its batch's loop) and rows evaluated per sentence (counted at every field
+drifts across rounds cancels. Each row also holds BLEU/chrF2, NFE per sentence (fairseq-generate's
+``NODE NFE`` line) and rows evaluated per sentence, the work actually done (counted at every field
 evaluation through :func:`node_seq.ode.observe_evaluations`; a decoder's rows are its hypotheses,
 beam times sentences). Writes ``--out`` (default ``benchmarks/results/row_compaction.json``) and each
 decoding's log under ``OUT_DIR/logs/``.
