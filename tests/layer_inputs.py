@@ -32,3 +32,24 @@ def assert_incremental_equals_full(layer, memory, memory_padding, *, length: int
         steps = [layer(y[:, i:i + 1], memory, memory_padding, cache=cache) for i in range(length)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
     return cache
+
+
+def hard_neighbours(layer_width: int = 16):
+    """A batch of three: row 1 is the sentence (5 real tokens), row 0 a longer neighbour whose small state
+    makes the relative tolerance harder to meet, row 2 a short one."""
+    torch.manual_seed(0)
+    x, padding = padded_batch(layer_width)
+    x = x.double()
+    x[0] *= 0.2
+    return x, padding
+
+
+def scaled_up(layer: torch.nn.Module, factor: float = 4.0) -> torch.nn.Module:
+    """Fields scaled up so that the solves need several steps (a fresh layer is near the identity)."""
+    with torch.no_grad():
+        for name, parameter in layer.named_parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(factor)
+            elif name.endswith("time.weight"):
+                parameter.normal_()
+    return layer.double().eval()

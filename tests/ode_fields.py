@@ -36,3 +36,20 @@ class CrossAttentionField(nn.Module):
         scores = self.q(y) @ memory.transpose(-1, -2) * scale
         scores = scores.masked_fill(mask[:, None, :], float("-inf"))
         return torch.tanh(scores.softmax(-1) @ self.v(memory) + self.time * t * y)
+
+
+class Stiffening(torch.nn.Module):
+    """A row-wise, time-dependent field whose rows need more steps the larger their state."""
+
+    def __init__(self, dim: int = 5):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.weight = torch.nn.Parameter(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return torch.tanh(y @ self.weight) * (1 + t) * y.abs().mean(-1, keepdim=True)
+
+
+def rows_of_growing_difficulty(dim: int = 5) -> torch.Tensor:
+    y0 = torch.randn(4, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return y0 * torch.tensor([0.1, 1.0, 3.0, 6.0], dtype=torch.float64)[:, None]

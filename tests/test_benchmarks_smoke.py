@@ -287,3 +287,45 @@ def test_fsdp_parity_on_one_gpu_says_why_it_did_not_run(tmp_path, monkeypatch):
     assert fsdp_parity.main(["--device", "cuda", "--out", str(tmp_path / "fsdp"), "--work", str(tmp_path / "w")]) == 0
     result = _load(tmp_path / "fsdp")
     assert result["rows"] == [] and result["meta"]["skipped"].endswith("this machine has 1 GPU")
+
+
+def test_row_compaction_quick(tmp_path):
+    """A tiny dopri5 model, its fields scaled up so that sentences need different steps, decoded four ways:
+    compaction changes no translation and no NFE and evaluates fewer rows, as many per sentence at every
+    batch size (each sentence's own evaluations)."""
+    import torch
+
+    from benchmarks import pages, row_compaction
+    from fairseq_helpers import fairseq_train
+
+    data = make_task(tmp_path / "numbers")
+    fairseq_train(data, tmp_path / "model", ["--node-method", "dopri5", "--max-update", "4"])
+    checkpoint = torch.load(tmp_path / "model" / "checkpoint_last.pt", weights_only=False)
+    generator = torch.Generator().manual_seed(0)
+    for name, parameter in checkpoint["model"].items():
+        if ".field." in name and parameter.dim() == 2:
+            parameter.mul_(4.0)
+        elif name.endswith("embed_tokens.weight"):
+            parameter.normal_(0, 1, generator=generator)
+    torch.save(checkpoint, tmp_path / "scaled.pt")
+    out = tmp_path / "results" / "row_compaction.json"
+    rows = row_compaction.main([str(data.parent), str(tmp_path / "decode"), "--model", str(tmp_path / "scaled.pt"),
+                                "--quick", "--out", str(out), "--", "--max-len-b", "6"])
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["rows"] == rows and result["command"].startswith("python -m benchmarks.row_compaction ")
+    assert {"torch", "date", "cpu"} <= set(result["meta"]["machine"]) and "shared" in result["meta"]["note"]
+    assert [(r["batch_size"], r["solver"]) for r in rows] == [
+        (size, solver) for size in (1, 4) for solver in ("batch", "sequence", "sequence, compacted", "fixed rk4:2")]
+    compacted_work = set()
+    for size in (1, 4):
+        by_solver = {r["solver"]: r for r in rows if r["batch_size"] == size}
+        per_row, compacted = by_solver["sequence"], by_solver["sequence, compacted"]
+        assert compacted["translations_differing_from_sequence"] == 0
+        assert (compacted["bleu"], compacted["nfe_per_sentence"]) == (per_row["bleu"], per_row["nfe_per_sentence"])
+        assert compacted["row_evaluations_per_sentence"] < per_row["row_evaluations_per_sentence"]
+        assert per_row["ratio_to_sequence"] == 1.0 and all(r["words_per_s"] > 0 for r in by_solver.values())
+        compacted_work.add(compacted["row_evaluations_per_sentence"])
+    assert len(compacted_work) == 1
+    # the results page reads what the benchmark writes
+    page, _ = pages.render(next(t for t in pages.TOPICS if t.slug == "row-compaction"), out.parent)
+    assert "What it means: compaction pays" in page and "Not measured yet" not in page

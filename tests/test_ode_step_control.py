@@ -14,26 +14,10 @@ from node_seq.nn import LayerSpec, NodeDecoderLayer, NodeEncoderLayer
 from node_seq.ode import MaxStepsExceeded, OptionError, SolverConfig, StepSizeUnderflow, solve, swap_solver
 from node_seq.ode.methods import REGISTRY
 
-from layer_inputs import padded_batch
+from layer_inputs import hard_neighbours, scaled_up
+from ode_fields import Stiffening, rows_of_growing_difficulty
 
 OWN_LOOP = [name for name, method in REGISTRY.items() if method.pair is not None]
-
-
-class Stiffening(torch.nn.Module):
-    """A row-wise, time-dependent field whose rows need more steps the larger their state."""
-
-    def __init__(self, dim: int = 5):
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.weight = torch.nn.Parameter(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
-
-    def forward(self, t, y):
-        return torch.tanh(y @ self.weight) * (1 + t) * y.abs().mean(-1, keepdim=True)
-
-
-def rows_of_growing_difficulty(dim: int = 5) -> torch.Tensor:
-    y0 = torch.randn(4, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    return y0 * torch.tensor([0.1, 1.0, 3.0, 6.0], dtype=torch.float64)[:, None]
 
 
 def config(method: str, control: str = "sequence", **fields) -> SolverConfig:
@@ -53,7 +37,7 @@ def test_each_row_in_a_batch_is_solved_as_it_is_alone(method, first_step):
             assert stats.row_nfe[row] == alone_stats.nfe_forward == alone_stats.row_nfe[0]
             assert stats.row_accepted[row] == alone_stats.num_accepted
     assert len(set(stats.row_nfe.tolist())) > 1, "the rows should need different work"
-    assert stats.nfe_forward == int(stats.row_nfe.max())  # every row is evaluated until the last is done
+    assert stats.nfe_forward == int(stats.row_nfe.max())  # the loop runs until the last row is done
 
 
 @pytest.mark.parametrize("method", OWN_LOOP)
@@ -147,27 +131,6 @@ def test_one_row_that_cannot_finish_stops_the_solve():
 def test_the_norm_must_give_one_value_per_row():
     with pytest.raises(ValueError, match=r"one value per row, shape \(4,\), got \(\)"):
         solve(Stiffening(), rows_of_growing_difficulty(), config("dopri5"), norm=lambda e: e.pow(2).mean().sqrt())
-
-
-def hard_neighbours(layer_width: int = 16):
-    """A batch of three: row 1 is the sentence (5 real tokens), row 0 a longer neighbour whose small state
-    makes the relative tolerance harder to meet, row 2 a short one."""
-    torch.manual_seed(0)
-    x, padding = padded_batch(layer_width)
-    x = x.double()
-    x[0] *= 0.2
-    return x, padding
-
-
-def scaled_up(layer: torch.nn.Module) -> torch.nn.Module:
-    """Fields scaled up so that the solves need several steps (a fresh layer is near the identity)."""
-    with torch.no_grad():
-        for name, parameter in layer.named_parameters():
-            if parameter.dim() == 2:
-                parameter.mul_(4.0)
-            elif name.endswith("time.weight"):
-                parameter.normal_()
-    return layer.double().eval()
 
 
 @pytest.mark.parametrize("method", OWN_LOOP)

@@ -18,7 +18,29 @@ REPO = pages.RESULTS.parent.parent
 
 def test_every_result_file_is_on_exactly_one_page():
     on_pages = [r.name for t in pages.TOPICS for r in t.results]
-    assert sorted(on_pages) == sorted(p.stem for p in pages.RESULTS.glob("*.json"))
+    assert len(on_pages) == len(set(on_pages))
+    assert set(p.stem for p in pages.RESULTS.glob("*.json")) <= set(on_pages)
+
+
+def test_a_topic_not_measured_yet_names_its_command_and_its_findings_read_the_file(tmp_path):
+    """``row_compaction.json`` is the lead's to measure: without it the page names the command; with it
+    the findings are read from it (a made-up file here)."""
+    results = _results_copy(tmp_path)
+    (results / "row_compaction.json").unlink(missing_ok=True)
+    pages.write_results_pages(tmp_path / "out", results)
+    assert "Not measured yet. `benchmarks/results/row_compaction.json` is written by `python -m " \
+        "benchmarks.row_compaction" in (tmp_path / "out" / "row-compaction.md").read_text(encoding="utf-8")
+    rows = [{"batch_size": size, "solver": solver, "ratio_to_sequence": ratio, "row_evaluations_per_sentence": work,
+             "bleu": 35.0, "translations_differing_from_sequence": 0, "words_per_s": 100.0 * ratio}
+            for size, speedup in ((1, 1.01), (32, 1.4))
+            for solver, ratio, work in (("batch", 1.1, 90.0), ("sequence", 1.0, 90.0),
+                                        ("sequence, compacted", speedup, 60.0), ("fixed rk4:2", 3.0, 40.0))]
+    (results / "row_compaction.json").write_text(json.dumps({"command": "python -m benchmarks.row_compaction x",
+                                                             "meta": {"rounds": 3}, "rows": rows}), encoding="utf-8")
+    pages.write_results_pages(tmp_path / "out", results)
+    page = (tmp_path / "out" / "row-compaction.md").read_text(encoding="utf-8")
+    assert "batch 32: 1.40x, rows evaluated per sentence 60 instead of 90" in page
+    assert "compaction pays (5% or more) at batch sizes 32 and does not at 1" in page
 
 
 @pytest.mark.slow

@@ -5,12 +5,16 @@ drew a fresh dropout mask it would be chasing noise, and the adjoint's backward 
 integrate a different field from the forward one. ``FrozenDropout`` draws its mask at the first
 evaluation of a solve and reuses it until the owning layer calls :meth:`reset` before the next
 solve, so the forward solve, checkpoint recomputation and the adjoint all see one fixed field.
+The first evaluation sees the whole batch; a per-row solve that later evaluates only the rows
+still stepping (:func:`~node_seq.ode.evaluated_rows`) gets those rows of the same mask.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..ode import evaluated_rows
 
 
 class FrozenDropout(nn.Module):
@@ -28,6 +32,9 @@ class FrozenDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
+        rows = evaluated_rows()
+        if rows is not None and self._mask is not None:  # a compacted step: its rows of the solve's mask
+            return x * self._mask.index_select(0, rows)
         if self._mask is None or self._mask.shape != x.shape or self._mask.device != x.device:
             self._mask = torch.empty_like(x).bernoulli_(1.0 - self.p).div_(1.0 - self.p)
         return x * self._mask

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
-from ..ode import DEFAULT_FALLBACK, ODESolveError, SolverConfig, SolveStats, Stage, solve, stage_scope
+from ..ode import (
+    DEFAULT_FALLBACK, ODESolveError, SolverConfig, SolveStats, Stage, evaluated_rows, solve, stage_scope,
+)
 from ..ode.embedded import row_rms_norm
 from ..ode.precision import controller_dtype
 from ..ode.solve import non_finite_error
@@ -71,14 +73,17 @@ def padding_rms_norm(keep: torch.Tensor | None, *, rows: bool = False):
     ``rows``: one RMS per row of the batch, over that row's real positions (per-row step control),
     instead of one over the batch. Summed in at least float32
     (:func:`~node_seq.ode.precision.controller_dtype`): a bfloat16 sum over a batch of squares would
-    round away the small errors that decide the step."""
+    round away the small errors that decide the step. A compacted per-row step passes the error
+    of the rows it evaluates (:func:`~node_seq.ode.evaluated_rows`), weighed by those rows' keep."""
     if keep is None:
         return row_rms_norm if rows else None
-    weight = keep.to(torch.float32)[..., None]
+    batch_weight = keep.to(torch.float32)[..., None]
     dims = (1, 2) if rows else (0, 1, 2)
 
     def norm(error: torch.Tensor) -> torch.Tensor:
         error = error.to(controller_dtype(error))
+        evaluated = evaluated_rows()
+        weight = batch_weight if evaluated is None else batch_weight.index_select(0, evaluated)
         if error.dim() != 3 or error.shape[:2] != weight.shape[:2]:
             return row_rms_norm(error) if rows else error.pow(2).mean().sqrt()
         total = (weight.to(error.dtype) * error.pow(2)).sum(dims)

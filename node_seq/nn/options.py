@@ -114,6 +114,10 @@ class NodeOptions:
                                  "solve (per sentence under step control 'sequence') before it fails")
     # Sequence models only: a vision field may hold batch norm, which mixes the rows of a batch.
     step_control: str | None = _option(None, _step_control_help, choices=STEP_CONTROLS, front_ends=SEQUENCE_MODELS)
+    compact_rows: bool = _option(DEFAULT_SOLVER.compact_rows, "under step control sequence, evaluate the field only "
+                                 "on the sentences still stepping once others are done (the same result; off: every "
+                                 "sentence until the last is done); batch control steps every sentence anyway",
+                                 front_ends=SEQUENCE_MODELS)
     # what an ODE layer is
     augment_dims: int = _option(0, "augmented NODE: N extra zero channels inside each ODE block", metavar="N",
                                 front_ends=SEQUENCE_MODELS)
@@ -234,7 +238,7 @@ class NodeOptions:
 
 
 _SOLVER_FIELDS = ("method", "steps", "step_size", "rtol", "atol", "gradient", "adjoint_rtol", "adjoint_atol",
-                  "seminorm", "checkpoint_snapshots", "max_num_steps")
+                  "seminorm", "checkpoint_snapshots", "max_num_steps", "compact_rows")
 
 
 def _whole(value: Any, low: int, option: str) -> None:

@@ -35,6 +35,7 @@ from .stats import (
     SolveStats as SolveStats,
     Stage as Stage,
     current_stage as current_stage,
+    evaluated_rows as evaluated_rows,
     in_backward_solve as in_backward_solve,
     observe_evaluations as observe_evaluations,
     stage_scope as stage_scope,

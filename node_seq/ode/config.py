@@ -38,7 +38,10 @@ class SolverConfig:
     :data:`STEP_CONTROLS`; the core's default is ``batch``, since a generic state need not have
     rows, while the model front ends default to ``sequence``). Their first step is ``first_step`` (at most the interval;
     the controller shrinks it if it fails the error test), or, when ``None``, Hairer's estimate,
-    which costs one more evaluation and is usually far smaller.
+    which costs one more evaluation and is usually far smaller. ``compact_rows``: under per-row
+    control, evaluate the field only on the rows still stepping (see
+    :func:`~node_seq.ode.embedded.integrate_rows`); the result is the same either way, and under
+    batch control, where every row steps until the last is done, it changes nothing.
     """
 
     method: str = "dopri5"  # the defaults are every front end's (DEFAULT_SOLVER)
@@ -54,6 +57,7 @@ class SolverConfig:
     checkpoint_snapshots: int | None = None
     max_num_steps: int = DEFAULT_MAX_NUM_STEPS
     step_control: str = "batch"
+    compact_rows: bool = True
     t0: float = 0.0
     t1: float = 1.0
 
@@ -151,6 +155,11 @@ class SolverConfig:
             _fail(names, "checkpoint_snapshots", self.method_spec.refusals[SNAPSHOTS])
 
     @property
+    def compacts(self) -> bool:
+        """Whether a per-row solve leaves the rows that reached ``t1`` out of its evaluations."""
+        return self.per_row and self.compact_rows
+
+    @property
     def per_row(self) -> bool:
         """Whether the solve controls each row's steps itself: ``sequence`` on an adaptive method (a
         fixed grid takes the same steps in every row anyway)."""
@@ -159,6 +168,8 @@ class SolverConfig:
     def _validate_step_control(self, names: Mapping[str, str]) -> None:
         if self.step_control not in STEP_CONTROLS:
             _fail(names, "step_control", f"unknown value {self.step_control!r}; choose one of {', '.join(STEP_CONTROLS)}")
+        if not isinstance(self.compact_rows, bool):
+            _fail(names, "compact_rows", f"must be True or False, got {self.compact_rows!r}")
         if not self.per_row:
             return
         own = ", ".join(name for name, spec in REGISTRY.items() if spec.pair is not None)

@@ -27,9 +27,10 @@ solve is untouched.
 **Per-row control** (``step_control="sequence"``, :func:`integrate_rows`): each row of the batch
 (dimension 0: a sentence) has its own time, step size, accept/reject and step count, with the
 error norm taken per row. A row's result is then what it would be alone, whatever shares its
-batch. The field is evaluated on every row at each step (at each row's own time, ``t`` of shape
-``(batch, 1, ...)``), and a step is committed only for the rows that are still stepping and
-passed their error test; a finished row's state is held exactly.
+batch. The field is evaluated at each row's own time (``t`` of shape ``(batch, 1, ...)``), on the
+rows still stepping (or, without ``compact_rows``, on every row), and a step is committed only for
+the rows that are still stepping and passed their error test; a finished row's state is held
+exactly.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from .precision import controller_dtype
-from .stats import CountingField
+from .stats import CountingField, rows_scope
 
 if TYPE_CHECKING:  # the registry holds the pairs and SolverConfig reads the registry
     from .config import SolverConfig
@@ -136,9 +137,19 @@ def integrate_rows(field: CountingField, y0: torch.Tensor, config: SolverConfig,
     ``norm`` maps an error of ``y0``'s shape to one value per row (default :func:`row_rms_norm`).
     Every row's fraction ``s``, step ``h``, accept/reject and step count are its own; the loop
     ends when every row reached ``t1``. One host read per step (all done? any underflow? the
-    slowest row's time, the most steps of a row).
+    slowest row's time, the most steps of a row, the rows still stepping).
     ``field.stats`` receives the per-row accepted/rejected steps and the evaluations each row
-    needed (``row_*``); its totals are the loop's, which every row pays for.
+    needed (``row_*``); its totals are the loop's.
+
+    **Compaction** (``config.compact_rows``): once some rows are done, a step gathers the rows still
+    stepping (their state, ``f0``, ``s``, ``h`` and the field's per-row inputs), evaluates the field
+    on those rows only and scatters the committed rows back, so the work follows the sum of the
+    rows' evaluations (``stats.row_evaluations``), not the slowest row's times the batch. Inside
+    such a step :func:`~node_seq.ode.stats.evaluated_rows` names the rows: the field's state of the
+    whole solve (frozen dropout masks) and ``norm`` (which then receives those rows' error) take
+    those rows of theirs. An input whose dimension 0 is the batch's is per row (gathered once per
+    change of the rows stepping), one of size 1 or a non-tensor is shared; a solve with any other
+    input (a decoding cache's dict) is not compacted.
     """
     if y0.dim() == 0:
         raise ValueError("step control 'sequence' needs a state with rows (dimension 0 is the batch), got a 0-d state")
@@ -148,13 +159,13 @@ def integrate_rows(field: CountingField, y0: torch.Tensor, config: SolverConfig,
     rtol, atol = config.rtol, config.atol
     dtype = controller_dtype(y0)
     rows, device = y0.shape[0], y0.device
-    shape = (rows,) + (1,) * (y0.dim() - 1)  # a per-row value broadcast over the row's state
+    shape = (-1,) + (1,) * (y0.dim() - 1)  # a per-row value broadcast over the row's state
 
     def row_norm(x: torch.Tensor) -> torch.Tensor:
         value = norm(x)
-        if value.shape != (rows,):
-            raise ValueError(f"step control 'sequence': the error norm must give one value per row, shape ({rows},), "
-                             f"got {tuple(value.shape)}")
+        if value.shape != x.shape[:1]:
+            raise ValueError(f"step control 'sequence': the error norm must give one value per row, shape "
+                             f"({x.shape[0]},), got {tuple(value.shape)}")
         return value.to(torch.float64)
 
     def slope(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -177,45 +188,88 @@ def integrate_rows(field: CountingField, y0: torch.Tensor, config: SolverConfig,
     moved = torch.zeros((), dtype=torch.long, device=device)  # loop steps in which some row moved on
     probes = 2 if config.first_step is None else 1  # f0, and Hairer's probe
     loop_steps = 0
-    while True:
-        active = s < 1.0
-        underflow = active & ~((h >= MIN_STEP_FRACTION) & (s + h > s))  # also a nan step
-        # The step's one host read: all done? underflow? the last row's time, the most steps of a row.
-        done, underflowed, slowest, most_steps = torch.stack([
-            ~active.any(), underflow.any(), torch.where(active, s, 1.0).min(),
-            (accepted_steps + rejected_steps).max()]).tolist()
-        field.stats.t_reached = times.at_float(slowest)
-        if loop_steps:
-            _count_loop_steps(field, loop_steps, int(moved), int(most_steps))
-        if done:
-            break
-        if underflowed:
-            raise field.on_limit("underflow")
-        lands = s + h >= 1.0 - LANDING_SLACK
-        h = torch.where(lands, 1.0 - s, h)
-        step = torch.where(active, h, torch.zeros_like(h))  # a finished row steps by nothing
-        step_y = step.to(y.dtype).reshape(shape)
-        ks = [f0]
-        for node, coupling in zip(pair.nodes, pair.coupling):
-            y_stage = _combine(y, ks, coupling, step_y)
-            at = torch.where(lands, 1.0, s + node * step) if node == 1.0 else s + node * step
-            ks.append(slope(torch.where(active, at, s), y_stage))
-        y1 = y_stage
-        ratio = error_ratio(y, y1, ks, step)
-        accepted = ratio <= 1.0  # False for nan
-        commit = accepted & active
-        accepted_steps += commit
-        rejected_steps += active & ~accepted
-        moved += commit.any()
-        loop_steps += 1
-        keep = commit.reshape(shape)
-        y, f0 = torch.where(keep, y1, y), torch.where(keep, ks[-1], f0)
-        s = torch.where(commit, torch.where(lands, 1.0, s + h), s)
-        h = torch.where(active, h * _row_step_factors(ratio, accepted, pair.order), h)
+    inputs = field.inputs
+    per_row_inputs = _per_row_inputs(inputs, rows) if config.compacts else None
+    evaluated = None  # the rows a step evaluates (indices), None for all of them
+    try:
+        while True:
+            active = s < 1.0
+            underflow = active & ~((h >= MIN_STEP_FRACTION) & (s + h > s))  # also a nan step
+            # The step's one host read: all done? underflow? the last row's time, the most steps of a
+            # row, the rows still stepping.
+            done, underflowed, slowest, most_steps, stepping = torch.stack([
+                ~active.any(), underflow.any(), torch.where(active, s, 1.0).min(),
+                (accepted_steps + rejected_steps).max(), active.sum()]).tolist()
+            field.stats.t_reached = times.at_float(slowest)
+            if loop_steps:
+                _count_loop_steps(field, loop_steps, int(moved), int(most_steps))
+            if done:
+                break
+            if underflowed:
+                raise field.on_limit("underflow")
+            if per_row_inputs is not None and stepping < (rows if evaluated is None else len(evaluated)):
+                evaluated = active.nonzero().squeeze(1)  # a second host read, only when a row finished
+                field.inputs = tuple(x.index_select(0, evaluated) if gather else x
+                                     for x, gather in zip(inputs, per_row_inputs))
+            lands = s + h >= 1.0 - LANDING_SLACK
+            h = torch.where(lands, 1.0 - s, h)
+            y, f0, ratio = _step_rows(pair, slope, error_ratio, y, f0, s, h, active, lands, evaluated)
+            accepted = ratio <= 1.0  # False for nan
+            commit = accepted & active
+            accepted_steps += commit
+            rejected_steps += active & ~accepted
+            moved += commit.any()
+            loop_steps += 1
+            s = torch.where(commit, torch.where(lands, 1.0, s + h), s)
+            h = torch.where(active, h * _row_step_factors(ratio, accepted, pair.order), h)
+    finally:
+        field.inputs = inputs
     stats = field.stats
     stats.row_accepted, stats.row_rejected = accepted_steps, rejected_steps
     stats.row_nfe = (accepted_steps + rejected_steps) * (pair.stages - 1) + probes
     return y
+
+
+def _step_rows(pair: EmbeddedPair, slope, error_ratio, y: torch.Tensor, f0: torch.Tensor, s: torch.Tensor,
+               h: torch.Tensor, active: torch.Tensor, lands: torch.Tensor, evaluated: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of :func:`integrate_rows` on the rows ``evaluated`` (all rows if ``None``): the
+    stages and each row's error ratio; return ``(y, f0, ratio)`` of the whole batch, a row's state
+    and ``f0`` moved on where it is active and passed its error test, held exactly elsewhere. A row
+    left out is done: its ratio (0) is never read."""
+    pick = (lambda x: x) if evaluated is None else (lambda x: x.index_select(0, evaluated))
+    y_rows, f0_rows, s_rows, h_rows, active_rows, lands_rows = map(pick, (y, f0, s, h, active, lands))
+    step = torch.where(active_rows, h_rows, torch.zeros_like(h_rows))  # a finished row steps by nothing
+    step_y = step.to(y.dtype).reshape((-1,) + (1,) * (y.dim() - 1))
+    with rows_scope(evaluated):
+        ks = [f0_rows]
+        for node, coupling in zip(pair.nodes, pair.coupling):
+            y_stage = _combine(y_rows, ks, coupling, step_y)
+            at = torch.where(lands_rows, 1.0, s_rows + node * step) if node == 1.0 else s_rows + node * step
+            ks.append(slope(torch.where(active_rows, at, s_rows), y_stage))
+        ratio = error_ratio(y_rows, y_stage, ks, step)  # FSAL: the last stage is at the step's solution
+    keep = ((ratio <= 1.0) & active_rows).reshape(step_y.shape)
+    y_rows, f0_rows = torch.where(keep, y_stage, y_rows), torch.where(keep, ks[-1], f0_rows)
+    if evaluated is None:
+        return y_rows, f0_rows, ratio
+    return (y.index_copy(0, evaluated, y_rows), f0.index_copy(0, evaluated, f0_rows),
+            torch.zeros_like(s).index_copy(0, evaluated, ratio))
+
+
+def _per_row_inputs(inputs: tuple, rows: int) -> tuple[bool, ...] | None:
+    """Which of the field's inputs hold one entry per row (dimension 0 of size ``rows``) and are
+    gathered with the rows a compacted step evaluates; ``None`` if one can be neither gathered nor
+    shared (a dict, a tensor of another first size), so the solve must evaluate every row."""
+    per_row = []
+    for x in inputs:
+        if isinstance(x, torch.Tensor) and x.dim() and x.shape[0] == rows:
+            per_row.append(True)
+        elif x is None or isinstance(x, (bool, int, float, str)) or (isinstance(x, torch.Tensor)
+                                                                      and (x.dim() == 0 or x.shape[0] == 1)):
+            per_row.append(False)
+        else:
+            return None
+    return tuple(per_row)
 
 
 def _count_loop_steps(field: CountingField, steps: int, moved: int, most_steps: int) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from .config import SolverConfig
 from .solve import solve
-from .stats import SolveStats
+from .stats import SolveStats, evaluated_rows
 
 
 class WithRegularizers(nn.Module):
@@ -47,13 +47,16 @@ class WithRegularizers(nn.Module):
             velocity = self.field(t, x, *inputs)
             return torch.cat([velocity, velocity.pow(2).mean(-1, keepdim=True)], dim=-1)
         differentiating = torch.is_grad_enabled()
+        noise, rows = self.jacobian_noise, evaluated_rows()
+        if rows is not None:  # a compacted per-row step: its rows of the solve's one noise draw
+            noise = noise.index_select(0, rows)
         with torch.enable_grad(), self.twice_differentiable():
             # Without an outer graph (a forward pass under no_grad, as the adjoint's) the slice has
             # no history to differentiate through: a leaf is enough, and what comes out is detached.
             if not (differentiating and x.requires_grad):
                 x = x.detach().requires_grad_()
             velocity = self.field(t, x, *inputs)
-            (noise_jacobian,) = torch.autograd.grad(velocity, x, self.jacobian_noise, create_graph=differentiating)
+            (noise_jacobian,) = torch.autograd.grad(velocity, x, noise, create_graph=differentiating)
         channels = [velocity]
         if self.kinetic:
             channels.append(velocity.pow(2).mean(-1, keepdim=True))

@@ -43,10 +43,14 @@ class SolveStats:
     #: Per-row control only (``step_control="sequence"``), one value per row of the batch: the
     #: steps each row accepted and rejected, and the evaluations it needed (its own steps times the
     #: new stages of a step, plus the first evaluation and Hairer's probe when estimated). The
-    #: totals above are the loop's: every row is evaluated at every step, so the cost is the maximum.
+    #: totals above are the loop's (the slowest row's); what the rows cost is ``row_evaluations``.
     row_accepted: torch.Tensor | None = None
     row_rejected: torch.Tensor | None = None
     row_nfe: torch.Tensor | None = None
+    #: The forward solve's work in rows: the sum over its evaluations of the rows evaluated
+    #: (dimension 0 of the state). ``rows x nfe_forward`` unless per-row control compacted the batch
+    #: to the rows still stepping (``compact_rows``); then it follows the sum of ``row_nfe``.
+    row_evaluations: int = 0
 
     def __add__(self, other: "SolveStats") -> "SolveStats":
         methods = {m for m in (self.method, other.method) if m}
@@ -54,6 +58,7 @@ class SolveStats:
             method="+".join(sorted(methods)),
             nfe_forward=self.nfe_forward + other.nfe_forward,
             nfe_backward=self.nfe_backward + other.nfe_backward,
+            row_evaluations=self.row_evaluations + other.row_evaluations,
             num_steps=self.num_steps + other.num_steps,
             num_accepted=self.num_accepted + other.num_accepted,
             num_rejected=self.num_rejected + other.num_rejected,
@@ -117,6 +122,7 @@ class _SolveContext(threading.local):
         self.in_backward = False
         self.evaluation_hook: Callable[..., torch.Tensor] | None = None  # see observe_evaluations
         self.loop = "own"  # see node_seq.ode.adaptive.adaptive_loop
+        self.rows: torch.Tensor | None = None  # see evaluated_rows
 
 
 _CONTEXT = _SolveContext()
@@ -145,6 +151,25 @@ def in_backward_solve() -> bool:
     them there. ``False`` in the forward solve and outside any solve.
     """
     return _CONTEXT.in_backward
+
+
+def evaluated_rows() -> torch.Tensor | None:
+    """The batch rows (indices into dimension 0 of the solve's state) that the field is being
+    evaluated on, when per-row control left out the rows that are done (``compact_rows``); ``None``
+    when it sees the whole batch. Whatever the field holds for the whole batch of one solve (a
+    dropout mask drawn at its first evaluation, the regularisers' noise, an error norm's padding)
+    takes these rows of it."""
+    return _CONTEXT.rows
+
+
+@contextlib.contextmanager
+def rows_scope(rows: torch.Tensor | None) -> Iterator[None]:
+    """Evaluate the field on ``rows`` of the batch (see :func:`evaluated_rows`)."""
+    previous, _CONTEXT.rows = _CONTEXT.rows, rows
+    try:
+        yield
+    finally:
+        _CONTEXT.rows = previous
 
 
 @contextlib.contextmanager
@@ -188,6 +213,7 @@ class CountingField:
             finally:
                 _CONTEXT.in_backward = previous
         self.stats.nfe_forward += 1
+        self.stats.row_evaluations += y.shape[0] if y.dim() else 1
         return self._evaluate(t, y, *self.inputs)
 
     def trainable_parameters(self) -> tuple[torch.Tensor, ...]:
