@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
@@ -241,6 +242,30 @@ def _elastic(d: dict) -> str:
             f"solver tried.")
 
 
+def _adaptive_sentences(d: dict) -> str:
+    data = d["adaptive_sentences"]
+    rows, model = data["rows"], data["meta"]["model"]
+    trained = min(rows, key=lambda r: abs(math.log(r["rtol"] / model["trained_rtol"])))
+    loose, tight = max(rows, key=lambda r: r["rtol"]), min(rows, key=lambda r: r["rtol"])
+    varied = [r for r in rows if r["spearman_nfe_length"] is not None]
+    correlation = "; ".join(f"rtol {r['rtol']:g}: {r['spearman_nfe_length']:+.2f} with length, "
+                            f"{r['spearman_nfe_loss']:+.2f} with loss" for r in varied) or "none defined"
+    same = sum(r["sequence_differs_from_alone"] == 0 for r in rows)
+    return (f"The model: {model['note']}. Per-sentence step control, in fairseq-generate's batches of "
+            f"{model['max_tokens']} tokens. At the trained tolerance (rtol {trained['rtol']:g}) a sentence takes "
+            f"{trained['nfe_mean']:g} NFE on average (sd {trained['nfe_sd']:g}, {trained['nfe_min']} to "
+            f"{trained['nfe_max']}); from rtol {loose['rtol']:g} to {tight['rtol']:g} the mean goes from "
+            f"{loose['nfe_mean']:g} to {tight['nfe_mean']:g}. Spearman correlation of a sentence's NFE, where it "
+            f"varies: {correlation}. Every sentence's NFE in its batch equalled its NFE alone at {same} of "
+            f"{len(rows)} tolerances. Under batch-wide control the same batches cost "
+            f"{trained['batch_over_alone']:g}x the sentences' own NFE at the trained tolerance "
+            f"({trained['batch_pays_more_share']:.0%} of sentences pay more than alone, "
+            f"{trained['batch_pays_less_share']:.0%} get fewer evaluations than they need alone) and "
+            f"{tight['batch_over_alone']:g}x at rtol {tight['rtol']:g}. BLEU against NFE over the same tolerances is "
+            f"the model `dopri5-ft` on the elastic-depth page; its BLEU against the baseline is on the Multi30k "
+            f"quality page.")
+
+
 def _length_penalty(d: dict) -> str:
     rows = d["multi30k_length_penalty"]
     scores: dict[str, dict[str, list[float]]] = {}
@@ -336,6 +361,9 @@ def _row_compaction(d: dict) -> str:
             f"{differing} sentence(s) over all batch sizes. What it means: {where}; the work a compacted decode does "
             f"is each sentence's own, whatever the batch.")
 
+ADAPTIVE_COLUMNS = ("rtol", "sentences", "nfe_mean", "nfe_sd", "nfe_min", "nfe_median", "nfe_max",
+                    "spearman_nfe_length", "spearman_nfe_loss", "sequence_differs_from_alone", "alone_nfe_mean",
+                    "batch_control_nfe_mean", "batch_over_alone", "batch_pays_more_share", "batch_pays_less_share")
 
 TOPICS: tuple[Topic, ...] = (
     Topic("solver-overhead", "Fixed-grid solver overhead",
@@ -363,6 +391,9 @@ TOPICS: tuple[Topic, ...] = (
           (Result("elastic_depth_multi30k", "python -m benchmarks.elastic_depth"),
            Result("elastic_depth_multi30k_whitespace_bpe", "python -m benchmarks.elastic_depth"),
            Result("elastic_depth_demo", "python -m benchmarks.elastic_depth")), _elastic),
+    Topic("adaptive-sentences", "Adaptive computation per sentence (Multi30k)",
+          (Result("adaptive_sentences", "bash benchmarks/adaptive_multi30k.sh", columns=ADAPTIVE_COLUMNS,
+                  plots=("adaptive_sentences_nfe.png", "adaptive_sentences_length.png")),), _adaptive_sentences),
     Topic("length-penalty", "Length penalty", (Result("multi30k_length_penalty", "python -m benchmarks.length_penalty"),),
           _length_penalty),
     Topic("language-models", "Language models on Multi30k's English side",
