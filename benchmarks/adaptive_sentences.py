@@ -105,14 +105,27 @@ def measure(model, task, split: str, layers, solver, max_tokens: int) -> Sentenc
     return Sentences(loss=loss, **values)
 
 
-def correlations(name: str, x: list[float], y: list[float]) -> dict[str, float | None]:
-    """Spearman's rho and Pearson's r of ``x`` and ``y`` under ``spearman_<name>``/``pearson_<name>`` (None
-    where one side is constant: no correlation is defined)."""
-    from scipy import stats
+def ranks(values: list[float]) -> list[float]:
+    """Each value's rank (1-based), ties sharing the mean of their ranks."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranked = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start:end + 1]:
+            ranked[i] = (start + end) / 2 + 1
+        start = end + 1
+    return ranked
 
+
+def correlations(name: str, x: list[float], y: list[float]) -> dict[str, float | None]:
+    """Spearman's rho (Pearson's r of the ranks) and Pearson's r of ``x`` and ``y``, under
+    ``spearman_<name>``/``pearson_<name>`` (None where one side is constant: none is defined)."""
     defined = len(set(x)) > 1 and len(set(y)) > 1
-    return {f"spearman_{name}": round(float(stats.spearmanr(x, y).statistic), 3) if defined else None,
-            f"pearson_{name}": round(float(stats.pearsonr(x, y).statistic), 3) if defined else None}
+    return {f"spearman_{name}": round(statistics.correlation(ranks(x), ranks(y)), 3) if defined else None,
+            f"pearson_{name}": round(statistics.correlation(x, y), 3) if defined else None}
 
 
 def summary(rtol: float, s: Sentences) -> dict:

@@ -13,9 +13,6 @@ pytest.importorskip("fairseq")
 
 from fairseq_helpers import fairseq_generate, fairseq_train, make_task  # noqa: E402
 
-pytestmark = pytest.mark.slow  # trains a model (fairseq-train)
-
-
 @pytest.fixture(scope="module")
 def adaptive_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("adaptive-sentences")
@@ -25,6 +22,7 @@ def adaptive_model(tmp_path_factory):
     return bins.parent, root / "m" / "checkpoint_last.pt"
 
 
+@pytest.mark.slow  # trains a model (fairseq-train)
 def test_every_sentence_gets_its_own_nfe_and_its_own_loss(adaptive_model, tmp_path):
     from benchmarks import adaptive_sentences
 
@@ -55,6 +53,7 @@ def test_every_sentence_gets_its_own_nfe_and_its_own_loss(adaptive_model, tmp_pa
         assert loss == pytest.approx(-reference_scores[index] * math.log(2), rel=1e-3, abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["--rtols", "0.1,x"], "--rtols: '0.1,x' is not a comma-separated list of positive tolerances"),
     (["--rtols", "-1"], "--rtols: '-1' is not"),
@@ -68,9 +67,26 @@ def test_bad_tolerances_are_refused_before_any_work(adaptive_model, tmp_path, ar
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_model_without_an_adaptive_encoder_is_refused(one_step_models, tmp_path):
     from benchmarks import adaptive_sentences
 
     data, models = one_step_models
     with pytest.raises(SystemExit, match="needs a model whose encoder layers are adaptive ODE blocks"):
         adaptive_sentences.main([str(models["euler"]), str(data), "--out", str(tmp_path / "r")])
+
+
+def test_correlations_are_scipys():
+    """Spearman's rho with tied ranks (NFE takes few values) and Pearson's r, against scipy's."""
+    import random
+
+    stats = pytest.importorskip("scipy.stats")
+    from benchmarks.adaptive_sentences import correlations
+
+    rng = random.Random(0)
+    nfe = [rng.choice([7, 7, 13, 19]) for _ in range(200)]
+    loss = [rng.random() + 0.05 * n for n in nfe]
+    ours = correlations("x", nfe, loss)
+    assert ours["spearman_x"] == pytest.approx(stats.spearmanr(nfe, loss).statistic, abs=5e-4)
+    assert ours["pearson_x"] == pytest.approx(stats.pearsonr(nfe, loss).statistic, abs=5e-4)
+    assert correlations("x", [7] * 5, [1, 2, 3, 4, 5]) == {"spearman_x": None, "pearson_x": None}
