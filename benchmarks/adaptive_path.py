@@ -150,7 +150,9 @@ def main(argv=None) -> int:
 
     state = None
     if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model"]
+        import node_seq.fairseq  # noqa: F401  (allow-lists what a fairseq checkpoint holds for weights_only loading)
+
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)["model"]
     models = {name: build(args.data, args.arch, VARIANTS[name][0], args.max_tokens, state) for name in names}
     task = models[BASELINE][0]
     state = state or models[BASELINE][1].state_dict()

@@ -1,7 +1,7 @@
 """Row compaction: decoding words/s of an adaptive model under four solvers of the same weights, side by side.
 
     python -m benchmarks.row_compaction DATA_DIR OUT_DIR --model CHECKPOINT \\
-        [--batch-sizes 1,8,32,128] [--rounds 3] [--fixed rk4:2] [--quick] [-- fairseq-generate options]
+        [--batch-sizes 1,8,32,128] [--rounds 3] [--fixed rk4:2] [--rtol RTOL] [--quick] [-- fairseq-generate options]
 
 CHECKPOINT is a fairseq translation model with adaptive ODE blocks (dopri5 or bosh3). DATA_DIR's test
 split is decoded as ``scripts/evaluate_multi30k.sh`` decodes it (beam 5, :mod:`benchmarks.multi30k_decode`)
@@ -13,6 +13,10 @@ at each ``--batch-size``, with the checkpoint's solver overridden four ways:
 * ``sequence, compacted``: the same steps, the field evaluated only on the sentences still stepping
   (the default); its translations must be those of ``sequence``;
 * the fixed grid ``--fixed`` (``METHOD:STEPS``) of the same weights.
+
+``--rtol`` decodes the three adaptive solvers at that tolerance (``atol = rtol / 10``, as
+``benchmarks.elastic_depth``'s ``METHOD@RTOL``) instead of the checkpoint's: a model whose every
+sentence takes one step at its trained tolerance leaves compaction nothing to skip.
 
 Every round decodes every (batch size, solver) once, the order of the solvers rotating from round
 to round; a solver's speed is its median words/s (detokenized hypothesis words over fairseq's own
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                              f"--quick {QUICK_BATCH_SIZES})")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3; --quick 1)")
     parser.add_argument("--fixed", default="rk4:2", help="the fixed grid of the same weights, METHOD:STEPS")
+    parser.add_argument("--rtol", type=float, default=None, help="the adaptive solvers' tolerance (atol rtol/10; "
+                        "default: the checkpoint's)")
     parser.add_argument("--quick", action="store_true", help="two small batch sizes, one round")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/row_compaction.json"))
     args = parser.parse_args(own)
@@ -104,7 +110,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit(f"--rounds: must be >= 1, got {rounds}")
     if not args.model.is_file():
         raise SystemExit(f"--model: {args.model} is not a checkpoint file")
-    solvers = {**CONTROLS, f"fixed {args.fixed}": parse_fixed(args.fixed)}
+    if args.rtol is not None and not args.rtol > 0:
+        raise SystemExit(f"--rtol: must be a tolerance > 0, got {args.rtol}")
+    tolerance = {} if args.rtol is None else {"node_rtol": args.rtol, "node_atol": args.rtol / 10}
+    solvers = {**{name: {**control, **tolerance} for name, control in CONTROLS.items()},
+               f"fixed {args.fixed}": parse_fixed(args.fixed)}
     target_language(args.data_dir)  # every check before any decoding
     (args.out_dir / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     first["hypotheses"][i] != per_row[0]["hypotheses"][i] for i in first["hypotheses"]),
             })
     result = {"command": common.command_line("benchmarks.row_compaction", argv),
-              "meta": {"machine": common.machine(), "rounds": rounds, "checkpoint": str(args.model),
+              "meta": {"machine": common.machine(), "rounds": rounds, "checkpoint": str(args.model), "rtol": args.rtol,
                        "note": "CPU cores may have been shared with other jobs while this was measured: read the "
                                "per-round ratios, not absolute words/s"},
               "rows": rows}
