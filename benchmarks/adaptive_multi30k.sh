@@ -15,11 +15,12 @@
 # Then:
 #   * BLEU/chrF2 on test_2016_flickr (beam 5, detokenized sacreBLEU), recorded in
 #     benchmarks/results/multi30k_quality.json with sacreBLEU's paired bootstrap against the reproduced
-#     baseline's kept seed-1 hypotheses, and in RUNS_DIR/vs_euler.json against the 10-epoch Euler
-#     model's kept seed-1 hypotheses (same recipe, Euler to the end);
+#     baseline's kept seed-1 hypotheses, and in benchmarks/results/adaptive_vs_euler.json against the
+#     10-epoch Euler model's kept seed-1 hypotheses (same recipe, Euler to the end);
 #   * BLEU against NFE over inference tolerances 1e-1 ... 1e-4 and fixed grids of the same weights, added
 #     to benchmarks/results/elastic_depth_multi30k.json (the fixed-grid models' elastic-depth plot);
-#   * NFE per sentence, its correlations, alone and batch-wide: benchmarks.adaptive_sentences.
+#   * NFE per sentence, its correlations, alone and batch-wide, at inference tolerances 1e-1 ... 1e-5
+#     (this model takes one dopri5 step per block down to 1e-4): benchmarks.adaptive_sentences.
 # A run that was cut resumes: a finished step is not redone (delete its output to redo it).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,7 +64,7 @@ $python -m benchmarks.quality_records "$tuned" --variant node-encoder-dopri5-ft 
   --note "$note" > /dev/null
 $python -m benchmarks.quality_records "$tuned" --variant node-encoder-dopri5-ft --method dopri5 --sides encoder \
   --references "$data/raw/test.en" --baseline "$results/multi30k_quality_hypotheses/node-encoder-euler-seed1.txt" \
-  --results "$runs/vs_euler.json" --note "$note" > /dev/null
+  --results "$results/adaptive_vs_euler.json" --note "$note" > /dev/null
 
 mkdir -p "$runs/elastic"
 cp "$results/elastic_depth_multi30k.json" "$runs/elastic/elastic_depth.json"

@@ -1,6 +1,6 @@
 """What an adaptive translation model does with per-sentence step control: NFE per sentence.
 
-    python -m benchmarks.adaptive_sentences CHECKPOINT DATA_DIR [--rtols 0.1,0.01,0.001,0.0001]
+    python -m benchmarks.adaptive_sentences CHECKPOINT DATA_DIR [--rtols 0.1,0.01,0.001,0.0001,1e-5]
         [--max-tokens 8000] [--split test] [--out benchmarks/results/adaptive_sentences] [--note TEXT]
 
 For each inference tolerance (``rtol``, ``atol = rtol / 10``, as ``benchmarks.elastic_depth``'s
@@ -36,7 +36,7 @@ import torch
 
 from benchmarks.common import command_line, machine
 
-DEFAULT_RTOLS = "0.1,0.01,0.001,0.0001"
+DEFAULT_RTOLS = "0.1,0.01,0.001,0.0001,1e-5"
 
 
 @dataclasses.dataclass
@@ -219,12 +219,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         sentences[rtol] = measure(model, task, args.split, layers, solver, args.max_tokens)
         rows.append(summary(rtol, sentences[rtol]))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "nfe_counts"}), flush=True)
+    rows.sort(key=lambda row: -row["rtol"])  # loosest first, whatever order they were measured in
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     model_info = {"checkpoint": str(args.checkpoint), "method": trained.method, "trained_rtol": trained.rtol,
                   "trained_atol": trained.atol, "max_tokens": args.max_tokens, "split": args.split, "note": args.note}
     record = {"command": command_line("benchmarks.adaptive_sentences", argv),
               "meta": {"machine": machine(), "model": model_info}, "rows": rows,
-              "sentences": {f"{rtol:g}": dataclasses.asdict(s) for rtol, s in sentences.items()}}
+              "sentences": {f"{rtol:g}": dataclasses.asdict(sentences[rtol]) for rtol in sorted(sentences, reverse=True)}}
     Path(f"{args.out}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     plots(rows, sentences, args.out)
     return rows
