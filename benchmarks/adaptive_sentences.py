@@ -167,7 +167,7 @@ def plots(rows: list[dict], sentences: dict[float, Sentences], out: str) -> None
     plot_lines(cumulative, f"{out}_nfe.png", title="NFE per sentence under per-sentence step control",
                xlabel="NFE per sentence (ODE layers, forward)", ylabel="share of sentences with at most this NFE")
     by_length = {}
-    for rtol, s in sentences.items():
+    for rtol, s in sorted(sentences.items(), reverse=True):  # loosest first, as the rows
         groups: dict[int, list[int]] = {}
         for length, nfe in zip(s.length, s.nfe_sequence):
             groups.setdefault(length, []).append(nfe)
