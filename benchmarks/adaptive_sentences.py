@@ -207,8 +207,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                                     arg_overrides={"data": str(args.data_dir / "bin")})
     model = models[0].eval()
     layers = node_layers(model.encoder)
-    adaptive = [layer for layer in layers if not layer.solver.is_fixed_grid]
-    if not adaptive or len(adaptive) != len(layers) or node_layers(model.decoder):
+    if not layers or any(layer.solver.is_fixed_grid for layer in layers) or node_layers(model.decoder):
         raise SystemExit("CHECKPOINT: the analysis needs a model whose encoder layers are adaptive ODE blocks and "
                          "whose decoder has none (NFE per sentence is then the encoder's)")
     task.load_dataset(args.split)
